@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Runs payhook's whole test suite on a fresh machine.
+#
+#   scripts/test.sh
+#
+# Installs and starts what the suite needs (a Rust toolchain is assumed):
+# PostgreSQL and RabbitMQ for the scaled-mode tests, from Debian packages if
+# absent. The embedded-default tests need nothing but a writable temp dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '== %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "apt-get not available; please install: $*"
+    return 1
+  fi
+  log "installing $*"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 what=$2
+  for _ in $(seq 1 60); do
+    port_open "$port" && return 0
+    sleep 1
+  done
+  log "$what did not come up on port $port"
+  return 1
+}
+
+ensure_postgres() {
+  if port_open 5432; then return 0; fi
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  log "starting PostgreSQL $version"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  wait_port 5432 PostgreSQL
+}
+
+ensure_rabbitmq() {
+  if port_open 5672; then return 0; fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    apt_install rabbitmq-server
+  fi
+  log "starting RabbitMQ"
+  $SUDO rabbitmq-server -detached || true
+  wait_port 5672 RabbitMQ
+  # The AMQP port opens before the broker finishes booting.
+  if command -v rabbitmqctl >/dev/null 2>&1; then
+    $SUDO rabbitmqctl await_startup >/dev/null 2>&1 || true
+  fi
+}
+
+ensure_postgres
+ensure_rabbitmq
+
+# Tests create their own databases and queue prefixes on these servers.
+export PAYHOOK_TEST_POSTGRES_URL="${PAYHOOK_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export PAYHOOK_TEST_AMQP_URL="${PAYHOOK_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+log "running the test suite"
+cargo test --all-targets --locked "$@"

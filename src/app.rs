@@ -1,0 +1,261 @@
+//! Wiring: builds a running relay from a config. `Application::build` binds
+//! its listeners (port 0 works, for tests) and `run_until_stopped` serves until
+//! the shutdown token is cancelled, then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::dispatch::{Deliverer, EmbeddedWorker};
+use crate::ingress::handler::{notify, IngressState};
+use crate::ingress::registry::{build_accounts, AccountError};
+use crate::store::{now_ms, Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// Which parts of the relay this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    #[default]
+    All,
+    Ingress,
+    Dispatcher,
+}
+
+impl Role {
+    fn runs_ingress(self) -> bool {
+        matches!(self, Role::All | Role::Ingress)
+    }
+
+    fn runs_dispatcher(self) -> bool {
+        matches!(self, Role::All | Role::Dispatcher)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("RabbitMQ mode (queue.amqp_url) is not available in this build yet")]
+    QueueUnsupported,
+}
+
+pub struct BuildOptions {
+    pub role: Role,
+    /// The clock for signature freshness (tests replay vectors at their time).
+    pub clock: Arc<dyn Clock>,
+    /// Cancelled to stop the relay.
+    pub shutdown: CancellationToken,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            role: Role::All,
+            clock: Arc::new(SystemClock),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+pub struct Application {
+    ingress: Option<(TcpListener, Router)>,
+    admin: (TcpListener, Router),
+    worker: Option<EmbeddedWorker>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    request_timeout: Duration,
+    nonce_window: Duration,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+impl Application {
+    pub async fn build(config: Config, options: BuildOptions) -> Result<Self, StartupError> {
+        if config.queue.is_some() {
+            return Err(StartupError::QueueUnsupported);
+        }
+        let accounts = build_accounts(&config.accounts)?;
+        let store = Store::connect(&config.storage.url).await?;
+        let metrics = Metrics::new();
+        let jobs_committed = Arc::new(Notify::new());
+        let nonce_window = accounts
+            .values()
+            .filter_map(|a| a.provider.replay_window())
+            .max()
+            .unwrap_or(Duration::from_secs(300));
+
+        let ingress = if options.role.runs_ingress() {
+            let state = IngressState {
+                accounts,
+                endpoints: Arc::new(config.endpoints.clone()),
+                store: store.clone(),
+                clock: options.clock.clone(),
+                metrics: metrics.clone(),
+                max_body_bytes: config.server.max_body_bytes,
+                outbox: false,
+                jobs_committed: jobs_committed.clone(),
+            };
+            let router = Router::new()
+                .route("/notify/{account}", post(notify))
+                .with_state(state)
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    config.server.request_timeout,
+                ));
+            Some((bind(config.server.listen).await?, router))
+        } else {
+            None
+        };
+
+        let admin_router = admin::router(AdminState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        });
+        let admin = (bind(config.server.admin_listen).await?, admin_router);
+
+        let worker = if options.role.runs_dispatcher() {
+            let deliverer = Deliverer::new(
+                store.clone(),
+                &config.endpoints,
+                config.delivery.clone(),
+                metrics.clone(),
+            )?;
+            Some(EmbeddedWorker::new(
+                deliverer,
+                jobs_committed,
+                options.shutdown.clone(),
+            ))
+        } else {
+            None
+        };
+
+        Ok(Self {
+            ingress,
+            admin,
+            worker,
+            store,
+            metrics,
+            shutdown: options.shutdown,
+            request_timeout: config.server.request_timeout,
+            nonce_window,
+        })
+    }
+
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        self.ingress.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.0.local_addr().ok()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled. Then: listeners stop
+    /// accepting, in-flight requests finish, in-flight deliveries finish and
+    /// store their outcome, and the store is closed.
+    pub async fn run_until_stopped(self) -> Result<(), std::io::Error> {
+        let tasks = TaskTracker::new();
+        let token = self.shutdown.clone();
+
+        if let Some((listener, router)) = self.ingress {
+            let token = token.clone();
+            let grace = self.request_timeout;
+            tasks.spawn(async move {
+                let server =
+                    axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
+                // In-flight requests get their own timeout to finish, no more.
+                let drained = async {
+                    token.cancelled().await;
+                    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+                };
+                tokio::select! {
+                    r = server => if let Err(e) = r { tracing::error!(error = %e, "ingress server failed") },
+                    _ = drained => tracing::warn!("ingress drain timed out"),
+                }
+            });
+        }
+        {
+            let (listener, router) = self.admin;
+            let token = token.clone();
+            tasks.spawn(async move {
+                let server = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            });
+        }
+        if let Some(worker) = self.worker {
+            tasks.spawn(worker.run());
+        }
+        tasks.spawn(housekeeping(
+            self.store.clone(),
+            self.metrics.clone(),
+            self.nonce_window,
+            token.clone(),
+        ));
+        tracing::info!("payhook is running");
+        tasks.close();
+        tasks.wait().await;
+        self.store.close().await;
+        tracing::info!("payhook stopped");
+        Ok(())
+    }
+}
+
+/// Periodic chores: forget nonces past their window, refresh gauges, and let
+/// the metrics recorder fold histogram samples.
+async fn housekeeping(store: Store, metrics: Arc<Metrics>, nonce_window: Duration, token: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = token.cancelled() => return,
+        }
+        // Twice the window: a nonce is only useless once its timestamp would
+        // be refused as stale anyway.
+        let keep_ms = i64::try_from(nonce_window.as_millis() * 2).unwrap_or(i64::MAX / 4);
+        if let Err(e) = store.prune_nonces(now_ms().saturating_sub(keep_ms)).await {
+            tracing::warn!(error = %e, "nonce pruning failed");
+        }
+        match store.count_pending().await {
+            Ok(n) => metrics.set_deliveries_pending(n),
+            Err(e) => tracing::warn!(error = %e, "cannot count pending deliveries"),
+        }
+        metrics.upkeep();
+    }
+}

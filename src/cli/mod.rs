@@ -1,0 +1,97 @@
+//! The `payhook` command line. `main.rs` only parses arguments and calls in here.
+
+pub mod keys;
+pub mod simulate;
+pub mod sink;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::Role;
+use crate::ingress::SampleKind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "payhook",
+    version,
+    about = "Relay for payment-provider notifications: verify, store once, deliver with retries.",
+    long_about = "payhook verifies signed payment callbacks (CBB, Shouqianba, ABC TrustPay, Tencent Dingdang, \
+                  Dryad), stores each exactly once, and delivers a normalized event to merchant endpoints on a \
+                  retry schedule until they confirm.\n\nConfig: --config FILE, else $PAYHOOK_CONFIG, else \
+                  ./payhook.toml if present, else built-in defaults. PAYHOOK_* environment variables override it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay: provider ingress, dispatcher and admin port.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Which parts to run in this process.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate {
+        /// Config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Send a correctly signed sample callback for an account, signed with its
+    /// sandbox key or shared secret from the config.
+    Simulate {
+        /// Provider: cbb, shouqianba, abc, dingdang or dryad.
+        provider: String,
+        /// The account id in the config (`[[accounts]] id`).
+        #[arg(long)]
+        account: String,
+        /// Where to send it; default: the config's ingress, /notify/{account}.
+        #[arg(long)]
+        url: Option<String>,
+        /// Payment or refund notice.
+        #[arg(long, value_enum, default_value_t = SampleKind::Payment)]
+        kind: SampleKind,
+        /// Amount in fen.
+        #[arg(long, default_value_t = 10001)]
+        amount: i64,
+        /// Break the signature, to see a forgery refused.
+        #[arg(long)]
+        forge: bool,
+        /// Config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Run a sample merchant endpoint that verifies and prints deliveries.
+    Sink {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+        /// The endpoint secret, to check the delivery signatures.
+        #[arg(long, env = "PAYHOOK_SINK_SECRET")]
+        secret: Option<String>,
+        /// Answer 500 to every Nth delivery (0 = never), to watch retries.
+        #[arg(long, default_value_t = 0)]
+        fail_every: u64,
+    },
+    /// Sandbox key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a sandbox RSA-2048 key pair (private.pem, public.pem).
+    Generate {
+        /// Directory to write the keys into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}

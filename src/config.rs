@@ -1,0 +1,968 @@
+//! The config file (TOML) and its environment overrides, parsed once at
+//! start-up into typed values. Unknown keys and bad values are refused with a
+//! message that names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::{AccountId, EndpointId, EventType, ProviderKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret value: never printed by `Debug`, so it cannot leak into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub queue: Option<QueueConfig>,
+    pub delivery: DeliveryConfig,
+    pub accounts: Vec<AccountConfig>,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub max_body_bytes: usize,
+    /// Whole-request deadline at the ingress (headers and body), so that a
+    /// slow sender cannot hold a connection forever.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub amqp_url: Secret,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub retry_schedule: Vec<Duration>,
+    pub max_retries: u32,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    /// In-flight deliveries to any one endpoint, so that one slow merchant
+    /// cannot take every slot of `concurrency`.
+    pub per_endpoint_concurrency: usize,
+    pub allow_private_targets: bool,
+}
+
+impl DeliveryConfig {
+    /// The delay before retry number `retry` (1-based): the schedule's entry,
+    /// the last one repeating.
+    pub fn delay_before_retry(&self, retry: u32) -> Duration {
+        let index = (retry.saturating_sub(1) as usize).min(self.retry_schedule.len().saturating_sub(1));
+        self.retry_schedule.get(index).copied().unwrap_or_default()
+    }
+}
+
+/// One provider account; `id` is the `{account}` in `/notify/{account}`.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub id: AccountId,
+    pub settings: ProviderSettings,
+}
+
+impl AccountConfig {
+    pub fn provider(&self) -> ProviderKind {
+        match self.settings {
+            ProviderSettings::Cbb { .. } => ProviderKind::Cbb,
+            ProviderSettings::Shouqianba { .. } => ProviderKind::Shouqianba,
+            ProviderSettings::Abc { .. } => ProviderKind::Abc,
+            ProviderSettings::Dingdang { .. } => ProviderKind::Dingdang,
+            ProviderSettings::Dryad { .. } => ProviderKind::Dryad,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderSettings {
+    Cbb {
+        public_key_file: PathBuf,
+        sandbox_private_key_file: Option<PathBuf>,
+    },
+    Shouqianba {
+        terminal_sn: String,
+        mode: SqbMode,
+        sandbox_private_key_file: Option<PathBuf>,
+    },
+    Abc {
+        certificate_file: PathBuf,
+        sandbox_private_key_file: Option<PathBuf>,
+    },
+    Dingdang {
+        scheme: DingdangSchemeConfig,
+        max_clock_skew: Duration,
+        sandbox_private_key_file: Option<PathBuf>,
+    },
+    Dryad {
+        secret: Secret,
+        max_clock_skew: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum SqbMode {
+    Md5 { terminal_key: Secret },
+    Rsa { public_key_file: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub enum DingdangSchemeConfig {
+    HmacSha256 { secret: Secret },
+    Rsa2 { public_key_file: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub id: EndpointId,
+    pub url: url::Url,
+    pub secret: Secret,
+    pub accounts: Vec<AccountPattern>,
+    pub events: Vec<EventPattern>,
+}
+
+impl EndpointConfig {
+    /// Whether this endpoint subscribes to events of `event_type` from `account`.
+    pub fn subscribes(&self, account: &AccountId, event_type: EventType) -> bool {
+        self.accounts.iter().any(|p| p.matches(account)) && self.events.iter().any(|p| p.matches(event_type))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountPattern {
+    Any,
+    Exact(AccountId),
+}
+
+impl AccountPattern {
+    pub fn matches(&self, account: &AccountId) -> bool {
+        match self {
+            AccountPattern::Any => true,
+            AccountPattern::Exact(id) => id == account,
+        }
+    }
+}
+
+/// `*`, `payment.*`, `refund.*` or an exact type such as `refund.succeeded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPattern {
+    Any,
+    Prefix(&'static str),
+    Exact(EventType),
+}
+
+impl EventPattern {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "*" => Some(EventPattern::Any),
+            "payment.*" => Some(EventPattern::Prefix("payment.")),
+            "refund.*" => Some(EventPattern::Prefix("refund.")),
+            other => EventType::parse(other).map(EventPattern::Exact),
+        }
+    }
+
+    pub fn matches(&self, event_type: EventType) -> bool {
+        match self {
+            EventPattern::Any => true,
+            EventPattern::Prefix(prefix) => event_type.as_str().starts_with(prefix),
+            EventPattern::Exact(t) => *t == event_type,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as written. `deny_unknown_fields` everywhere: a typo must not
+// silently become a default.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    server: FileServer,
+    #[serde(default)]
+    storage: FileStorage,
+    queue: Option<FileQueue>,
+    #[serde(default)]
+    delivery: FileDelivery,
+    #[serde(default)]
+    accounts: Vec<toml::Table>,
+    #[serde(default)]
+    endpoints: Vec<toml::Table>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    admin_token: Option<String>,
+    admin_token_env: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    request_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileQueue {
+    amqp_url: Option<String>,
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileDelivery {
+    retry_schedule: Option<Vec<String>>,
+    max_retries: Option<u32>,
+    timeout: Option<String>,
+    concurrency: Option<usize>,
+    per_endpoint_concurrency: Option<usize>,
+    allow_private_targets: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCbb {
+    id: String,
+    /// Already read to choose this struct; accepted here so that it is not "unknown".
+    #[serde(rename = "provider")]
+    _provider: String,
+    public_key_file: PathBuf,
+    sandbox_private_key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShouqianba {
+    id: String,
+    /// Already read to choose this struct; accepted here so that it is not "unknown".
+    #[serde(rename = "provider")]
+    _provider: String,
+    sign_mode: Option<String>,
+    terminal_sn: String,
+    terminal_key: Option<String>,
+    terminal_key_env: Option<String>,
+    terminal_key_file: Option<PathBuf>,
+    public_key_file: Option<PathBuf>,
+    sandbox_private_key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAbc {
+    id: String,
+    /// Already read to choose this struct; accepted here so that it is not "unknown".
+    #[serde(rename = "provider")]
+    _provider: String,
+    certificate_file: PathBuf,
+    sandbox_private_key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDingdang {
+    id: String,
+    /// Already read to choose this struct; accepted here so that it is not "unknown".
+    #[serde(rename = "provider")]
+    _provider: String,
+    scheme: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    public_key_file: Option<PathBuf>,
+    max_clock_skew: Option<String>,
+    sandbox_private_key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDryad {
+    id: String,
+    /// Already read to choose this struct; accepted here so that it is not "unknown".
+    #[serde(rename = "provider")]
+    _provider: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    max_clock_skew: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEndpoint {
+    id: String,
+    url: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default = "star")]
+    accounts: Vec<String>,
+    #[serde(default = "star")]
+    events: Vec<String>,
+}
+
+fn star() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// Where environment values come from; a function so that tests need not
+/// touch the process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// Finds and loads the config: `path`, else `$PAYHOOK_CONFIG`, else
+    /// `payhook.toml` if present, else built-in defaults; then applies the
+    /// `PAYHOOK_*` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: EnvLookup<'_> = &process_env;
+        let chosen: Option<PathBuf> = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => match env("PAYHOOK_CONFIG") {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => Some(PathBuf::from("payhook.toml")).filter(|p| p.exists()),
+            },
+        };
+        match chosen {
+            Some(p) => Self::from_file(&p, env),
+            None => Self::from_toml_str("", Path::new("."), env),
+        }
+    }
+
+    pub fn from_file(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml_str(&text, base, env).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text; relative file paths are taken from `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
+        let ctx = Ctx { base_dir, env };
+        let server = ctx.server(file.server)?;
+        let storage = StorageConfig {
+            url: env("PAYHOOK_DATABASE_URL")
+                .or(file.storage.url)
+                .unwrap_or_else(|| "sqlite://payhook.db".to_owned()),
+        };
+        if !(storage.url.starts_with("sqlite:") || storage.url.starts_with("postgres")) {
+            return Err(ConfigError::invalid(
+                "storage.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        let queue = ctx.queue(file.queue)?;
+        let delivery = ctx.delivery(file.delivery)?;
+
+        let mut accounts: Vec<AccountConfig> = Vec::new();
+        for (i, table) in file.accounts.into_iter().enumerate() {
+            let account = ctx.account(i, table)?;
+            if accounts.iter().any(|a| a.id == account.id) {
+                return Err(ConfigError::invalid(
+                    format!("accounts[{i}].id"),
+                    format!("duplicate id `{}`", account.id),
+                ));
+            }
+            accounts.push(account);
+        }
+        let mut endpoints: Vec<EndpointConfig> = Vec::new();
+        for (i, table) in file.endpoints.into_iter().enumerate() {
+            let endpoint = ctx.endpoint(i, table, &accounts)?;
+            if endpoints.iter().any(|e| e.id == endpoint.id) {
+                return Err(ConfigError::invalid(
+                    format!("endpoints[{i}].id"),
+                    format!("duplicate id `{}`", endpoint.id),
+                ));
+            }
+            endpoints.push(endpoint);
+        }
+        Ok(Config {
+            server,
+            storage,
+            queue,
+            delivery,
+            accounts,
+            endpoints,
+        })
+    }
+
+    pub fn account(&self, id: &str) -> Option<&AccountConfig> {
+        self.accounts.iter().find(|a| a.id.as_str() == id)
+    }
+}
+
+struct Ctx<'a> {
+    base_dir: &'a Path,
+    env: EnvLookup<'a>,
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::invalid(
+            key,
+            format!("`{text}` is not a duration like 150ms, 10s or 5m ({e})"),
+        )
+    })
+}
+
+fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{text}` is not an address like 127.0.0.1:8080")))
+}
+
+impl Ctx<'_> {
+    fn path(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Exactly one of `key`, `key_env`, `key_file`.
+    fn secret(
+        &self,
+        key: &str,
+        inline: Option<String>,
+        env_var: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match (inline, env_var, file) {
+            (None, None, None) => Ok(None),
+            (Some(v), None, None) => Ok(Some(Secret(v))),
+            (None, Some(var), None) => match (self.env)(&var) {
+                Some(v) if !v.is_empty() => Ok(Some(Secret(v))),
+                _ => Err(ConfigError::invalid(
+                    format!("{key}_env"),
+                    format!("environment variable {var} is not set"),
+                )),
+            },
+            (None, None, Some(path)) => {
+                let path = self.path(path);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::invalid(
+                        format!("{key}_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Ok(Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned())))
+            }
+            _ => Err(ConfigError::invalid(
+                key,
+                format!("give only one of {key}, {key}_env, {key}_file"),
+            )),
+        }
+    }
+
+    fn server(&self, s: FileServer) -> Result<ServerConfig, ConfigError> {
+        let listen = (self.env)("PAYHOOK_LISTEN")
+            .or(s.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let admin_listen = (self.env)("PAYHOOK_ADMIN_LISTEN")
+            .or(s.admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:9090".into());
+        let admin_token = match (self.env)("PAYHOOK_ADMIN_TOKEN") {
+            Some(t) if !t.is_empty() => Some(Secret(t)),
+            _ => self.secret(
+                "server.admin_token",
+                s.admin_token,
+                s.admin_token_env,
+                s.admin_token_file,
+            )?,
+        };
+        let max_body_bytes = s.max_body_bytes.unwrap_or(65536);
+        if !(256..=64 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "must be between 256 and 67108864",
+            ));
+        }
+        let request_timeout = match s.request_timeout {
+            Some(t) => duration("server.request_timeout", &t)?,
+            None => Duration::from_secs(10),
+        };
+        if request_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.request_timeout",
+                "must be more than 0",
+            ));
+        }
+        Ok(ServerConfig {
+            listen: socket_addr("server.listen", &listen)?,
+            admin_listen: socket_addr("server.admin_listen", &admin_listen)?,
+            admin_token,
+            max_body_bytes,
+            request_timeout,
+        })
+    }
+
+    fn queue(&self, q: Option<FileQueue>) -> Result<Option<QueueConfig>, ConfigError> {
+        let (url, prefix) = match q {
+            Some(q) => (q.amqp_url, q.prefix),
+            None => (None, None),
+        };
+        let url = (self.env)("PAYHOOK_AMQP_URL").filter(|u| !u.is_empty()).or(url);
+        let prefix = prefix.unwrap_or_else(|| "payhook".to_owned());
+        let prefix_ok = !prefix.is_empty()
+            && prefix.len() <= 100
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !prefix_ok {
+            return Err(ConfigError::invalid(
+                "queue.prefix",
+                "must be 1 to 100 characters of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        match url {
+            None => Ok(None),
+            Some(u) if u.starts_with("amqp://") || u.starts_with("amqps://") => Ok(Some(QueueConfig {
+                amqp_url: Secret(u),
+                prefix,
+            })),
+            Some(_) => Err(ConfigError::invalid(
+                "queue.amqp_url",
+                "must start with amqp:// or amqps://",
+            )),
+        }
+    }
+
+    fn delivery(&self, d: FileDelivery) -> Result<DeliveryConfig, ConfigError> {
+        let retry_schedule = match d.retry_schedule {
+            None => ["0s", "1m", "5m", "15m", "60m"]
+                .iter()
+                .map(|t| duration("delivery.retry_schedule", t))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, t)| duration(&format!("delivery.retry_schedule[{i}]"), t))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if retry_schedule.is_empty() {
+            return Err(ConfigError::invalid(
+                "delivery.retry_schedule",
+                "needs at least one delay",
+            ));
+        }
+        if retry_schedule
+            .iter()
+            .any(|d| *d > Duration::from_secs(7 * 24 * 3600))
+        {
+            return Err(ConfigError::invalid(
+                "delivery.retry_schedule",
+                "delays are at most 7 days",
+            ));
+        }
+        let max_retries = d.max_retries.unwrap_or(10);
+        if max_retries > 1000 {
+            return Err(ConfigError::invalid(
+                "delivery.max_retries",
+                "must be at most 1000",
+            ));
+        }
+        let timeout = duration("delivery.timeout", d.timeout.as_deref().unwrap_or("10s"))?;
+        if timeout.is_zero() || timeout > Duration::from_secs(300) {
+            return Err(ConfigError::invalid(
+                "delivery.timeout",
+                "must be between 1ms and 300s",
+            ));
+        }
+        let concurrency = d.concurrency.unwrap_or(256);
+        if !(1..=100_000).contains(&concurrency) {
+            return Err(ConfigError::invalid(
+                "delivery.concurrency",
+                "must be between 1 and 100000",
+            ));
+        }
+        let per_endpoint_concurrency = d
+            .per_endpoint_concurrency
+            .unwrap_or_else(|| (concurrency / 4).max(1));
+        if per_endpoint_concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "delivery.per_endpoint_concurrency",
+                "must be at least 1",
+            ));
+        }
+        Ok(DeliveryConfig {
+            retry_schedule,
+            max_retries,
+            timeout,
+            concurrency,
+            per_endpoint_concurrency: per_endpoint_concurrency.min(concurrency),
+            allow_private_targets: d.allow_private_targets.unwrap_or(false),
+        })
+    }
+
+    fn account(&self, i: usize, table: toml::Table) -> Result<AccountConfig, ConfigError> {
+        let at = format!("accounts[{i}]");
+        let provider_text = match table.get("provider") {
+            Some(toml::Value::String(p)) => p.clone(),
+            _ => {
+                return Err(ConfigError::invalid(
+                    format!("{at}.provider"),
+                    "missing; one of cbb, shouqianba, abc, dingdang, dryad",
+                ))
+            }
+        };
+        let provider = ProviderKind::parse(&provider_text).ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{at}.provider"),
+                format!("unknown provider `{provider_text}`; one of cbb, shouqianba, abc, dingdang, dryad"),
+            )
+        })?;
+        fn typed<T: serde::de::DeserializeOwned>(at: &str, table: toml::Table) -> Result<T, ConfigError> {
+            T::deserialize(table).map_err(|e| ConfigError::invalid(at, e.to_string().trim().to_owned()))
+        }
+        let id_of = |id: &str| {
+            AccountId::parse(id).map_err(|e| ConfigError::invalid(format!("{at}.id"), e.to_string()))
+        };
+        match provider {
+            ProviderKind::Cbb => {
+                let f: FileCbb = typed(&at, table)?;
+                Ok(AccountConfig {
+                    id: id_of(&f.id)?,
+                    settings: ProviderSettings::Cbb {
+                        public_key_file: self.path(f.public_key_file),
+                        sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
+                    },
+                })
+            }
+            ProviderKind::Shouqianba => {
+                let f: FileShouqianba = typed(&at, table)?;
+                let key = format!("{at}.terminal_key");
+                let terminal_key =
+                    self.secret(&key, f.terminal_key, f.terminal_key_env, f.terminal_key_file)?;
+                let mode = match f.sign_mode.as_deref().unwrap_or("md5") {
+                    "md5" => SqbMode::Md5 {
+                        terminal_key: terminal_key
+                            .ok_or_else(|| ConfigError::invalid(&key, "required when sign_mode = \"md5\""))?,
+                    },
+                    "rsa" => SqbMode::Rsa {
+                        public_key_file: self.path(f.public_key_file.ok_or_else(|| {
+                            ConfigError::invalid(
+                                format!("{at}.public_key_file"),
+                                "required when sign_mode = \"rsa\"",
+                            )
+                        })?),
+                    },
+                    other => {
+                        return Err(ConfigError::invalid(
+                            format!("{at}.sign_mode"),
+                            format!("`{other}` is not md5 or rsa"),
+                        ))
+                    }
+                };
+                if f.terminal_sn.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.terminal_sn"),
+                        "must not be empty",
+                    ));
+                }
+                Ok(AccountConfig {
+                    id: id_of(&f.id)?,
+                    settings: ProviderSettings::Shouqianba {
+                        terminal_sn: f.terminal_sn,
+                        mode,
+                        sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
+                    },
+                })
+            }
+            ProviderKind::Abc => {
+                let f: FileAbc = typed(&at, table)?;
+                Ok(AccountConfig {
+                    id: id_of(&f.id)?,
+                    settings: ProviderSettings::Abc {
+                        certificate_file: self.path(f.certificate_file),
+                        sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
+                    },
+                })
+            }
+            ProviderKind::Dingdang => {
+                let f: FileDingdang = typed(&at, table)?;
+                let key = format!("{at}.secret");
+                let secret = self.secret(&key, f.secret, f.secret_env, f.secret_file)?;
+                let scheme = match f.scheme.as_str() {
+                    "TSK-HMAC-SHA256-BASIC" => DingdangSchemeConfig::HmacSha256 {
+                        secret: secret.ok_or_else(|| {
+                            ConfigError::invalid(&key, "required for TSK-HMAC-SHA256-BASIC")
+                        })?,
+                    },
+                    "TSK-RSA2" => DingdangSchemeConfig::Rsa2 {
+                        public_key_file: self.path(f.public_key_file.ok_or_else(|| {
+                            ConfigError::invalid(format!("{at}.public_key_file"), "required for TSK-RSA2")
+                        })?),
+                    },
+                    other => {
+                        return Err(ConfigError::invalid(
+                            format!("{at}.scheme"),
+                            format!("`{other}` is not TSK-HMAC-SHA256-BASIC or TSK-RSA2"),
+                        ))
+                    }
+                };
+                let skew_key = format!("{at}.max_clock_skew");
+                Ok(AccountConfig {
+                    id: id_of(&f.id)?,
+                    settings: ProviderSettings::Dingdang {
+                        scheme,
+                        max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("180s"))?,
+                        sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
+                    },
+                })
+            }
+            ProviderKind::Dryad => {
+                let f: FileDryad = typed(&at, table)?;
+                let key = format!("{at}.secret");
+                let secret = self
+                    .secret(&key, f.secret, f.secret_env, f.secret_file)?
+                    .ok_or_else(|| ConfigError::invalid(&key, "required"))?;
+                let skew_key = format!("{at}.max_clock_skew");
+                Ok(AccountConfig {
+                    id: id_of(&f.id)?,
+                    settings: ProviderSettings::Dryad {
+                        secret,
+                        max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("300s"))?,
+                    },
+                })
+            }
+        }
+    }
+
+    fn endpoint(
+        &self,
+        i: usize,
+        table: toml::Table,
+        accounts: &[AccountConfig],
+    ) -> Result<EndpointConfig, ConfigError> {
+        let at = format!("endpoints[{i}]");
+        let f = FileEndpoint::deserialize(table)
+            .map_err(|e| ConfigError::invalid(&at, e.to_string().trim().to_owned()))?;
+        let id =
+            EndpointId::parse(&f.id).map_err(|e| ConfigError::invalid(format!("{at}.id"), e.to_string()))?;
+        let url = url::Url::parse(&f.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                ConfigError::invalid(format!("{at}.url"), format!("`{}` is not an http(s) URL", f.url))
+            })?;
+        let key = format!("{at}.secret");
+        let secret = self
+            .secret(&key, f.secret, f.secret_env, f.secret_file)?
+            .ok_or_else(|| ConfigError::invalid(&key, "required: it signs deliveries"))?;
+        let account_patterns = f
+            .accounts
+            .iter()
+            .map(|a| {
+                if a == "*" {
+                    Ok(AccountPattern::Any)
+                } else {
+                    accounts
+                        .iter()
+                        .find(|acc| acc.id.as_str() == a)
+                        .map(|acc| AccountPattern::Exact(acc.id.clone()))
+                        .ok_or_else(|| {
+                            ConfigError::invalid(
+                                format!("{at}.accounts"),
+                                format!("no account `{a}` is configured"),
+                            )
+                        })
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let events = f
+            .events
+            .iter()
+            .map(|e| {
+                EventPattern::parse(e).ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("{at}.events"),
+                        format!("`{e}` is not *, payment.*, refund.* or an event type"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EndpointConfig {
+            id,
+            url,
+            secret,
+            accounts: account_patterns,
+            events,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("/etc/payhook"), &no_env)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.delivery.max_retries, 10);
+        assert_eq!(c.delivery.retry_schedule.len(), 5);
+        assert_eq!(c.delivery.delay_before_retry(1), Duration::ZERO);
+        assert_eq!(c.delivery.delay_before_retry(2), Duration::from_secs(60));
+        assert_eq!(c.delivery.delay_before_retry(9), Duration::from_secs(3600));
+        assert!(c.queue.is_none());
+        assert!(!c.delivery.allow_private_targets);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = parse("[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret=\"s\"\nsecrett=\"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("accounts[0]") && err.contains("secrett"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = parse("[delivery]\ntimeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("delivery.timeout"), "{err}");
+        let err = parse("[delivery]\nretry_schedule = [\"1s\", \"x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.retry_schedule[1]"), "{err}");
+        let err = parse("[[accounts]]\nid=\"a b\"\nprovider=\"dryad\"\nsecret=\"s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("accounts[0].id"), "{err}");
+        let err = parse("[[accounts]]\nid=\"x\"\nprovider=\"paypal\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("accounts[0].provider"), "{err}");
+        let err = parse("[[endpoints]]\nid=\"e\"\nurl=\"ftp://x\"\nsecret=\"s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endpoints[0].url"), "{err}");
+        let err = parse("[[endpoints]]\nid=\"e\"\nurl=\"http://x\"\nsecret=\"s\"\naccounts=[\"nope\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endpoints[0].accounts"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_and_secret_sources() {
+        let env = |k: &str| match k {
+            "PAYHOOK_LISTEN" => Some("0.0.0.0:1234".to_owned()),
+            "PAYHOOK_AMQP_URL" => Some("amqp://h".to_owned()),
+            "DRYAD_SECRET" => Some("from-env".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_toml_str(
+            "[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret_env=\"DRYAD_SECRET\"\n",
+            Path::new("."),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:1234");
+        assert_eq!(c.queue.as_ref().map(|q| q.prefix.as_str()), Some("payhook"));
+        match &c.accounts[0].settings {
+            ProviderSettings::Dryad { secret, .. } => assert_eq!(secret.expose(), "from-env"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !format!("{c:?}").contains("from-env"),
+            "Debug must not print secrets"
+        );
+    }
+
+    #[test]
+    fn subscriptions() {
+        let c = parse(
+            "[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret=\"s\"\n\
+             [[endpoints]]\nid=\"e\"\nurl=\"http://x\"\nsecret=\"s\"\naccounts=[\"d\"]\nevents=[\"payment.*\",\"refund.succeeded\"]\n",
+        )
+        .unwrap();
+        let e = &c.endpoints[0];
+        let d = AccountId::parse("d").unwrap();
+        let other = AccountId::parse("o").unwrap();
+        assert!(e.subscribes(&d, EventType::PaymentSucceeded));
+        assert!(e.subscribes(&d, EventType::RefundSucceeded));
+        assert!(!e.subscribes(&d, EventType::RefundFailed));
+        assert!(!e.subscribes(&other, EventType::PaymentSucceeded));
+        assert_eq!(c.accounts[0].provider(), ProviderKind::Dryad);
+    }
+}

@@ -1,0 +1,14 @@
+//! Delivery to merchant endpoints.
+//!
+//! - `attempt`: one delivery attempt, from a claimed job to its stored outcome.
+//! - `http`: the outbound client (timeouts, read limit, SSRF guard).
+//! - `sign`: the delivery signature headers.
+//! - `worker`: the embedded queue's loop, taking due jobs from the store.
+
+pub mod attempt;
+pub mod http;
+pub mod sign;
+pub mod worker;
+
+pub use attempt::{Deliverer, Endpoint};
+pub use worker::EmbeddedWorker;

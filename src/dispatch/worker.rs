@@ -1,0 +1,162 @@
+//! The embedded queue: due jobs are taken from the store itself.
+//!
+//! Wake-ups are precise rather than polled: the ingress notifies the worker
+//! after each commit, and otherwise the worker sleeps until the earliest due
+//! job (capped, to notice jobs written by other processes or an operator).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::attempt::Deliverer;
+use crate::store::now_ms;
+
+/// The longest the worker sleeps without looking at the store.
+const MAX_IDLE: Duration = Duration::from_millis(250);
+/// Jobs taken per claim.
+const CLAIM_BATCH: usize = 128;
+
+pub struct EmbeddedWorker {
+    deliverer: Deliverer,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Default)]
+struct InFlight {
+    per_endpoint: HashMap<String, usize>,
+    leased: HashSet<i64>,
+}
+
+fn lock(m: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl EmbeddedWorker {
+    pub fn new(deliverer: Deliverer, wake: Arc<Notify>, shutdown: CancellationToken) -> Self {
+        Self {
+            deliverer,
+            wake,
+            shutdown,
+        }
+    }
+
+    pub async fn run(self) {
+        let slots = Arc::new(Semaphore::new(self.deliverer.delivery.concurrency));
+        let per_endpoint_limit = self.deliverer.delivery.per_endpoint_concurrency;
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        let tasks = TaskTracker::new();
+        let mut store_backoff = Duration::from_millis(100);
+
+        while !self.shutdown.is_cancelled() {
+            let free = slots.available_permits();
+            if free == 0 {
+                self.idle(MAX_IDLE).await;
+                continue;
+            }
+            // Endpoints already at their own limit are skipped, so a slow
+            // merchant cannot take every slot from the others.
+            let busy: Vec<String> = lock(&in_flight)
+                .per_endpoint
+                .iter()
+                .filter(|(_, n)| **n >= per_endpoint_limit)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let limit = free.min(CLAIM_BATCH);
+            let jobs = match self
+                .deliverer
+                .store
+                .claim_due(limit, self.deliverer.lease(), &busy)
+                .await
+            {
+                Ok(jobs) => {
+                    store_backoff = Duration::from_millis(100);
+                    jobs
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim delivery jobs; retrying");
+                    self.idle(store_backoff).await;
+                    store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let claimed = jobs.len();
+            for job in jobs {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    // Cannot happen (we claimed at most `free`), but if it did
+                    // the job must go back rather than wait out its lease.
+                    let _ = self.deliverer.store.release(&[job.delivery_id]).await;
+                    continue;
+                };
+                {
+                    let mut f = lock(&in_flight);
+                    *f.per_endpoint.entry(job.endpoint_id.clone()).or_default() += 1;
+                    f.leased.insert(job.delivery_id);
+                }
+                let deliverer = self.deliverer.clone();
+                let in_flight = in_flight.clone();
+                let wake = self.wake.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = deliverer.attempt(&job).await {
+                        tracing::error!(error = %e, delivery_id = job.delivery_id, "attempt outcome not stored; the job will be retried when its lease ends");
+                    }
+                    let mut f = lock(&in_flight);
+                    if let Some(n) = f.per_endpoint.get_mut(&job.endpoint_id) {
+                        *n = n.saturating_sub(1);
+                    }
+                    f.leased.remove(&job.delivery_id);
+                    drop(f);
+                    drop(permit);
+                    wake.notify_one();
+                });
+            }
+            if claimed == limit {
+                continue;
+            }
+            let wait = match self.deliverer.store.next_due_at().await {
+                Ok(Some(due)) => {
+                    let ms = due.saturating_sub(now_ms());
+                    if ms <= 0 {
+                        // Due but skipped (busy endpoint): wait for a slot to free.
+                        MAX_IDLE.min(Duration::from_millis(20))
+                    } else {
+                        Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_IDLE)
+                    }
+                }
+                Ok(None) => MAX_IDLE,
+                Err(_) => MAX_IDLE,
+            };
+            self.idle(wait).await;
+        }
+
+        // Shutdown: no new claims; in-flight attempts finish (each is bounded
+        // by the delivery timeout) and store their outcome.
+        tasks.close();
+        let grace = self.deliverer.delivery.timeout + Duration::from_secs(2);
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            let leftover: Vec<i64> = lock(&in_flight).leased.iter().copied().collect();
+            tracing::warn!(
+                count = leftover.len(),
+                "releasing deliveries still in flight at shutdown"
+            );
+            if let Err(e) = self.deliverer.store.release(&leftover).await {
+                tracing::warn!(error = %e, "could not release leases; they expire on their own");
+            }
+        }
+    }
+
+    async fn idle(&self, wait: Duration) {
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+}

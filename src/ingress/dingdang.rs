@@ -1,0 +1,805 @@
+//! 腾讯叮当 open-platform payment notices (seed 003): a JSON shipping or refund
+//! result notice, signed in
+//! `Authorization: <scheme> Datetime=<YYYYMMDDTHHMMSSZ>, Signature=<sig>` over
+//! `raw body ++ Datetime`, with HMAC-SHA256 (hex) or SHA256withRSA (base64).
+//!
+//! `occurred_at` is the signed `Datetime`: the notices carry no payment or
+//! refund time of their own, and the signed send time is the best one there is.
+
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::common::{hmac_sha256, verify_hex_hmac_sha256, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
+use super::dryad::within_skew;
+use super::json::{object_body, opt_str, req_fen, req_str};
+use super::provider::{
+    Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
+    Verified,
+};
+use crate::domain::{EventType, Notification, ProviderKind};
+
+const HMAC_SCHEME: &str = "TSK-HMAC-SHA256-BASIC";
+const RSA2_SCHEME: &str = "TSK-RSA2";
+const DATETIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+/// How an account's notices are signed.
+#[derive(Clone)]
+pub enum DingdangScheme {
+    /// `TSK-HMAC-SHA256-BASIC`: lowercase hex HMAC-SHA256 keyed with the skill secret.
+    HmacSha256 { secret: Vec<u8> },
+    /// `TSK-RSA2`: base64 SHA256withRSA, verified with the platform public key.
+    Rsa2 { key: RsaPublicKey },
+}
+
+impl DingdangScheme {
+    fn word(&self) -> &'static str {
+        match self {
+            DingdangScheme::HmacSha256 { .. } => HMAC_SCHEME,
+            DingdangScheme::Rsa2 { .. } => RSA2_SCHEME,
+        }
+    }
+}
+
+impl std::fmt::Debug for DingdangScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DingdangScheme::HmacSha256 { .. } => f.write_str("HmacSha256 { secret: <redacted> }"),
+            DingdangScheme::Rsa2 { key } => write!(f, "Rsa2 {{ key: {key:?} }}"),
+        }
+    }
+}
+
+pub struct Dingdang {
+    scheme: DingdangScheme,
+    max_clock_skew: Duration,
+}
+
+impl Dingdang {
+    pub fn new(scheme: DingdangScheme, max_clock_skew: Duration) -> Self {
+        Self {
+            scheme,
+            max_clock_skew,
+        }
+    }
+}
+
+/// The parts of an `Authorization` header that matter.
+#[derive(Debug, PartialEq, Eq)]
+struct Authorization<'a> {
+    scheme: &'a str,
+    datetime: &'a str,
+    signature: &'a str,
+}
+
+/// `<scheme> Key=Value, Key=Value, …`: spaces around `=` and `,` are ignored,
+/// as are unknown keys; `Datetime` and `Signature` must each appear once.
+/// Values are split at their first `=`, so base64 padding survives.
+fn parse_authorization(value: &str) -> Result<Authorization<'_>, Rejection> {
+    const MALFORMED: Rejection = Rejection::BadSignature("malformed Authorization");
+    let (scheme, params) = value
+        .trim()
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .ok_or(MALFORMED)?;
+    let mut datetime = None;
+    let mut signature = None;
+    for part in params.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let (key, value) = part.split_once('=').ok_or(MALFORMED)?;
+        let (key, value) = (key.trim(), value.trim());
+        let slot = if key.eq_ignore_ascii_case("Datetime") {
+            &mut datetime
+        } else if key.eq_ignore_ascii_case("Signature") {
+            &mut signature
+        } else {
+            continue;
+        };
+        if slot.replace(value).is_some() {
+            return Err(Rejection::BadSignature("Authorization repeats a parameter"));
+        }
+    }
+    match (datetime, signature) {
+        (Some(datetime), Some(signature)) => Ok(Authorization {
+            scheme,
+            datetime,
+            signature,
+        }),
+        _ => Err(Rejection::BadSignature(
+            "Authorization lacks Datetime or Signature",
+        )),
+    }
+}
+
+/// Exactly `YYYYMMDDTHHMMSSZ`, UTC.
+fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
+    let shape_ok = text.len() == 16
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            8 => b == b'T',
+            15 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    if !shape_ok {
+        return None;
+    }
+    NaiveDateTime::parse_from_str(text, DATETIME_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+fn signing_content(body: &[u8], datetime: &str) -> Vec<u8> {
+    let mut content = Vec::with_capacity(body.len() + datetime.len());
+    content.extend_from_slice(body);
+    content.extend_from_slice(datetime.as_bytes());
+    content
+}
+
+impl Provider for Dingdang {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Dingdang
+    }
+
+    fn verify(&self, req: &RawRequest<'_>, now: DateTime<Utc>) -> Result<Verified, Rejection> {
+        let header = req
+            .header("authorization")
+            .ok_or(Rejection::BadSignature("missing Authorization"))?;
+        let auth = parse_authorization(header)?;
+        if !auth.scheme.eq_ignore_ascii_case(self.scheme.word()) {
+            return Err(Rejection::BadSignature("signature scheme is not this account's"));
+        }
+        let ok = match &self.scheme {
+            DingdangScheme::HmacSha256 { secret } => {
+                verify_hex_hmac_sha256(secret, &[req.body, auth.datetime.as_bytes()], auth.signature)
+            }
+            DingdangScheme::Rsa2 { key } => key.verify_base64(
+                RsaAlgorithm::Sha256,
+                &signing_content(req.body, auth.datetime),
+                auth.signature,
+            ),
+        };
+        if !ok {
+            return Err(Rejection::BadSignature("signature does not match"));
+        }
+        let signed_at =
+            parse_datetime(auth.datetime).ok_or(Rejection::Stale("Datetime is not YYYYMMDDTHHMMSSZ"))?;
+        if !within_skew(signed_at, now, self.max_clock_skew) {
+            return Err(Rejection::Stale("Datetime outside the allowed clock skew"));
+        }
+        Ok(Verified::default())
+    }
+
+    fn parse(&self, req: &RawRequest<'_>) -> Result<Notification, Rejection> {
+        let body = object_body(req.body)?;
+        let transaction_id = req_str(&body, "transactionId")?.to_owned();
+        let trade_no = req_str(&body, "tradeNo")?.to_owned();
+        let total = req_fen(&body, "totalAmt")?;
+        // Type-checked only: nonceStr changes between retries and is no part
+        // of the identity; domainId/skillId stay in `raw`.
+        opt_str(&body, "nonceStr")?;
+
+        let is_refund = !matches!(body.get("refundTransactionId"), None | Some(Value::Null));
+        let mut n = if is_refund {
+            req_str(&body, "refundTransactionId")?;
+            let refund_no = req_str(&body, "refundTradeNo")?.to_owned();
+            let refund_amount = req_fen(&body, "refundAmt")?;
+            let status = req_str(&body, "refundStatus")?;
+            let event_type = match status {
+                "SUCCESS" => EventType::RefundSucceeded,
+                "FAIL" => EventType::RefundFailed,
+                "PROCESSING" => EventType::RefundProcessing,
+                _ => return Err(Rejection::BadRequest("unknown refundStatus")),
+            };
+            let mut n = Notification::new(event_type, transaction_id, total);
+            n.dedup_extra = format!("{refund_no}:{status}");
+            n.refund_no = Some(refund_no);
+            n.refund_amount = Some(refund_amount);
+            n
+        } else {
+            Notification::new(EventType::PaymentSucceeded, transaction_id, total)
+        };
+        n.merchant_order_no = Some(trade_no);
+        n.occurred_at = req
+            .header("authorization")
+            .and_then(|h| parse_authorization(h).ok())
+            .and_then(|auth| parse_datetime(auth.datetime));
+        n.raw = Value::Object(body);
+        Ok(n)
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::RetCodeJson
+    }
+}
+
+/// The signing half of an account, for sample notices.
+// Built once per account, off the request path: its size does not matter,
+// and the key is held by value as the registry constructs it.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub enum DingdangSandboxScheme {
+    HmacSha256 { secret: Vec<u8> },
+    Rsa2 { key: RsaSigningKey },
+}
+
+impl std::fmt::Debug for DingdangSandboxScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DingdangSandboxScheme::HmacSha256 { .. } => f.write_str("HmacSha256 { secret: <redacted> }"),
+            DingdangSandboxScheme::Rsa2 { key } => write!(f, "Rsa2 {{ key: {key:?} }}"),
+        }
+    }
+}
+
+/// Signs sample notices as the Dingdang platform would.
+pub struct DingdangSandbox {
+    scheme: DingdangSandboxScheme,
+}
+
+impl DingdangSandbox {
+    pub fn new(scheme: DingdangSandboxScheme) -> Self {
+        Self { scheme }
+    }
+}
+
+impl SampleSigner for DingdangSandbox {
+    fn sign_sample(&self, spec: &SampleSpec) -> Result<SignedRequest, SignError> {
+        let mut body = Map::new();
+        body.insert("skillId".into(), Value::from("payhook-sample-skill"));
+        body.insert("transactionId".into(), Value::from(spec.trade_no.clone()));
+        body.insert("tradeNo".into(), Value::from(spec.merchant_order_no.clone()));
+        body.insert("totalAmt".into(), Value::from(spec.amount.fen()));
+        if spec.kind == SampleKind::Refund {
+            body.insert(
+                "refundTransactionId".into(),
+                Value::from(format!("RT{}", spec.trade_no)),
+            );
+            body.insert(
+                "refundTradeNo".into(),
+                Value::from(format!("RN{}", spec.merchant_order_no)),
+            );
+            body.insert("refundAmt".into(), Value::from(spec.amount.fen()));
+            body.insert("refundStatus".into(), Value::from("SUCCESS"));
+            body.insert("refundStatusDesc".into(), Value::from("退款成功"));
+        }
+        body.insert("nonceStr".into(), Value::from(ulid::Ulid::new().to_string()));
+        let body = serde_json::to_vec(&Value::Object(body)).map_err(|e| SignError::Crypto(e.to_string()))?;
+
+        let datetime = spec.now.format(DATETIME_FORMAT).to_string();
+        let (scheme, signature) = match &self.scheme {
+            DingdangSandboxScheme::HmacSha256 { secret } => {
+                let mut mac = hmac_sha256(secret, &[&body, datetime.as_bytes()]);
+                if spec.forge {
+                    mac[0] ^= 1;
+                }
+                (HMAC_SCHEME, hex::encode(mac))
+            }
+            DingdangSandboxScheme::Rsa2 { key } => {
+                let mut sig = key
+                    .sign(RsaAlgorithm::Sha256, &signing_content(&body, &datetime))
+                    .map_err(|e| SignError::Crypto(e.to_string()))?;
+                if spec.forge {
+                    if let Some(b) = sig.first_mut() {
+                        *b ^= 1;
+                    }
+                }
+                (RSA2_SCHEME, base64::engine::general_purpose::STANDARD.encode(sig))
+            }
+        };
+        Ok(SignedRequest {
+            content_type: "application/json",
+            headers: vec![(
+                "Authorization".into(),
+                format!("{scheme} Datetime={datetime}, Signature={signature}"),
+            )],
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+
+    use axum::http::{HeaderMap, HeaderValue};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{format_time, AmountFen};
+    use crate::ingress::provider::tests_support::{request_of, sample_spec};
+
+    const SECRET: &[u8] = b"skill_secret";
+    const SKEW: Duration = Duration::from_secs(180);
+
+    fn vectors_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
+    }
+
+    fn hmac_provider() -> Dingdang {
+        Dingdang::new(
+            DingdangScheme::HmacSha256 {
+                secret: SECRET.to_vec(),
+            },
+            SKEW,
+        )
+    }
+
+    fn hmac_sandbox() -> DingdangSandbox {
+        DingdangSandbox::new(DingdangSandboxScheme::HmacSha256 {
+            secret: SECRET.to_vec(),
+        })
+    }
+
+    fn rsa_provider() -> Dingdang {
+        let key = RsaPublicKey::load(&vectors_dir().join("keys/dingdang_platform_pub.pem"), 2048).unwrap();
+        Dingdang::new(DingdangScheme::Rsa2 { key }, SKEW)
+    }
+
+    fn rsa_sandbox() -> DingdangSandbox {
+        let key = RsaSigningKey::load(&vectors_dir().join("keys/dingdang_sandbox_priv.pem")).unwrap();
+        DingdangSandbox::new(DingdangSandboxScheme::Rsa2 { key })
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_768_458_600, 0).unwrap()
+    }
+
+    fn verify_and_parse(
+        p: &Dingdang,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Notification, Rejection> {
+        let req = RawRequest::new(headers, body);
+        p.verify(&req, now)?;
+        p.parse(&req)
+    }
+
+    /// The notification's fields under the names `vectors.json` uses.
+    fn event_view(n: &Notification) -> Value {
+        serde_json::json!({
+            "type": n.event_type.as_str(),
+            "provider_trade_no": n.provider_trade_no,
+            "merchant_order_no": n.merchant_order_no,
+            "refund_no": n.refund_no,
+            "amount": n.amount.fen(),
+            "refund_amount": n.refund_amount.map(AmountFen::fen),
+            "currency": n.currency,
+            "channel": n.channel,
+            "channel_trade_no": n.channel_trade_no,
+            "business_params": n.business_params,
+            "occurred_at": n.occurred_at.as_ref().map(format_time),
+        })
+    }
+
+    fn provider_for(account: &Value) -> Dingdang {
+        let skew = humantime::parse_duration(account["max_clock_skew"].as_str().unwrap_or("180s")).unwrap();
+        match account["scheme"].as_str().unwrap() {
+            HMAC_SCHEME => {
+                let secret = account["secret"].as_str().unwrap().as_bytes().to_vec();
+                Dingdang::new(DingdangScheme::HmacSha256 { secret }, skew)
+            }
+            RSA2_SCHEME => {
+                let path = vectors_dir().join(account["public_key_file"].as_str().unwrap());
+                let key = RsaPublicKey::load(&path, 2048).unwrap();
+                Dingdang::new(DingdangScheme::Rsa2 { key }, skew)
+            }
+            other => panic!("unknown scheme {other}"),
+        }
+    }
+
+    #[test]
+    fn shared_vectors() {
+        let text = std::fs::read_to_string(vectors_dir().join("vectors.json")).unwrap();
+        let vectors: Vec<Value> = serde_json::from_str(&text).unwrap();
+        let mut seen: Vec<(String, EventType, String, String)> = Vec::new();
+        let mut count = 0;
+        for v in vectors.iter().filter(|v| v["provider"] == "dingdang") {
+            count += 1;
+            let name = v["name"].as_str().unwrap();
+            let provider = provider_for(&v["account"]);
+            let now = DateTime::parse_from_rfc3339(v["now"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&Utc);
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "content-type",
+                HeaderValue::from_str(v["request"]["content_type"].as_str().unwrap()).unwrap(),
+            );
+            for (k, value) in v["request"]["headers"].as_object().unwrap() {
+                headers.insert(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value.as_str().unwrap()).unwrap(),
+                );
+            }
+            let body = v["request"]["body"].as_str().unwrap().as_bytes();
+            let result = verify_and_parse(&provider, &headers, body, now);
+            let account = v["account"]["id"].as_str().unwrap().to_owned();
+            match v["expect"]["outcome"].as_str().unwrap() {
+                outcome @ ("accepted" | "duplicate") => {
+                    let n = result.unwrap_or_else(|e| panic!("{name}: refused: {e}"));
+                    let view = event_view(&n);
+                    for (field, want) in v["expect"]["event"].as_object().unwrap() {
+                        let got = view
+                            .get(field)
+                            .unwrap_or_else(|| panic!("{name}: unknown field {field}"));
+                        assert_eq!(got, want, "{name}: field {field}");
+                    }
+                    assert_eq!(
+                        n.occurred_at,
+                        Some(now),
+                        "{name}: occurred_at is the signed Datetime"
+                    );
+                    let identity = (
+                        account,
+                        n.event_type,
+                        n.provider_trade_no.clone(),
+                        n.dedup_extra.clone(),
+                    );
+                    if outcome == "duplicate" {
+                        assert!(
+                            seen.contains(&identity),
+                            "{name}: not a duplicate of an earlier vector"
+                        );
+                    } else {
+                        assert!(!seen.contains(&identity), "{name}: unexpectedly a duplicate");
+                        seen.push(identity);
+                    }
+                }
+                "bad_signature" => {
+                    assert!(
+                        matches!(result, Err(Rejection::BadSignature(_))),
+                        "{name}: {result:?}"
+                    )
+                }
+                "stale" => assert!(matches!(result, Err(Rejection::Stale(_))), "{name}: {result:?}"),
+                "bad_request" => {
+                    assert!(
+                        matches!(result, Err(Rejection::BadRequest(_))),
+                        "{name}: {result:?}"
+                    )
+                }
+                other => panic!("{name}: unexpected outcome {other}"),
+            }
+        }
+        assert!(count >= 6, "only {count} dingdang vectors found");
+    }
+
+    /// A correctly signed HMAC request for `body`, with the header built by `header`.
+    fn hmac_request(body: &str, header: impl Fn(&str, &str) -> String) -> HeaderMap {
+        let datetime = now().format(DATETIME_FORMAT).to_string();
+        let sig = hex::encode(hmac_sha256(SECRET, &[body.as_bytes(), datetime.as_bytes()]));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_str(&header(&datetime, &sig)).unwrap(),
+        );
+        headers
+    }
+
+    const SHIPPING: &str =
+        r#"{"skillId":"1","transactionId":"T1","tradeNo":"N1","totalAmt":100,"nonceStr":"n"}"#;
+
+    #[test]
+    fn header_layout_is_tolerated() {
+        let layouts: [fn(&str, &str) -> String; 5] = [
+            |d, s| format!("TSK-HMAC-SHA256-BASIC Datetime={d}, Signature={s}"),
+            |d, s| format!("TSK-HMAC-SHA256-BASIC Datetime = {d} , Signature= {s}"),
+            |d, s| format!("TSK-HMAC-SHA256-BASIC Signature={s}, Datetime={d}"),
+            |d, s| format!("TSK-HMAC-SHA256-BASIC  Datetime={d},Key=skill-1, Signature={s},"),
+            |d, s| {
+                format!(
+                    "tsk-hmac-sha256-basic Datetime={d}, Signature={}",
+                    s.to_uppercase()
+                )
+            },
+        ];
+        for layout in layouts {
+            let headers = hmac_request(SHIPPING, layout);
+            let n = verify_and_parse(&hmac_provider(), &headers, SHIPPING.as_bytes(), now())
+                .unwrap_or_else(|e| panic!("{:?}: {e}", headers.get("authorization")));
+            assert_eq!(n.event_type, EventType::PaymentSucceeded);
+            assert_eq!(n.occurred_at, Some(now()));
+            assert_eq!(n.dedup_extra, "");
+        }
+    }
+
+    #[test]
+    fn malformed_or_mismatched_headers_are_bad_signatures() {
+        let layouts: [fn(&str, &str) -> String; 7] = [
+            |d, s| format!("TSK-RSA2 Datetime={d}, Signature={s}"),
+            |d, s| format!("Datetime={d}, Signature={s}"),
+            |d, _| format!("TSK-HMAC-SHA256-BASIC Datetime={d}"),
+            |_, s| format!("TSK-HMAC-SHA256-BASIC Signature={s}"),
+            |d, s| format!("TSK-HMAC-SHA256-BASIC Datetime={d}, Signature={s}, Signature={s}"),
+            |d, s| format!("TSK-HMAC-SHA256-BASIC Datetime={d}, Signature={s}, junk"),
+            |d, s| format!("TSK-HMAC-SHA256-BASIC Datetime={d}X, Signature={s}"),
+        ];
+        for layout in layouts {
+            let headers = hmac_request(SHIPPING, layout);
+            let err = hmac_provider()
+                .verify(&RawRequest::new(&headers, SHIPPING.as_bytes()), now())
+                .unwrap_err();
+            assert!(
+                matches!(err, Rejection::BadSignature(_)),
+                "{:?}",
+                headers.get("authorization")
+            );
+        }
+        let empty = HeaderMap::new();
+        let err = hmac_provider()
+            .verify(&RawRequest::new(&empty, SHIPPING.as_bytes()), now())
+            .unwrap_err();
+        assert!(matches!(err, Rejection::BadSignature(_)));
+    }
+
+    #[test]
+    fn signed_but_malformed_datetime_is_stale() {
+        let body = SHIPPING.as_bytes();
+        for datetime in ["2026-01-15T06:30:00Z", "20261315T063000Z", "+0260115T063000Z", ""] {
+            let sig = hex::encode(hmac_sha256(SECRET, &[body, datetime.as_bytes()]));
+            let mut headers = HeaderMap::new();
+            let value = format!("TSK-HMAC-SHA256-BASIC Datetime={datetime}, Signature={sig}");
+            headers.insert("authorization", HeaderValue::from_str(&value).unwrap());
+            let err = hmac_provider()
+                .verify(&RawRequest::new(&headers, body), now())
+                .unwrap_err();
+            assert!(matches!(err, Rejection::Stale(_)), "{datetime:?}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn skew_boundaries() {
+        let spec = sample_spec(SampleKind::Payment, 1);
+        let (headers, body) = request_of(&hmac_sandbox().sign_sample(&spec).unwrap());
+        let req = RawRequest::new(&headers, &body);
+        for offset in [-180, 0, 180] {
+            assert!(hmac_provider()
+                .verify(&req, spec.now + chrono::Duration::seconds(offset))
+                .is_ok());
+        }
+        for offset in [-181, 181] {
+            let err = hmac_provider()
+                .verify(&req, spec.now + chrono::Duration::seconds(offset))
+                .unwrap_err();
+            assert!(matches!(err, Rejection::Stale(_)));
+        }
+    }
+
+    #[test]
+    fn refund_statuses() {
+        for (status, want) in [
+            ("SUCCESS", Some(EventType::RefundSucceeded)),
+            ("FAIL", Some(EventType::RefundFailed)),
+            ("PROCESSING", Some(EventType::RefundProcessing)),
+            ("DONE", None),
+        ] {
+            let body = format!(
+                r#"{{"domainId":"1","transactionId":"T1","tradeNo":"N1","refundTransactionId":"RT1","refundTradeNo":"RN1","totalAmt":100,"refundAmt":"40","refundStatus":"{status}","nonceStr":"n"}}"#
+            );
+            let headers = hmac_request(&body, |d, s| format!("{HMAC_SCHEME} Datetime={d}, Signature={s}"));
+            let result = verify_and_parse(&hmac_provider(), &headers, body.as_bytes(), now());
+            match want {
+                Some(want) => {
+                    let n = result.unwrap();
+                    assert_eq!(n.event_type, want);
+                    assert_eq!(n.refund_no.as_deref(), Some("RN1"));
+                    assert_eq!(n.refund_amount.map(AmountFen::fen), Some(40));
+                    assert_eq!(n.amount.fen(), 100);
+                    assert_eq!(n.dedup_extra, format!("RN1:{status}"));
+                }
+                None => assert!(matches!(result, Err(Rejection::BadRequest(_))), "{status}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_bodies_are_bad_requests() {
+        let bodies = [
+            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":1.5}"#,
+            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":-1}"#,
+            r#"{"transactionId":"T1","tradeNo":"N1"}"#,
+            r#"{"tradeNo":"N1","totalAmt":1}"#,
+            r#"{"transactionId":"T1","totalAmt":1}"#,
+            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":1,"nonceStr":5}"#,
+            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":1,"refundTransactionId":"R"}"#,
+            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":1,"refundTransactionId":"","refundTradeNo":"RN","refundAmt":1,"refundStatus":"SUCCESS"}"#,
+            "[]",
+        ];
+        for body in bodies {
+            let headers = hmac_request(body, |d, s| format!("{HMAC_SCHEME} Datetime={d}, Signature={s}"));
+            let err = verify_and_parse(&hmac_provider(), &headers, body.as_bytes(), now()).unwrap_err();
+            assert!(matches!(err, Rejection::BadRequest(_)), "{body}: {err:?}");
+        }
+    }
+
+    fn check_round_trip(provider: &Dingdang, sandbox: &DingdangSandbox, kind: SampleKind, fen: i64) {
+        let spec = sample_spec(kind, fen);
+        let signed = sandbox.sign_sample(&spec).unwrap();
+        let (headers, body) = request_of(&signed);
+        let n = verify_and_parse(provider, &headers, &body, spec.now).unwrap();
+        assert_eq!(n.provider_trade_no, spec.trade_no);
+        assert_eq!(
+            n.merchant_order_no.as_deref(),
+            Some(spec.merchant_order_no.as_str())
+        );
+        assert_eq!(n.amount, spec.amount);
+        assert_eq!(n.occurred_at, Some(spec.now));
+        match kind {
+            SampleKind::Payment => assert_eq!(n.event_type, EventType::PaymentSucceeded),
+            SampleKind::Refund => {
+                assert_eq!(n.event_type, EventType::RefundSucceeded);
+                assert_eq!(n.refund_amount, Some(spec.amount));
+            }
+        }
+
+        let mut forged = spec.clone();
+        forged.forge = true;
+        let (headers, body) = request_of(&sandbox.sign_sample(&forged).unwrap());
+        let err = provider
+            .verify(&RawRequest::new(&headers, &body), spec.now)
+            .unwrap_err();
+        assert!(matches!(err, Rejection::BadSignature(_)));
+    }
+
+    #[test]
+    fn hmac_sandbox_round_trips() {
+        for kind in [SampleKind::Payment, SampleKind::Refund] {
+            check_round_trip(&hmac_provider(), &hmac_sandbox(), kind, 12_345);
+        }
+    }
+
+    #[test]
+    fn rsa_sandbox_round_trips() {
+        let (provider, sandbox) = (rsa_provider(), rsa_sandbox());
+        for kind in [SampleKind::Payment, SampleKind::Refund] {
+            check_round_trip(&provider, &sandbox, kind, 12_345);
+        }
+        // Each scheme refuses the other's notices.
+        let spec = sample_spec(SampleKind::Payment, 1);
+        let (headers, body) = request_of(&hmac_sandbox().sign_sample(&spec).unwrap());
+        assert!(provider
+            .verify(&RawRequest::new(&headers, &body), spec.now)
+            .is_err());
+        let (headers, body) = request_of(&sandbox.sign_sample(&spec).unwrap());
+        assert!(hmac_provider()
+            .verify(&RawRequest::new(&headers, &body), spec.now)
+            .is_err());
+    }
+
+    /// One RSA-signed sample, signed once: the `rsa` crate is slow in debug builds.
+    fn rsa_signed_sample() -> &'static (SignedRequest, DateTime<Utc>) {
+        static SIGNED: OnceLock<(SignedRequest, DateTime<Utc>)> = OnceLock::new();
+        SIGNED.get_or_init(|| {
+            let spec = sample_spec(SampleKind::Refund, 500);
+            (rsa_sandbox().sign_sample(&spec).unwrap(), spec.now)
+        })
+    }
+
+    fn rsa_provider_shared() -> &'static Dingdang {
+        static PROVIDER: OnceLock<Dingdang> = OnceLock::new();
+        PROVIDER.get_or_init(rsa_provider)
+    }
+
+    fn authorization_strategy() -> impl Strategy<Value = String> {
+        let params = "[ -~]{0,200}";
+        prop_oneof![
+            "\\PC{0,80}",
+            "[ -~]{0,120}",
+            params.prop_map(|s| format!("{HMAC_SCHEME} {s}")),
+            params.prop_map(|s| format!("{RSA2_SCHEME} {s}")),
+            ("[0-9TZ]{0,20}", "[0-9a-fA-F]{0,70}", "[ =,]{0,4}")
+                .prop_map(|(d, s, sep)| format!("{HMAC_SCHEME} Datetime{sep}={d},{sep}Signature={s}")),
+            ("[0-9TZ]{0,20}", "[A-Za-z0-9+/=]{0,400}")
+                .prop_map(|(d, s)| format!("{RSA2_SCHEME} Datetime={d}, Signature={s}")),
+        ]
+    }
+
+    fn json_value_strategy() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[0-9]{0,25}".prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+            prop::sample::select(vec!["SUCCESS", "FAIL", "PROCESSING", "X"]).prop_map(Value::from),
+        ]
+    }
+
+    fn json_body_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let keys = [
+            "domainId",
+            "skillId",
+            "transactionId",
+            "tradeNo",
+            "totalAmt",
+            "nonceStr",
+            "refundTransactionId",
+            "refundTradeNo",
+            "refundAmt",
+            "refundStatus",
+        ];
+        prop::collection::vec(
+            (prop::sample::select(keys.to_vec()), json_value_strategy()),
+            0..12,
+        )
+        .prop_map(|pairs| {
+            let map: Map<String, Value> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            serde_json::to_vec(&Value::Object(map)).unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_changed_byte_is_refused_hmac(index in 0usize..4096, flip in 1u8..=255, refund in any::<bool>()) {
+            let kind = if refund { SampleKind::Refund } else { SampleKind::Payment };
+            let spec = sample_spec(kind, 500);
+            let signed = hmac_sandbox().sign_sample(&spec).unwrap();
+            let (headers, mut body) = request_of(&signed);
+            let i = index % body.len();
+            body[i] ^= flip;
+            let result = hmac_provider().verify(&RawRequest::new(&headers, &body), spec.now);
+            prop_assert!(matches!(result, Err(Rejection::BadSignature(_))));
+        }
+
+        #[test]
+        fn any_changed_byte_is_refused_rsa(index in 0usize..4096, flip in 1u8..=255) {
+            let (signed, now) = rsa_signed_sample();
+            let (headers, mut body) = request_of(signed);
+            prop_assert!(rsa_provider_shared().verify(&RawRequest::new(&headers, &body), *now).is_ok());
+            let i = index % body.len();
+            body[i] ^= flip;
+            let result = rsa_provider_shared().verify(&RawRequest::new(&headers, &body), *now);
+            prop_assert!(matches!(result, Err(Rejection::BadSignature(_))));
+        }
+
+        #[test]
+        fn amounts_round_trip(fen in 1i64..=9_999_999_999, refund in any::<bool>()) {
+            let kind = if refund { SampleKind::Refund } else { SampleKind::Payment };
+            let spec = sample_spec(kind, fen);
+            let signed = hmac_sandbox().sign_sample(&spec).unwrap();
+            let (headers, body) = request_of(&signed);
+            let n = verify_and_parse(&hmac_provider(), &headers, &body, spec.now).unwrap();
+            prop_assert_eq!(n.amount.fen(), fen);
+            if refund {
+                prop_assert_eq!(n.refund_amount.map(AmountFen::fen), Some(fen));
+            }
+        }
+
+        #[test]
+        fn never_panics_on_bytes(
+            body in prop::collection::vec(any::<u8>(), 0..512),
+            auth in proptest::option::of(authorization_strategy()),
+        ) {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = auth.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                headers.insert("authorization", value);
+            }
+            let req = RawRequest::new(&headers, &body);
+            let _ = hmac_provider().verify(&req, Utc::now());
+            let _ = rsa_provider_shared().verify(&req, Utc::now());
+            let _ = hmac_provider().parse(&req);
+        }
+
+        #[test]
+        fn never_panics_on_json(
+            body in json_body_strategy(),
+            auth in proptest::option::of(authorization_strategy()),
+        ) {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = auth.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                headers.insert("authorization", value);
+            }
+            let req = RawRequest::new(&headers, &body);
+            let _ = hmac_provider().parse(&req);
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The request path of `POST /notify/{account}`:
+//! read (bounded) -> verify raw bytes -> parse -> one transaction -> answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::registry::{Account, Accounts};
+use super::{Dialect, RawRequest, Rejection};
+use crate::clock::Clock;
+use crate::config::EndpointConfig;
+use crate::domain::{Event, EventId};
+use crate::store::{IngestOutcome, NewEvent, Store};
+use crate::telemetry::{IngressOutcome, Metrics};
+
+#[derive(Clone)]
+pub struct IngressState {
+    pub accounts: Accounts,
+    pub endpoints: Arc<Vec<EndpointConfig>>,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    /// Whether to write an outbox row (RabbitMQ mode).
+    pub outbox: bool,
+    /// Tells the embedded dispatcher that new jobs were committed.
+    pub jobs_committed: Arc<tokio::sync::Notify>,
+}
+
+/// Every way a callback can end; mapped to the provider's dialect in one place.
+#[derive(Debug)]
+enum Reply {
+    Stored,
+    Duplicate,
+    Rejected(Rejection),
+    Replayed,
+    TooLarge,
+    Unavailable,
+}
+
+impl Reply {
+    fn outcome(&self) -> IngressOutcome {
+        match self {
+            Reply::Stored => IngressOutcome::Accepted,
+            Reply::Duplicate => IngressOutcome::Duplicate,
+            Reply::Rejected(Rejection::BadSignature(_)) | Reply::Replayed => IngressOutcome::BadSignature,
+            Reply::Rejected(Rejection::Stale(_)) => IngressOutcome::Stale,
+            Reply::Rejected(Rejection::BadRequest(_)) => IngressOutcome::BadRequest,
+            Reply::TooLarge => IngressOutcome::TooLarge,
+            Reply::Unavailable => IngressOutcome::Error,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Reply::Stored | Reply::Duplicate => StatusCode::OK,
+            Reply::Rejected(Rejection::BadSignature(_) | Rejection::Stale(_)) | Reply::Replayed => {
+                StatusCode::UNAUTHORIZED
+            }
+            Reply::Rejected(Rejection::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            Reply::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reply::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short, fixed reason (never echoes input, so nothing can be injected).
+    fn reason(&self) -> &'static str {
+        match self {
+            Reply::Stored | Reply::Duplicate => "",
+            Reply::Rejected(Rejection::BadSignature(r) | Rejection::Stale(r) | Rejection::BadRequest(r)) => r,
+            Reply::Replayed => "nonce already used",
+            Reply::TooLarge => "body too large",
+            Reply::Unavailable => "temporarily unavailable, retry later",
+        }
+    }
+
+    fn into_response(self, dialect: Dialect) -> Response {
+        let ok = matches!(self, Reply::Stored | Reply::Duplicate);
+        let status = self.status();
+        match dialect {
+            Dialect::PlainText { ok: yes, fail: no } => text_response(
+                status,
+                "text/plain; charset=utf-8",
+                if ok { yes } else { no }.to_owned(),
+            ),
+            Dialect::RetCodeJson => {
+                let body = if ok {
+                    serde_json::json!({ "retCode": "SUCCESS" })
+                } else {
+                    serde_json::json!({ "retCode": "FAIL", "retMsg": self.reason() })
+                };
+                text_response(status, "application/json", body.to_string())
+            }
+            Dialect::Empty => {
+                if ok {
+                    status.into_response()
+                } else {
+                    text_response(status, "text/plain; charset=utf-8", self.reason().to_owned())
+                }
+            }
+        }
+    }
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[tracing::instrument(skip_all, fields(account = %account_id, provider, outcome, event_id, reason))]
+pub async fn notify(
+    State(state): State<IngressState>,
+    Path(account_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let span = tracing::Span::current();
+    let Some(account) = state.accounts.get(&account_id).cloned() else {
+        // The label is the fixed word, not the unknown input: arbitrary path
+        // text must not create unbounded metric series.
+        state
+            .metrics
+            .ingress_request("unknown", "unknown", IngressOutcome::UnknownAccount);
+        span.record("outcome", IngressOutcome::UnknownAccount.as_str());
+        return text_response(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "unknown account".into(),
+        );
+    };
+    let provider = account.provider.kind().as_str();
+    span.record("provider", provider);
+    let reply = handle(&state, &account, &headers, body).await;
+    let outcome = reply.outcome();
+    span.record("outcome", outcome.as_str());
+    if !matches!(reply, Reply::Stored | Reply::Duplicate) {
+        span.record("reason", reply.reason());
+        tracing::info!("callback refused");
+    }
+    state
+        .metrics
+        .ingress_request(provider, account.id.as_str(), outcome);
+    state
+        .metrics
+        .ingress_duration(provider, started.elapsed().as_secs_f64());
+    reply.into_response(account.provider.dialect())
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Reply> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Reply::TooLarge);
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some());
+            if too_large {
+                Err(Reply::TooLarge)
+            } else {
+                Err(Reply::Rejected(Rejection::BadRequest("body could not be read")))
+            }
+        }
+    }
+}
+
+async fn handle(state: &IngressState, account: &Account, headers: &HeaderMap, body: Body) -> Reply {
+    let bytes = match read_body(headers, body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let request = RawRequest::new(headers, &bytes);
+    let verified = match account.provider.verify(&request, state.clock.now()) {
+        Ok(v) => v,
+        Err(rejection) => return Reply::Rejected(rejection),
+    };
+    let notification = match account.provider.parse(&request) {
+        Ok(n) => n,
+        Err(rejection) => return Reply::Rejected(rejection),
+    };
+    let dedup_extra = notification.dedup_extra.clone();
+    let event = Event::new(
+        EventId::generate(),
+        account.provider.kind(),
+        account.id.clone(),
+        notification,
+        chrono::Utc::now(),
+    );
+    let endpoints = if event.event_type.is_deliverable() {
+        state
+            .endpoints
+            .iter()
+            .filter(|e| e.subscribes(&event.account, event.event_type))
+            .map(|e| e.id.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let payload = match serde_json::to_string(&event) {
+        Ok(p) => p,
+        Err(_) => return Reply::Unavailable,
+    };
+    let event_id = event.id.to_string();
+    let new = NewEvent {
+        event,
+        payload,
+        dedup_extra,
+        raw_body: bytes.to_vec(),
+        raw_headers: headers_json(headers),
+        endpoints,
+        nonce: verified.replay_nonce.map(|n| n.nonce),
+        outbox: state.outbox,
+    };
+    match state.store.ingest(new).await {
+        Ok(IngestOutcome::Accepted { jobs }) => {
+            tracing::Span::current().record("event_id", event_id.as_str());
+            if jobs > 0 {
+                state.jobs_committed.notify_one();
+            }
+            Reply::Stored
+        }
+        Ok(IngestOutcome::Duplicate { existing }) => {
+            if let Some(id) = existing {
+                tracing::Span::current().record("event_id", id.as_str());
+            }
+            Reply::Duplicate
+        }
+        Ok(IngestOutcome::Replayed) => Reply::Replayed,
+        Err(e) => {
+            tracing::error!(error = %e, "could not store callback; provider told to retry");
+            Reply::Unavailable
+        }
+    }
+}
+
+/// The request headers as a JSON object (kept with the event for audit).
+fn headers_json(headers: &HeaderMap) -> String {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        map.insert(name.as_str().to_owned(), serde_json::Value::String(text));
+    }
+    serde_json::Value::Object(map).to_string()
+}

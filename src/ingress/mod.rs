@@ -1,0 +1,21 @@
+//! Provider-facing ingress: `POST /notify/{account}`.
+//!
+//! Each provider lives in its own module behind the [`Provider`] trait
+//! (verify raw bytes, then parse into a [`crate::domain::Notification`]).
+//! `registry` builds them from the config; `handler` runs the request path.
+
+pub mod abc;
+pub mod cbb;
+pub mod common;
+pub mod dingdang;
+pub mod dryad;
+pub mod handler;
+pub mod json;
+pub mod provider;
+pub mod registry;
+pub mod shouqianba;
+
+pub use provider::{
+    Dialect, Provider, RawRequest, Rejection, ReplayNonce, SampleKind, SampleSigner, SampleSpec, SignError,
+    SignedRequest, Verified,
+};

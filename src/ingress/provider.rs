@@ -1,0 +1,166 @@
+//! The one small interface every provider module implements.
+
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{AmountFen, Notification, ProviderKind};
+
+/// A callback exactly as it arrived: nothing has been decoded yet, because
+/// signatures are computed over these bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRequest<'a> {
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl<'a> RawRequest<'a> {
+    pub fn new(headers: &'a HeaderMap, body: &'a [u8]) -> Self {
+        Self { headers, body }
+    }
+
+    /// A header's value as text; `None` when absent or not visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Why a callback is refused. The reason is a short, fixed, secret-free text:
+/// it is logged and may be echoed to the provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Missing, malformed or wrong signature, wrong terminal, replayed nonce.
+    #[error("bad signature: {0}")]
+    BadSignature(&'static str),
+    /// A signed timestamp outside the account's clock-skew window.
+    #[error("stale request: {0}")]
+    Stale(&'static str),
+    /// Authentic (or unverifiable for structural reasons) but not a valid notice.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+/// A signed nonce that must not be accepted twice within the account's window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayNonce {
+    pub nonce: String,
+}
+
+/// What `verify` hands on: the proof that the bytes are authentic, plus any
+/// state the ingress must check against the store (a nonce).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verified {
+    pub replay_nonce: Option<ReplayNonce>,
+}
+
+/// How a provider expects to be answered. The HTTP status is chosen by the
+/// ingress from the outcome; the provider only decides the body's dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `text/plain` bodies, e.g. `SUCCESS`/`FAIL` (cbb, abc) or `success`/`fail`.
+    PlainText { ok: &'static str, fail: &'static str },
+    /// Dingdang's `{"retCode":"SUCCESS"}` / `{"retCode":"FAIL","retMsg":"…"}`.
+    RetCodeJson,
+    /// An empty body; only the status speaks (dryad).
+    Empty,
+}
+
+/// A payment provider's verifier and parser for one configured account.
+///
+/// Both steps are synchronous and pure: no I/O, no clock other than `now`,
+/// so they are cheap to test, fuzz and benchmark.
+pub trait Provider: Send + Sync + 'static {
+    fn kind(&self) -> ProviderKind;
+
+    /// Checks the signature (and freshness) over the raw bytes.
+    fn verify(&self, req: &RawRequest<'_>, now: DateTime<Utc>) -> Result<Verified, Rejection>;
+
+    /// Reads a verified request into a normalized notification.
+    fn parse(&self, req: &RawRequest<'_>) -> Result<Notification, Rejection>;
+
+    fn dialect(&self) -> Dialect;
+
+    /// How long a replay nonce must be remembered (the clock-skew window).
+    fn replay_window(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// What a sample callback should say, for `payhook simulate`, the demo, the
+/// benchmark and tests.
+#[derive(Debug, Clone)]
+pub struct SampleSpec {
+    pub kind: SampleKind,
+    pub amount: AmountFen,
+    /// Unique per sample, so that samples are not deduplicated.
+    pub trade_no: String,
+    pub merchant_order_no: String,
+    pub now: DateTime<Utc>,
+    /// Break the signature (flip a bit of it) so the callback must be refused.
+    pub forge: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SampleKind {
+    Payment,
+    Refund,
+}
+
+/// A ready-to-send callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedRequest {
+    pub content_type: &'static str,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The provider side of an account: signs sample callbacks with the sandbox
+/// key or shared secret.
+pub trait SampleSigner: Send + Sync {
+    fn sign_sample(&self, spec: &SampleSpec) -> Result<SignedRequest, SignError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("this account has no sandbox signing key configured")]
+    NoSandboxKey,
+    #[error("signing failed: {0}")]
+    Crypto(String),
+    #[error("this provider sends no {0} notices")]
+    Unsupported(&'static str),
+}
+
+/// Helpers for provider unit tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use axum::http::{HeaderName, HeaderValue};
+
+    /// A spec at a fixed instant (2026-01-15T06:30:00Z) with unique ids.
+    pub fn sample_spec(kind: SampleKind, fen: i64) -> SampleSpec {
+        let id = ulid::Ulid::new().to_string();
+        SampleSpec {
+            kind,
+            amount: AmountFen::from_fen(fen).expect("test amount"),
+            trade_no: format!("T{id}"),
+            merchant_order_no: format!("O{id}"),
+            now: DateTime::from_timestamp(1_768_458_600, 0).expect("fixed instant"),
+            forge: false,
+        }
+    }
+
+    /// The header map and body a server would see for `signed`.
+    pub fn request_of(signed: &SignedRequest) -> (HeaderMap, Vec<u8>) {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static(signed.content_type),
+        );
+        for (k, v) in &signed.headers {
+            headers.insert(
+                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                HeaderValue::from_str(v).expect("header value"),
+            );
+        }
+        (headers, signed.body.clone())
+    }
+}

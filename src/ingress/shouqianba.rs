@@ -1,0 +1,751 @@
+//! 收钱吧 upay v2 (seed 001): a JSON body whose values are all strings, signed
+//! in `Authorization: {terminal_sn} {sign}` with either the MD5 transport
+//! signature (`md5(body ++ terminal_key)`) or SHA256withRSA.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use md5::{Digest, Md5};
+use serde_json::{Map, Value};
+
+use super::common::{ct_eq, from_epoch_millis, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
+use super::json::{object_body, opt_str, req_str};
+use super::provider::{
+    Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
+    Verified,
+};
+use crate::domain::{AmountFen, EventType, Notification, ProviderKind};
+
+/// How an account's callbacks are signed.
+#[derive(Clone)]
+pub enum SqbSignMode {
+    /// Lowercase (or upper-case) hex MD5 of the raw body followed by the terminal key.
+    Md5 { terminal_key: Vec<u8> },
+    /// Base64 SHA256withRSA over the raw body, with Shouqianba's public key.
+    Rsa { key: RsaPublicKey },
+}
+
+impl std::fmt::Debug for SqbSignMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SqbSignMode::Md5 { .. } => f.write_str("Md5 { terminal_key: <redacted> }"),
+            SqbSignMode::Rsa { key } => write!(f, "Rsa {{ key: {key:?} }}"),
+        }
+    }
+}
+
+pub struct Shouqianba {
+    terminal_sn: String,
+    mode: SqbSignMode,
+}
+
+impl Shouqianba {
+    pub fn new(terminal_sn: String, mode: SqbSignMode) -> Self {
+        Self { terminal_sn, mode }
+    }
+}
+
+fn md5_sign(body: &[u8], terminal_key: &[u8]) -> [u8; 16] {
+    let mut hasher = Md5::new();
+    hasher.update(body);
+    hasher.update(terminal_key);
+    hasher.finalize().into()
+}
+
+/// An optional string field; an empty string counts as absent.
+fn opt_text<'a>(body: &'a Map<String, Value>, key: &'static str) -> Result<Option<&'a str>, Rejection> {
+    Ok(opt_str(body, key)?.filter(|s| !s.is_empty()))
+}
+
+/// An optional fen amount written as a string of digits.
+fn opt_fen(body: &Map<String, Value>, key: &'static str) -> Result<Option<AmountFen>, Rejection> {
+    match opt_text(body, key)? {
+        Some(text) => AmountFen::parse_fen(text)
+            .map(Some)
+            .map_err(|_| Rejection::BadRequest("an amount is not a whole number of fen")),
+        None => Ok(None),
+    }
+}
+
+/// An optional epoch-milliseconds time written as a string.
+fn opt_millis(body: &Map<String, Value>, key: &'static str) -> Result<Option<DateTime<Utc>>, Rejection> {
+    match opt_text(body, key)? {
+        Some(text) => from_epoch_millis(text)
+            .map(Some)
+            .ok_or(Rejection::BadRequest("a time is not epoch milliseconds")),
+        None => Ok(None),
+    }
+}
+
+fn channel_of(payway: &str) -> String {
+    match payway {
+        "1" => "alipay",
+        "3" => "wechat",
+        "4" => "baifubao",
+        "5" => "jd",
+        other => other,
+    }
+    .to_owned()
+}
+
+fn event_type_of(order_status: &str) -> EventType {
+    match order_status {
+        "PAID" => EventType::PaymentSucceeded,
+        "PAY_CANCELED" => EventType::PaymentFailed,
+        "CANCELED" => EventType::PaymentCanceled,
+        "REFUNDED" | "PARTIAL_REFUNDED" => EventType::RefundSucceeded,
+        "PAY_ERROR" | "REFUND_ERROR" | "CANCEL_ERROR" => EventType::PaymentError,
+        "CREATED" => EventType::PaymentCreated,
+        _ => EventType::PaymentUnknown,
+    }
+}
+
+impl Provider for Shouqianba {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Shouqianba
+    }
+
+    fn verify(&self, req: &RawRequest<'_>, _now: DateTime<Utc>) -> Result<Verified, Rejection> {
+        let header = req
+            .header("authorization")
+            .ok_or(Rejection::BadSignature("missing Authorization"))?;
+        let (terminal_sn, sign) = header
+            .split_once(' ')
+            .ok_or(Rejection::BadSignature("Authorization is not `terminal_sn sign`"))?;
+        // The terminal number is not a secret: a plain comparison is fine.
+        if terminal_sn.is_empty() || terminal_sn != self.terminal_sn {
+            return Err(Rejection::BadSignature(
+                "terminal_sn is not this account's terminal",
+            ));
+        }
+        let sign = sign.trim();
+        let ok = match &self.mode {
+            SqbSignMode::Md5 { terminal_key } => match hex::decode(sign) {
+                Ok(given) => ct_eq(&md5_sign(req.body, terminal_key), &given),
+                Err(_) => false,
+            },
+            SqbSignMode::Rsa { key } => key.verify_base64(RsaAlgorithm::Sha256, req.body, sign),
+        };
+        if !ok {
+            return Err(Rejection::BadSignature("signature does not match"));
+        }
+        Ok(Verified::default())
+    }
+
+    fn parse(&self, req: &RawRequest<'_>) -> Result<Notification, Rejection> {
+        let body = object_body(req.body)?;
+        let sn = req_str(&body, "sn")?.to_owned();
+        let order_status = req_str(&body, "order_status")?;
+        let event_type = event_type_of(order_status);
+        let total = opt_fen(&body, "total_amount")?.ok_or(Rejection::BadRequest("missing total_amount"))?;
+        let net = opt_fen(&body, "net_amount")?;
+
+        let mut n = Notification::new(event_type, sn, total);
+        if event_type == EventType::RefundSucceeded {
+            let net = net.ok_or(Rejection::BadRequest("refund notice without net_amount"))?;
+            let refunded = total
+                .checked_sub(net)
+                .ok_or(Rejection::BadRequest("net_amount exceeds total_amount"))?;
+            n.refund_amount = Some(refunded);
+        }
+        n.dedup_extra = match net {
+            Some(net) => format!("{order_status}:{net}"),
+            None => format!("{order_status}:"),
+        };
+        n.merchant_order_no = opt_text(&body, "client_sn")?.map(str::to_owned);
+        n.channel_trade_no = opt_text(&body, "trade_no")?.map(str::to_owned);
+        n.business_params = opt_text(&body, "reflect")?.map(str::to_owned);
+        n.channel = opt_text(&body, "payway")?.map(channel_of);
+        n.occurred_at = match opt_millis(&body, "finish_time")? {
+            Some(t) => Some(t),
+            None => opt_millis(&body, "channel_finish_time")?,
+        };
+        n.raw = Value::Object(body);
+        Ok(n)
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::PlainText {
+            ok: "success",
+            fail: "fail",
+        }
+    }
+}
+
+/// The signing half of an account, for sample callbacks.
+// Built once per account, off the request path: its size does not matter,
+// and the key is held by value as the registry constructs it.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub enum SqbSandboxMode {
+    Md5 { terminal_key: Vec<u8> },
+    Rsa { key: RsaSigningKey },
+}
+
+impl std::fmt::Debug for SqbSandboxMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SqbSandboxMode::Md5 { .. } => f.write_str("Md5 { terminal_key: <redacted> }"),
+            SqbSandboxMode::Rsa { key } => write!(f, "Rsa {{ key: {key:?} }}"),
+        }
+    }
+}
+
+/// Signs sample callbacks as Shouqianba would.
+pub struct ShouqianbaSandbox {
+    terminal_sn: String,
+    mode: SqbSandboxMode,
+}
+
+impl ShouqianbaSandbox {
+    pub fn new(terminal_sn: String, mode: SqbSandboxMode) -> Self {
+        Self { terminal_sn, mode }
+    }
+}
+
+impl SampleSigner for ShouqianbaSandbox {
+    fn sign_sample(&self, spec: &SampleSpec) -> Result<SignedRequest, SignError> {
+        // A refund sample is a partial refund of a slightly larger order, so
+        // that `total_amount - net_amount` is exactly `spec.amount`; at the very
+        // top of the amount range it becomes a full refund instead.
+        let (order_status, total, net) = match spec.kind {
+            SampleKind::Payment => ("PAID", spec.amount.fen(), spec.amount.fen()),
+            SampleKind::Refund => {
+                let kept = 100_i64.min(AmountFen::MAX_FEN - spec.amount.fen());
+                let status = if kept > 0 { "PARTIAL_REFUNDED" } else { "REFUNDED" };
+                (status, spec.amount.fen() + kept, kept)
+            }
+        };
+        let finished = spec.now.timestamp_millis();
+        let mut body = Map::new();
+        let mut put = |k: &str, v: String| {
+            body.insert(k.to_owned(), Value::String(v));
+        };
+        put("terminal_sn", self.terminal_sn.clone());
+        put("sn", spec.trade_no.clone());
+        put("client_sn", spec.merchant_order_no.clone());
+        put("trade_no", format!("4200{}", spec.trade_no));
+        put("status", "SUCCESS".into());
+        put("order_status", order_status.into());
+        put("payway", "3".into());
+        put("sub_payway", "1".into());
+        put("payer_uid", "payhook-sample-payer".into());
+        put("total_amount", total.to_string());
+        put("net_amount", net.to_string());
+        put("subject", "payhook sample".into());
+        put("finish_time", finished.to_string());
+        put("channel_finish_time", finished.to_string());
+        put("operator", "payhook".into());
+        put("reflect", r#"{"sample":true}"#.into());
+        let body = serde_json::to_vec(&Value::Object(body)).map_err(|e| SignError::Crypto(e.to_string()))?;
+
+        let sign = match &self.mode {
+            SqbSandboxMode::Md5 { terminal_key } => {
+                let mut digest = md5_sign(&body, terminal_key);
+                if spec.forge {
+                    digest[0] ^= 1;
+                }
+                hex::encode(digest)
+            }
+            SqbSandboxMode::Rsa { key } => {
+                let mut sig = key
+                    .sign(RsaAlgorithm::Sha256, &body)
+                    .map_err(|e| SignError::Crypto(e.to_string()))?;
+                if spec.forge {
+                    if let Some(b) = sig.first_mut() {
+                        *b ^= 1;
+                    }
+                }
+                base64::engine::general_purpose::STANDARD.encode(sig)
+            }
+        };
+        Ok(SignedRequest {
+            content_type: "application/json",
+            headers: vec![("Authorization".into(), format!("{} {}", self.terminal_sn, sign))],
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+
+    use axum::http::{HeaderMap, HeaderValue};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::format_time;
+    use crate::ingress::provider::tests_support::{request_of, sample_spec};
+
+    const TERMINAL: &str = "100111220054389553";
+    const KEY: &[u8] = b"96bfaf401367d934cb10a1cbe9773647";
+
+    fn vectors_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
+    }
+
+    fn public_key() -> RsaPublicKey {
+        RsaPublicKey::load(&vectors_dir().join("keys/sqb_pub.pem"), 2048).unwrap()
+    }
+
+    fn signing_key() -> RsaSigningKey {
+        RsaSigningKey::load(&vectors_dir().join("keys/sqb_sandbox_priv.pem")).unwrap()
+    }
+
+    fn md5_provider() -> Shouqianba {
+        Shouqianba::new(
+            TERMINAL.into(),
+            SqbSignMode::Md5 {
+                terminal_key: KEY.to_vec(),
+            },
+        )
+    }
+
+    fn md5_sandbox() -> ShouqianbaSandbox {
+        ShouqianbaSandbox::new(
+            TERMINAL.into(),
+            SqbSandboxMode::Md5 {
+                terminal_key: KEY.to_vec(),
+            },
+        )
+    }
+
+    fn rsa_provider() -> Shouqianba {
+        Shouqianba::new(TERMINAL.into(), SqbSignMode::Rsa { key: public_key() })
+    }
+
+    fn rsa_sandbox() -> ShouqianbaSandbox {
+        ShouqianbaSandbox::new(TERMINAL.into(), SqbSandboxMode::Rsa { key: signing_key() })
+    }
+
+    fn verify_and_parse(
+        p: &Shouqianba,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Notification, Rejection> {
+        let req = RawRequest::new(headers, body);
+        p.verify(&req, now)?;
+        p.parse(&req)
+    }
+
+    /// The notification's fields under the names `vectors.json` uses.
+    fn event_view(n: &Notification) -> Value {
+        serde_json::json!({
+            "type": n.event_type.as_str(),
+            "provider_trade_no": n.provider_trade_no,
+            "merchant_order_no": n.merchant_order_no,
+            "refund_no": n.refund_no,
+            "amount": n.amount.fen(),
+            "refund_amount": n.refund_amount.map(AmountFen::fen),
+            "currency": n.currency,
+            "channel": n.channel,
+            "channel_trade_no": n.channel_trade_no,
+            "business_params": n.business_params,
+            "occurred_at": n.occurred_at.as_ref().map(format_time),
+        })
+    }
+
+    fn provider_for(account: &Value) -> Shouqianba {
+        let terminal = account["terminal_sn"].as_str().unwrap().to_owned();
+        match account["sign_mode"].as_str().unwrap() {
+            "md5" => {
+                let key = account["terminal_key"].as_str().unwrap().as_bytes().to_vec();
+                Shouqianba::new(terminal, SqbSignMode::Md5 { terminal_key: key })
+            }
+            "rsa" => {
+                let path = vectors_dir().join(account["public_key_file"].as_str().unwrap());
+                let key = RsaPublicKey::load(&path, 2048).unwrap();
+                Shouqianba::new(terminal, SqbSignMode::Rsa { key })
+            }
+            other => panic!("unknown sign_mode {other}"),
+        }
+    }
+
+    #[test]
+    fn shared_vectors() {
+        let text = std::fs::read_to_string(vectors_dir().join("vectors.json")).unwrap();
+        let vectors: Vec<Value> = serde_json::from_str(&text).unwrap();
+        let mut seen: Vec<(String, EventType, String, String)> = Vec::new();
+        let mut count = 0;
+        for v in vectors.iter().filter(|v| v["provider"] == "shouqianba") {
+            count += 1;
+            let name = v["name"].as_str().unwrap();
+            let provider = provider_for(&v["account"]);
+            let now = DateTime::parse_from_rfc3339(v["now"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&Utc);
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "content-type",
+                HeaderValue::from_str(v["request"]["content_type"].as_str().unwrap()).unwrap(),
+            );
+            for (k, value) in v["request"]["headers"].as_object().unwrap() {
+                headers.insert(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value.as_str().unwrap()).unwrap(),
+                );
+            }
+            let body = v["request"]["body"].as_str().unwrap().as_bytes();
+            let result = verify_and_parse(&provider, &headers, body, now);
+            let account = v["account"]["id"].as_str().unwrap().to_owned();
+            match v["expect"]["outcome"].as_str().unwrap() {
+                outcome @ ("accepted" | "duplicate") => {
+                    let n = result.unwrap_or_else(|e| panic!("{name}: refused: {e}"));
+                    let view = event_view(&n);
+                    for (field, want) in v["expect"]["event"].as_object().unwrap() {
+                        let got = view
+                            .get(field)
+                            .unwrap_or_else(|| panic!("{name}: unknown field {field}"));
+                        assert_eq!(got, want, "{name}: field {field}");
+                    }
+                    let identity = (
+                        account,
+                        n.event_type,
+                        n.provider_trade_no.clone(),
+                        n.dedup_extra.clone(),
+                    );
+                    if outcome == "duplicate" {
+                        assert!(
+                            seen.contains(&identity),
+                            "{name}: not a duplicate of an earlier vector"
+                        );
+                    } else {
+                        assert!(!seen.contains(&identity), "{name}: unexpectedly a duplicate");
+                        seen.push(identity);
+                    }
+                }
+                "bad_signature" => {
+                    assert!(
+                        matches!(result, Err(Rejection::BadSignature(_))),
+                        "{name}: {result:?}"
+                    )
+                }
+                "stale" => assert!(matches!(result, Err(Rejection::Stale(_))), "{name}: {result:?}"),
+                "bad_request" => {
+                    assert!(
+                        matches!(result, Err(Rejection::BadRequest(_))),
+                        "{name}: {result:?}"
+                    )
+                }
+                other => panic!("{name}: unexpected outcome {other}"),
+            }
+        }
+        assert!(count >= 6, "only {count} shouqianba vectors found");
+    }
+
+    fn md5_auth_for(body: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let sign = hex::encode(md5_sign(body.as_bytes(), KEY));
+        headers.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("{TERMINAL} {sign}")).unwrap(),
+        );
+        headers
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_768_458_600, 0).unwrap()
+    }
+
+    #[test]
+    fn upper_case_md5_is_accepted() {
+        let body = r#"{"sn":"1","order_status":"PAID","total_amount":"5","net_amount":"5"}"#;
+        let sign = hex::encode_upper(md5_sign(body.as_bytes(), KEY));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("{TERMINAL} {sign}")).unwrap(),
+        );
+        let n = verify_and_parse(&md5_provider(), &headers, body.as_bytes(), now()).unwrap();
+        assert_eq!(n.event_type, EventType::PaymentSucceeded);
+        assert_eq!(n.dedup_extra, "PAID:5");
+        assert_eq!(n.occurred_at, None);
+    }
+
+    #[test]
+    fn malformed_authorization_is_a_bad_signature() {
+        let body = br#"{"sn":"1"}"#;
+        for value in [
+            "",
+            TERMINAL,
+            "nospace",
+            " abc",
+            &format!("{TERMINAL} zz"),
+            &format!("{TERMINAL} "),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", HeaderValue::from_str(value).unwrap());
+            let err = md5_provider()
+                .verify(&RawRequest::new(&headers, body), now())
+                .unwrap_err();
+            assert!(matches!(err, Rejection::BadSignature(_)), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn order_statuses_map_to_event_types() {
+        let cases = [
+            ("PAID", EventType::PaymentSucceeded),
+            ("PAY_CANCELED", EventType::PaymentFailed),
+            ("CANCELED", EventType::PaymentCanceled),
+            ("REFUNDED", EventType::RefundSucceeded),
+            ("PARTIAL_REFUNDED", EventType::RefundSucceeded),
+            ("PAY_ERROR", EventType::PaymentError),
+            ("REFUND_ERROR", EventType::PaymentError),
+            ("CANCEL_ERROR", EventType::PaymentError),
+            ("CREATED", EventType::PaymentCreated),
+            ("SOMETHING_NEW", EventType::PaymentUnknown),
+        ];
+        for (status, want) in cases {
+            let body = format!(
+                r#"{{"sn":"9","client_sn":"c","order_status":"{status}","total_amount":"1000","net_amount":"0","payway":"1","channel_finish_time":"1449569460000"}}"#
+            );
+            let n = verify_and_parse(&md5_provider(), &md5_auth_for(&body), body.as_bytes(), now()).unwrap();
+            assert_eq!(n.event_type, want, "{status}");
+            assert_eq!(n.dedup_extra, format!("{status}:0"));
+            assert_eq!(n.channel.as_deref(), Some("alipay"));
+            assert_eq!(
+                n.occurred_at.map(|t| t.timestamp_millis()),
+                Some(1_449_569_460_000)
+            );
+            if want == EventType::RefundSucceeded {
+                assert_eq!(n.refund_amount, Some(AmountFen::from_fen(1000).unwrap()));
+            } else {
+                assert_eq!(n.refund_amount, None);
+            }
+        }
+    }
+
+    #[test]
+    fn payway_channels() {
+        for (payway, want) in [
+            ("1", "alipay"),
+            ("3", "wechat"),
+            ("4", "baifubao"),
+            ("5", "jd"),
+            ("17", "17"),
+        ] {
+            assert_eq!(channel_of(payway), want);
+        }
+    }
+
+    #[test]
+    fn bad_bodies_are_bad_requests() {
+        let bodies = [
+            // refund larger than the order
+            r#"{"sn":"1","order_status":"REFUNDED","total_amount":"100","net_amount":"101"}"#,
+            // refund without net_amount
+            r#"{"sn":"1","order_status":"PARTIAL_REFUNDED","total_amount":"100"}"#,
+            // amounts must be strings of digits
+            r#"{"sn":"1","order_status":"PAID","total_amount":100,"net_amount":"100"}"#,
+            r#"{"sn":"1","order_status":"PAID","total_amount":"1.00","net_amount":"100"}"#,
+            r#"{"sn":"1","order_status":"PAID","total_amount":"-1","net_amount":"1"}"#,
+            r#"{"sn":"1","order_status":"PAID","net_amount":"1"}"#,
+            r#"{"order_status":"PAID","total_amount":"1"}"#,
+            r#"{"sn":"1","total_amount":"1"}"#,
+            r#"{"sn":"1","order_status":"PAID","total_amount":"1","finish_time":"yesterday"}"#,
+            r#"["not","an","object"]"#,
+        ];
+        for body in bodies {
+            let err =
+                verify_and_parse(&md5_provider(), &md5_auth_for(body), body.as_bytes(), now()).unwrap_err();
+            assert!(matches!(err, Rejection::BadRequest(_)), "{body}: {err:?}");
+        }
+    }
+
+    fn check_round_trip(
+        provider: &Shouqianba,
+        sandbox: &ShouqianbaSandbox,
+        kind: SampleKind,
+        fen: i64,
+    ) -> Notification {
+        let spec = sample_spec(kind, fen);
+        let signed = sandbox.sign_sample(&spec).unwrap();
+        let (headers, body) = request_of(&signed);
+        let n = verify_and_parse(provider, &headers, &body, spec.now).unwrap();
+        assert_eq!(n.provider_trade_no, spec.trade_no);
+        assert_eq!(
+            n.merchant_order_no.as_deref(),
+            Some(spec.merchant_order_no.as_str())
+        );
+        assert_eq!(n.occurred_at, Some(spec.now));
+        assert_eq!(n.channel.as_deref(), Some("wechat"));
+        match kind {
+            SampleKind::Payment => {
+                assert_eq!(n.event_type, EventType::PaymentSucceeded);
+                assert_eq!(n.amount, spec.amount);
+            }
+            SampleKind::Refund => {
+                assert_eq!(n.event_type, EventType::RefundSucceeded);
+                assert_eq!(n.refund_amount, Some(spec.amount));
+            }
+        }
+
+        let mut forged = spec.clone();
+        forged.forge = true;
+        let signed = sandbox.sign_sample(&forged).unwrap();
+        let (headers, body) = request_of(&signed);
+        let err = provider
+            .verify(&RawRequest::new(&headers, &body), spec.now)
+            .unwrap_err();
+        assert!(matches!(err, Rejection::BadSignature(_)));
+        n
+    }
+
+    #[test]
+    fn md5_sandbox_round_trips() {
+        for kind in [SampleKind::Payment, SampleKind::Refund] {
+            check_round_trip(&md5_provider(), &md5_sandbox(), kind, 12_345);
+        }
+        // the top of the amount range refunds in full
+        let n = check_round_trip(
+            &md5_provider(),
+            &md5_sandbox(),
+            SampleKind::Refund,
+            AmountFen::MAX_FEN,
+        );
+        assert_eq!(n.raw["order_status"], "REFUNDED");
+    }
+
+    #[test]
+    fn rsa_sandbox_round_trips() {
+        let (provider, sandbox) = (rsa_provider(), rsa_sandbox());
+        for kind in [SampleKind::Payment, SampleKind::Refund] {
+            check_round_trip(&provider, &sandbox, kind, 12_345);
+        }
+        // An MD5 signature does not pass an RSA account, nor the other way round.
+        let spec = sample_spec(SampleKind::Payment, 1);
+        let (headers, body) = request_of(&md5_sandbox().sign_sample(&spec).unwrap());
+        assert!(provider
+            .verify(&RawRequest::new(&headers, &body), spec.now)
+            .is_err());
+        let (headers, body) = request_of(&sandbox.sign_sample(&spec).unwrap());
+        assert!(md5_provider()
+            .verify(&RawRequest::new(&headers, &body), spec.now)
+            .is_err());
+    }
+
+    /// One RSA-signed sample, signed once: the `rsa` crate is slow in debug builds.
+    fn rsa_signed_sample() -> &'static (SignedRequest, DateTime<Utc>) {
+        static SIGNED: OnceLock<(SignedRequest, DateTime<Utc>)> = OnceLock::new();
+        SIGNED.get_or_init(|| {
+            let spec = sample_spec(SampleKind::Payment, 500);
+            (rsa_sandbox().sign_sample(&spec).unwrap(), spec.now)
+        })
+    }
+
+    fn rsa_provider_shared() -> &'static Shouqianba {
+        static PROVIDER: OnceLock<Shouqianba> = OnceLock::new();
+        PROVIDER.get_or_init(rsa_provider)
+    }
+
+    fn authorization_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,80}",
+            "[ -~]{0,120}",
+            "[0-9a-fA-F ]{0,40}".prop_map(|s| format!("{TERMINAL} {s}")),
+            "[A-Za-z0-9+/= ]{0,400}".prop_map(|s| format!("{TERMINAL} {s}")),
+        ]
+    }
+
+    fn json_value_strategy() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[0-9]{0,25}".prop_map(Value::from),
+            "-?[0-9.]{0,8}".prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+            prop::sample::select(vec!["PAID", "REFUNDED", "PARTIAL_REFUNDED", "CREATED", "X"])
+                .prop_map(Value::from),
+        ]
+    }
+
+    fn json_body_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let keys = [
+            "sn",
+            "client_sn",
+            "trade_no",
+            "order_status",
+            "payway",
+            "total_amount",
+            "net_amount",
+            "finish_time",
+            "channel_finish_time",
+            "reflect",
+        ];
+        prop::collection::vec(
+            (prop::sample::select(keys.to_vec()), json_value_strategy()),
+            0..12,
+        )
+        .prop_map(|pairs| {
+            let map: Map<String, Value> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            serde_json::to_vec(&Value::Object(map)).unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_changed_byte_is_refused_md5(index in 0usize..4096, flip in 1u8..=255) {
+            let spec = sample_spec(SampleKind::Payment, 500);
+            let signed = md5_sandbox().sign_sample(&spec).unwrap();
+            let (headers, mut body) = request_of(&signed);
+            let i = index % body.len();
+            body[i] ^= flip;
+            let result = md5_provider().verify(&RawRequest::new(&headers, &body), spec.now);
+            prop_assert!(matches!(result, Err(Rejection::BadSignature(_))));
+        }
+
+        #[test]
+        fn any_changed_byte_is_refused_rsa(index in 0usize..4096, flip in 1u8..=255) {
+            let (signed, now) = rsa_signed_sample();
+            let (headers, mut body) = request_of(signed);
+            prop_assert!(rsa_provider_shared().verify(&RawRequest::new(&headers, &body), *now).is_ok());
+            let i = index % body.len();
+            body[i] ^= flip;
+            let result = rsa_provider_shared().verify(&RawRequest::new(&headers, &body), *now);
+            prop_assert!(matches!(result, Err(Rejection::BadSignature(_))));
+        }
+
+        #[test]
+        fn amounts_round_trip(fen in 1i64..=9_999_999_999, refund in any::<bool>()) {
+            let kind = if refund { SampleKind::Refund } else { SampleKind::Payment };
+            let spec = sample_spec(kind, fen);
+            let signed = md5_sandbox().sign_sample(&spec).unwrap();
+            let (headers, body) = request_of(&signed);
+            let n = verify_and_parse(&md5_provider(), &headers, &body, spec.now).unwrap();
+            if refund {
+                prop_assert_eq!(n.refund_amount.map(AmountFen::fen), Some(fen));
+            } else {
+                prop_assert_eq!(n.amount.fen(), fen);
+            }
+        }
+
+        #[test]
+        fn never_panics_on_bytes(
+            body in prop::collection::vec(any::<u8>(), 0..512),
+            auth in proptest::option::of(authorization_strategy()),
+        ) {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = auth.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                headers.insert("authorization", value);
+            }
+            let req = RawRequest::new(&headers, &body);
+            let _ = md5_provider().verify(&req, Utc::now());
+            let _ = rsa_provider_shared().verify(&req, Utc::now());
+            let _ = md5_provider().parse(&req);
+        }
+
+        #[test]
+        fn never_panics_on_json(body in json_body_strategy()) {
+            let headers = HeaderMap::new();
+            let req = RawRequest::new(&headers, &body);
+            let _ = md5_provider().parse(&req);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! payhook: a relay for payment notifications.
+//!
+//! Payment providers POST signed callbacks; payhook verifies each over its raw
+//! bytes, stores it exactly once, and delivers a normalized [`domain::Event`]
+//! to merchant endpoints on a retry schedule until they confirm.
+//!
+//! A tour of the layout, in the order a callback travels:
+//!
+//! - [`ingress`]: `POST /notify/{account}`. One module per provider (`cbb`,
+//!   `shouqianba`, `abc`, `dingdang`, `dryad`) behind the small synchronous
+//!   [`ingress::Provider`] trait: `verify` the raw bytes, then `parse` into a
+//!   [`domain::Notification`]. `ingress::common` holds what providers share
+//!   (signing strings, RSA via `ring`, constant-time MACs, time parsing);
+//!   `ingress::registry` builds providers from the config; `ingress::handler`
+//!   is the request path, answering in each provider's dialect.
+//! - [`domain`]: parsed newtypes (`AmountFen`, `AccountId`, `EventId`) and the
+//!   event merchants receive.
+//! - [`store`]: events, delivery jobs, attempts, nonces. SQLite (embedded
+//!   default, group-committed writes) behind one `Store` type. The ingress
+//!   writes the event and its delivery jobs in one transaction and answers
+//!   the provider only after the commit.
+//! - [`dispatch`]: takes due jobs, signs and POSTs them (`dispatch::sign`,
+//!   `dispatch::http`), and stores every attempt and what comes next.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`telemetry`]: tracing setup and the Prometheus metrics of the contract.
+//! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed.
+//! - [`app`]: wires the parts into a running relay with explicit shutdown
+//!   (`CancellationToken` + `TaskTracker`).
+//! - [`cli`]: the `payhook` subcommands (`simulate`, `sink`, `keys`).
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod ingress;
+pub mod store;
+pub mod telemetry;

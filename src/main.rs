@@ -1,0 +1,124 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use payhook::app::{Application, BuildOptions};
+use payhook::cli::{simulate, Cli, Command, KeysCommand};
+use payhook::config::Config;
+use payhook::store::Store;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    payhook::telemetry::init_logging();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("payhook: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve { config, role } => {
+            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let shutdown = CancellationToken::new();
+            let app = Application::build(
+                config,
+                BuildOptions {
+                    role,
+                    shutdown: shutdown.clone(),
+                    ..BuildOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if let Some(addr) = app.ingress_addr() {
+                tracing::info!(%addr, "ingress listening");
+            }
+            if let Some(addr) = app.admin_addr() {
+                tracing::info!(%addr, "admin listening");
+            }
+            tokio::spawn(stop_on_signal(shutdown));
+            app.run_until_stopped().await.map_err(|e| e.to_string())
+        }
+        Command::Migrate { config } => {
+            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let store = Store::connect(&config.storage.url)
+                .await
+                .map_err(|e| e.to_string())?;
+            store.close().await;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Simulate {
+            provider,
+            account,
+            url,
+            kind,
+            amount,
+            forge,
+            config,
+        } => {
+            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let args = simulate::SimulateArgs {
+                provider,
+                account,
+                url,
+                kind,
+                amount,
+                forge,
+            };
+            let outcome = simulate::run(&config, &args).await.map_err(|e| e.to_string())?;
+            println!("POST {} -> {} {}", outcome.url, outcome.status, outcome.body);
+            Ok(())
+        }
+        Command::Sink {
+            listen,
+            secret,
+            fail_every,
+        } => payhook::cli::sink::run(listen, secret, fail_every)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => {
+            payhook::cli::keys::generate(&out).map_err(|e| e.to_string())?;
+            println!(
+                "wrote {0}/private.pem and {0}/public.pem (sandbox use only)",
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// SIGINT or SIGTERM starts a graceful shutdown.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

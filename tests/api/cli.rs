@@ -1,0 +1,77 @@
+//! The `payhook` binary's commands.
+
+use std::process::Command;
+
+fn payhook() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_payhook"))
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["simulate", "--help"],
+        vec!["sink", "--help"],
+        vec!["keys", "--help"],
+        vec!["keys", "generate", "--help"],
+    ] {
+        let out = payhook().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[delivery]\nretry_schedul = [\"1s\"]\n").unwrap();
+    let out = payhook()
+        .args(["migrate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("retry_schedul"), "{err}");
+
+    std::fs::write(
+        &path,
+        "[[accounts]]\nid = \"cbb-x\"\nprovider = \"cbb\"\npublic_key_file = \"missing.pem\"\n",
+    )
+    .unwrap();
+    let out = payhook()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("PAYHOOK_LISTEN", "127.0.0.1:0")
+        .env("PAYHOOK_ADMIN_LISTEN", "127.0.0.1:0")
+        .env(
+            "PAYHOOK_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("x.db").display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cbb-x") && err.contains("missing.pem"), "{err}");
+}
+
+#[test]
+fn keys_generate_writes_a_usable_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = payhook()
+        .args(["keys", "generate", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = std::fs::read(dir.path().join("public.pem")).unwrap();
+    let key = payhook::ingress::common::RsaPublicKey::from_bytes(&public, "generated", 2048).unwrap();
+    let signer = payhook::ingress::common::RsaSigningKey::load(&dir.path().join("private.pem")).unwrap();
+    let sig = signer
+        .sign(payhook::ingress::common::RsaAlgorithm::Sha256, b"m")
+        .unwrap();
+    assert!(key.verify(payhook::ingress::common::RsaAlgorithm::Sha256, b"m", &sig));
+}

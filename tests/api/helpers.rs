@@ -1,0 +1,378 @@
+//! `spawn_app()`: a relay on port 0 with its own SQLite file, plus a merchant
+//! server on 127.0.0.1 that records every delivery and can be told to fail.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use payhook::app::{Application, BuildOptions, Role};
+use payhook::clock::{Clock, FixedClock, SystemClock};
+use payhook::config::{process_env, Config};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const DRYAD_SECRET: &str = "dryad-test-secret";
+pub const ENDPOINT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+pub fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
+}
+
+/// One delivery as the merchant saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("delivery body is JSON")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("delivery lacks header {name}"))
+    }
+}
+
+#[derive(Default)]
+struct MerchantState {
+    received: Vec<Received>,
+    /// Statuses to answer with, in order, before answering 200.
+    script: Vec<(u16, Option<String>)>,
+    always_fail: bool,
+}
+
+/// A merchant endpoint on 127.0.0.1.
+#[derive(Clone)]
+pub struct Merchant {
+    pub url: String,
+    state: Arc<Mutex<MerchantState>>,
+}
+
+async fn merchant_handler(
+    State(state): State<Arc<Mutex<MerchantState>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let mut s = state.lock().unwrap();
+    s.received.push(Received {
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    if s.always_fail {
+        return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new(), "down").into_response();
+    }
+    if !s.script.is_empty() {
+        let (status, retry_after) = s.script.remove(0);
+        let mut h = HeaderMap::new();
+        if let Some(ra) = retry_after {
+            h.insert("retry-after", ra.parse().unwrap());
+        }
+        return (StatusCode::from_u16(status).unwrap(), h, "not now").into_response();
+    }
+    (StatusCode::OK, "ok").into_response()
+}
+
+impl Merchant {
+    pub async fn start() -> Merchant {
+        let state = Arc::new(Mutex::new(MerchantState::default()));
+        let router = Router::new()
+            .route("/hook", post(merchant_handler))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Merchant { url, state }
+    }
+
+    /// Answer the next requests with these statuses (then 200 again).
+    pub fn fail_next(&self, statuses: &[u16]) {
+        let mut s = self.state.lock().unwrap();
+        s.script = statuses.iter().map(|st| (*st, None)).collect();
+    }
+
+    pub fn answer_next(&self, status: u16, retry_after: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .push((status, Some(retry_after.to_owned())));
+    }
+
+    pub fn always_fail(&self, fail: bool) {
+        self.state.lock().unwrap().always_fail = fail;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Waits until at least `n` deliveries arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+pub struct TestOptions {
+    /// `[[accounts]]` tables (TOML).
+    pub accounts: String,
+    /// `[delivery]` body (TOML).
+    pub delivery: String,
+    /// Extra `[[endpoints]]` tables beyond the recording merchant.
+    pub extra_endpoints: String,
+    pub clock: Option<Arc<FixedClock>>,
+    pub role: Role,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            accounts: format!(
+                "[[accounts]]\nid = \"dryad-main\"\nprovider = \"dryad\"\nsecret = \"{DRYAD_SECRET}\"\nmax_clock_skew = \"300s\"\n"
+            ),
+            delivery: "retry_schedule = [\"50ms\", \"100ms\", \"150ms\"]\nmax_retries = 3\ntimeout = \"2s\"\nconcurrency = 16\nallow_private_targets = true\n".into(),
+            extra_endpoints: String::new(),
+            clock: None,
+            role: Role::All,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub ingress_url: String,
+    pub admin_url: String,
+    pub merchant: Merchant,
+    pub client: reqwest::Client,
+    pub config_text: String,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+    clock: Option<Arc<FixedClock>>,
+    _dir: tempfile::TempDir,
+    store: Option<payhook::store::Store>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    let merchant = Merchant::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"test-admin-token\"\n\n\
+         [storage]\nurl = \"sqlite://{db}\"\n\n[delivery]\n{delivery}\n{accounts}\n\
+         [[endpoints]]\nid = \"merchant\"\nurl = \"{url}\"\nsecret = \"{ENDPOINT_SECRET}\"\naccounts = [\"*\"]\nevents = [\"*\"]\n{extra}",
+        db = dir.path().join("payhook.db").display(),
+        delivery = options.delivery,
+        accounts = options.accounts,
+        url = merchant.url,
+        extra = options.extra_endpoints,
+    );
+    let mut app = TestApp {
+        ingress_url: String::new(),
+        admin_url: String::new(),
+        merchant,
+        client: reqwest::Client::new(),
+        config_text,
+        shutdown: CancellationToken::new(),
+        handle: None,
+        clock: options.clock,
+        _dir: dir,
+        store: None,
+    };
+    app.start(options.role).await;
+    app
+}
+
+impl TestApp {
+    pub fn config(&self) -> Config {
+        Config::from_toml_str(&self.config_text, &vectors_dir(), &process_env).expect("test config is valid")
+    }
+
+    async fn start(&mut self, role: Role) {
+        let clock: Arc<dyn Clock> = match &self.clock {
+            Some(c) => c.clone(),
+            None => Arc::new(SystemClock),
+        };
+        self.shutdown = CancellationToken::new();
+        let app = Application::build(
+            self.config(),
+            BuildOptions {
+                role,
+                clock,
+                shutdown: self.shutdown.clone(),
+            },
+        )
+        .await
+        .expect("relay starts");
+        if let Some(addr) = app.ingress_addr() {
+            self.ingress_url = format!("http://{addr}");
+        }
+        self.admin_url = format!("http://{}", app.admin_addr().unwrap());
+        self.store = Some(app.store().clone());
+        self.handle = Some(tokio::spawn(async move {
+            app.run_until_stopped().await.unwrap();
+        }));
+    }
+
+    /// Graceful stop (as on SIGTERM), waiting until fully drained.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start(Role::All).await;
+    }
+
+    /// The running relay's store.
+    pub fn store(&self) -> &payhook::store::Store {
+        self.store.as_ref().expect("relay is running")
+    }
+
+    pub fn set_clock(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.clock.as_ref().expect("app built with a fixed clock").set(at);
+    }
+
+    pub async fn post_notify(
+        &self,
+        account: &str,
+        content_type: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let mut req = self
+            .client
+            .post(format!("{}/notify/{account}", self.ingress_url))
+            .header("content-type", content_type)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    pub async fn post_signed(
+        &self,
+        account: &str,
+        signed: &payhook::ingress::SignedRequest,
+    ) -> (u16, String) {
+        self.post_notify(account, signed.content_type, &signed.headers, signed.body.clone())
+            .await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one counter series, 0 when absent.
+    pub async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Reads a series from Prometheus text, matching labels in any order.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_part, value) = if let Some(inner) = rest.strip_prefix('{') {
+            let Some((inner, value)) = inner.split_once("} ") else {
+                continue;
+            };
+            (inner, value)
+        } else if let Some(value) = rest.strip_prefix(' ') {
+            ("", value)
+        } else {
+            continue;
+        };
+        let got: BTreeMap<&str, &str> = label_part
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if got == want {
+            return value.trim().parse().unwrap();
+        }
+    }
+    0.0
+}
+
+/// A signed dryad callback for `dryad-main`, at `now`.
+pub fn dryad_callback(
+    order_id: &str,
+    amount_fen: i64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> payhook::ingress::SignedRequest {
+    use payhook::ingress::{SampleKind, SampleSigner, SampleSpec};
+    let signer = payhook::ingress::dryad::DryadSandbox::new(DRYAD_SECRET.as_bytes().to_vec());
+    signer
+        .sign_sample(&SampleSpec {
+            kind: SampleKind::Payment,
+            amount: payhook::domain::AmountFen::from_fen(amount_fen).unwrap(),
+            trade_no: order_id.to_owned(),
+            merchant_order_no: format!("M-{order_id}"),
+            now,
+            forge: false,
+        })
+        .unwrap()
+}
+
+/// Polls `f` until it returns true or the timeout passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
