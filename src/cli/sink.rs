@@ -36,7 +36,11 @@ pub fn signatures_valid(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool 
     ct_eq(x.as_bytes(), h("x-signature").as_bytes()) && ct_eq(w.as_bytes(), h("webhook-signature").as_bytes())
 }
 
-async fn receive(State(state): State<SinkState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+async fn receive(
+    State(state): State<SinkState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
     let n = state.count.fetch_add(1, Ordering::Relaxed) + 1;
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let signed = match &state.secret {
