@@ -71,3 +71,8 @@ export PAYHOOK_TEST_AMQP_URL="${PAYHOOK_TEST_AMQP_URL:-amqp://guest:guest@127.0.
 
 log "running the test suite"
 cargo test --all-targets --locked "$@"
+
+# Tests that stop or cut the shared broker run last, alone, so they cannot
+# disturb the others.
+log "running the broker-outage tests"
+cargo test --locked --test api disruptive -- --ignored --test-threads=1

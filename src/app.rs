@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use axum::routing::post;
 use axum::Router;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,10 @@ use crate::config::Config;
 use crate::dispatch::{Deliverer, EmbeddedWorker};
 use crate::ingress::handler::{notify, IngressState};
 use crate::ingress::registry::{build_accounts, AccountError};
+use crate::queue::connection::Broker;
+use crate::queue::consumer::DeliveryConsumer;
+use crate::queue::publisher::OutboxPublisher;
+use crate::queue::topology::Topology;
 use crate::store::{now_ms, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -54,8 +60,6 @@ pub enum StartupError {
     },
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),
-    #[error("RabbitMQ mode (queue.amqp_url) is not available in this build yet")]
-    QueueUnsupported,
 }
 
 pub struct BuildOptions {
@@ -79,7 +83,9 @@ impl Default for BuildOptions {
 pub struct Application {
     ingress: Option<(TcpListener, Router)>,
     admin: (TcpListener, Router),
-    worker: Option<EmbeddedWorker>,
+    /// The long-running parts besides the HTTP servers: the embedded worker,
+    /// or the outbox publisher and the RabbitMQ consumer.
+    workers: Vec<BoxFuture<'static, ()>>,
     store: Store,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -95,13 +101,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 
 impl Application {
     pub async fn build(config: Config, options: BuildOptions) -> Result<Self, StartupError> {
-        if config.queue.is_some() {
-            return Err(StartupError::QueueUnsupported);
-        }
         let accounts = build_accounts(&config.accounts)?;
         let store = Store::connect(&config.storage.url).await?;
         let metrics = Metrics::new();
         let jobs_committed = Arc::new(Notify::new());
+        let broker = config.queue.as_ref().map(|q| {
+            Broker::new(
+                q.amqp_url.clone(),
+                Topology::new(&q.prefix, &config.delivery.retry_schedule),
+            )
+        });
         let nonce_window = accounts
             .values()
             .filter_map(|a| a.provider.replay_window())
@@ -116,7 +125,7 @@ impl Application {
                 clock: options.clock.clone(),
                 metrics: metrics.clone(),
                 max_body_bytes: config.server.max_body_bytes,
-                outbox: false,
+                outbox: broker.is_some(),
                 jobs_committed: jobs_committed.clone(),
             };
             let router = Router::new()
@@ -134,29 +143,48 @@ impl Application {
         let admin_router = admin::router(AdminState {
             store: store.clone(),
             metrics: metrics.clone(),
+            broker: broker.as_ref().map(|b| b.status.clone()),
         });
         let admin = (bind(config.server.admin_listen).await?, admin_router);
 
-        let worker = if options.role.runs_dispatcher() {
+        let mut workers: Vec<BoxFuture<'static, ()>> = Vec::new();
+        if let (Some(broker), true) = (&broker, options.role.runs_ingress()) {
+            let publisher = OutboxPublisher {
+                broker: broker.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                wake: jobs_committed.clone(),
+                shutdown: options.shutdown.clone(),
+            };
+            workers.push(publisher.run().boxed());
+        }
+        if options.role.runs_dispatcher() {
             let deliverer = Deliverer::new(
                 store.clone(),
                 &config.endpoints,
                 config.delivery.clone(),
                 metrics.clone(),
             )?;
-            Some(EmbeddedWorker::new(
-                deliverer,
-                jobs_committed,
-                options.shutdown.clone(),
-            ))
-        } else {
-            None
-        };
+            match &broker {
+                Some(broker) => {
+                    let consumer = DeliveryConsumer {
+                        broker: broker.clone(),
+                        deliverer,
+                        shutdown: options.shutdown.clone(),
+                    };
+                    workers.push(consumer.run().boxed());
+                }
+                None => {
+                    let worker = EmbeddedWorker::new(deliverer, jobs_committed, options.shutdown.clone());
+                    workers.push(worker.run().boxed());
+                }
+            }
+        }
 
         Ok(Self {
             ingress,
             admin,
-            worker,
+            workers,
             store,
             metrics,
             shutdown: options.shutdown,
@@ -219,8 +247,8 @@ impl Application {
                 }
             });
         }
-        if let Some(worker) = self.worker {
-            tasks.spawn(worker.run());
+        for worker in self.workers {
+            tasks.spawn(worker);
         }
         tasks.spawn(housekeeping(
             self.store.clone(),

@@ -36,5 +36,6 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod ingress;
+pub mod queue;
 pub mod store;
 pub mod telemetry;

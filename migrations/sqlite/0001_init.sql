@@ -57,8 +57,12 @@ CREATE TABLE nonces (
 CREATE INDEX nonces_seen_at ON nonces (seen_at);
 
 -- RabbitMQ mode: written in the ingress transaction, drained by the publisher.
+-- A row is deleted only after the broker confirmed the publish; a publisher
+-- that dies mid-publish leaves it leased, and it is published again later.
 CREATE TABLE outbox (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id   TEXT NOT NULL REFERENCES events (id),
-    created_at INTEGER NOT NULL
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT NOT NULL REFERENCES events (id),
+    created_at  INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX outbox_lease ON outbox (lease_until, id);

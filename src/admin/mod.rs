@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use crate::queue::connection::BrokerStatus;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -17,6 +18,8 @@ use crate::telemetry::Metrics;
 pub struct AdminState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// RabbitMQ mode: which broker connections are up.
+    pub broker: Option<Arc<BrokerStatus>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -31,12 +34,24 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store answers (and, in RabbitMQ mode, the broker).
+/// Ready when the store answers and, in RabbitMQ mode, every broker
+/// connection of this process is up.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable"),
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
+        Ok(Ok(()))
+    ) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable".to_owned());
     }
+    if let Some(broker) = &state.broker {
+        if !broker.ready() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("broker unreachable: {}", broker.down().join(", ")),
+            );
+        }
+    }
+    (StatusCode::OK, "ready".to_owned())
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

@@ -13,8 +13,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, NewEvent, NextStep, RecordOutcome,
-    StoreError, StoredAttempt,
+    classify_unclaimed, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
+    JobRef, NewEvent, NextStep, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
 };
 use crate::domain::EventId;
 
@@ -224,6 +224,143 @@ impl SqliteStore {
                         .try_get::<Option<i64>, _>("http_status")?
                         .and_then(|s| u16::try_from(s).ok()),
                     error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl SqliteStore {
+    pub async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxItem>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE outbox SET lease_until = ?1 WHERE id IN \
+             (SELECT id FROM outbox WHERE lease_until <= ?2 ORDER BY id LIMIT ?3) RETURNING id, event_id",
+        )
+        .bind(now.saturating_add(millis(lease)))
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.write)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event_id: String = row.try_get("event_id")?;
+            let event = sqlx::query("SELECT provider, event_type, payload FROM events WHERE id = ?1")
+                .bind(&event_id)
+                .fetch_one(&self.write)
+                .await?;
+            let jobs = sqlx::query(
+                "SELECT id, attempts FROM deliveries WHERE event_id = ?1 AND status = 'pending' ORDER BY id",
+            )
+            .bind(&event_id)
+            .fetch_all(&self.write)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(JobRef {
+                    delivery_id: r.try_get("id")?,
+                    attempt: u32::try_from(r.try_get::<i64, _>("attempts")? + 1).unwrap_or(1),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let provider: String = event.try_get("provider")?;
+            let event_type: String = event.try_get("event_type")?;
+            items.push(OutboxItem {
+                outbox_id: row.try_get("id")?,
+                event_id,
+                routing_key: format!("{provider}.{event_type}"),
+                payload: event.try_get("payload")?,
+                jobs,
+            });
+        }
+        Ok(items)
+    }
+
+    pub async fn outbox_done(&self, outbox_ids: &[i64]) -> Result<(), StoreError> {
+        if outbox_ids.is_empty() {
+            return Ok(());
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM outbox WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for id in outbox_ids {
+            sep.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&self.write).await?;
+        Ok(())
+    }
+
+    pub async fn count_outbox(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub async fn claim_job(&self, job: JobRef, lease: Duration) -> Result<JobClaim, StoreError> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE deliveries SET lease_until = ?1 WHERE id = ?2 AND status = 'pending' AND attempts = ?3 \
+             AND lease_until <= ?4 AND next_attempt_at <= ?5 RETURNING event_id, endpoint_id",
+        )
+        .bind(now.saturating_add(millis(lease)))
+        .bind(job.delivery_id)
+        .bind(i64::from(job.attempt) - 1)
+        .bind(now)
+        .bind(now.saturating_add(DUE_TOLERANCE_MS))
+        .fetch_optional(&self.write)
+        .await?;
+        let Some(row) = row else {
+            let state = sqlx::query(
+                "SELECT status, attempts, next_attempt_at, lease_until FROM deliveries WHERE id = ?1",
+            )
+            .bind(job.delivery_id)
+            .fetch_optional(&self.write)
+            .await?;
+            return Ok(match state {
+                None => JobClaim::Stale,
+                Some(r) => classify_unclaimed(
+                    job,
+                    now,
+                    &r.try_get::<String, _>("status")?,
+                    r.try_get("attempts")?,
+                    r.try_get("next_attempt_at")?,
+                    r.try_get("lease_until")?,
+                ),
+            });
+        };
+        let event_id: String = row.try_get("event_id")?;
+        let event = sqlx::query("SELECT payload, received_at FROM events WHERE id = ?1")
+            .bind(&event_id)
+            .fetch_one(&self.write)
+            .await?;
+        Ok(JobClaim::Claimed(ClaimedJob {
+            delivery_id: job.delivery_id,
+            endpoint_id: row.try_get("endpoint_id")?,
+            attempt: job.attempt,
+            payload: event.try_get("payload")?,
+            received_at_ms: event.try_get("received_at")?,
+            event_id,
+        }))
+    }
+
+    pub async fn requeue_overdue(&self, due_before_ms: i64, limit: usize) -> Result<Vec<JobRef>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = ?1 WHERE id IN (SELECT id FROM deliveries \
+             WHERE status = 'pending' AND next_attempt_at < ?2 AND lease_until <= ?1 ORDER BY next_attempt_at LIMIT ?3) \
+             RETURNING id, attempts",
+        )
+        .bind(now)
+        .bind(due_before_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.write)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(JobRef {
+                    delivery_id: r.try_get("id")?,
+                    attempt: u32::try_from(r.try_get::<i64, _>("attempts")? + 1).unwrap_or(1),
                 })
             })
             .collect()

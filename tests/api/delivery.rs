@@ -8,9 +8,8 @@ async fn deliveries_of(app: &TestApp, event_id: &str) -> Vec<payhook::store::Del
     app.store().deliveries_for_event(event_id).await.unwrap()
 }
 
-#[tokio::test]
-async fn failures_are_retried_on_the_schedule_until_delivered() {
-    let app = spawn_app().await;
+async fn failures_are_retried_on_the_schedule_until_delivered(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.merchant.fail_next(&[500, 503]);
     let signed = dryad_callback("5001", 700, chrono::Utc::now());
     assert_eq!(app.post_signed("dryad-main", &signed).await.0, 200);
@@ -82,9 +81,8 @@ async fn failures_are_retried_on_the_schedule_until_delivered() {
     );
 }
 
-#[tokio::test]
-async fn exhausted_retries_end_as_a_dead_delivery() {
-    let app = spawn_app().await;
+async fn exhausted_retries_end_as_a_dead_delivery(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.merchant.always_fail(true);
     let signed = dryad_callback("5002", 700, chrono::Utc::now());
     assert_eq!(app.post_signed("dryad-main", &signed).await.0, 200);
@@ -107,9 +105,8 @@ async fn exhausted_retries_end_as_a_dead_delivery() {
     );
 }
 
-#[tokio::test]
-async fn retry_after_pushes_the_next_attempt_later() {
-    let app = spawn_app().await;
+async fn retry_after_pushes_the_next_attempt_later(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.merchant.answer_next(429, "1");
     let signed = dryad_callback("5003", 700, chrono::Utc::now());
     assert_eq!(app.post_signed("dryad-main", &signed).await.0, 200);
@@ -122,12 +119,12 @@ async fn retry_after_pushes_the_next_attempt_later() {
     );
 }
 
-#[tokio::test]
-async fn a_pending_delivery_survives_a_restart() {
+async fn a_pending_delivery_survives_a_restart(backend: Backend) {
     let mut app = spawn_app_with(TestOptions {
         delivery:
             "retry_schedule = [\"1500ms\"]\nmax_retries = 3\ntimeout = \"2s\"\nallow_private_targets = true\n"
                 .into(),
+        backend,
         ..TestOptions::default()
     })
     .await;
@@ -150,9 +147,8 @@ async fn a_pending_delivery_survives_a_restart() {
     assert_eq!(got[0].json()["id"], got[1].json()["id"]);
 }
 
-#[tokio::test]
-async fn new_jobs_are_picked_up_promptly() {
-    let app = spawn_app().await;
+async fn new_jobs_are_picked_up_promptly(backend: Backend) {
+    let app = spawn_app(backend).await;
     for i in 0..5 {
         let signed = dryad_callback(&format!("600{i}"), 100, chrono::Utc::now());
         let sent = std::time::Instant::now();
@@ -168,14 +164,14 @@ async fn new_jobs_are_picked_up_promptly() {
     }
 }
 
-#[tokio::test]
-async fn only_subscribed_endpoints_receive_an_event() {
+async fn only_subscribed_endpoints_receive_an_event(backend: Backend) {
     let other = Merchant::start().await;
     let app = spawn_app_with(TestOptions {
         extra_endpoints: format!(
             "[[endpoints]]\nid = \"refunds-only\"\nurl = \"{}\"\nsecret = \"s\"\nevents = [\"refund.*\"]\n",
             other.url
         ),
+        backend,
         ..TestOptions::default()
     })
     .await;
@@ -192,3 +188,12 @@ async fn only_subscribed_endpoints_receive_an_event() {
         "a refunds-only endpoint gets no payment event"
     );
 }
+
+crate::on_both_backends!(
+    failures_are_retried_on_the_schedule_until_delivered,
+    exhausted_retries_end_as_a_dead_delivery,
+    retry_after_pushes_the_next_attempt_later,
+    a_pending_delivery_survives_a_restart,
+    new_jobs_are_picked_up_promptly,
+    only_subscribed_endpoints_receive_an_event
+);

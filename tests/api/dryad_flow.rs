@@ -16,9 +16,8 @@ fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-#[tokio::test]
-async fn signed_callback_reaches_the_merchant_with_both_signatures() {
-    let app = spawn_app().await;
+async fn signed_callback_reaches_the_merchant_with_both_signatures(backend: Backend) {
+    let app = spawn_app(backend).await;
     let signed = dryad_callback("1001", 10001, chrono::Utc::now());
     let (status, body) = app.post_signed("dryad-main", &signed).await;
     assert_eq!((status, body.as_str()), (200, ""));
@@ -90,9 +89,8 @@ async fn signed_callback_reaches_the_merchant_with_both_signatures() {
     );
 }
 
-#[tokio::test]
-async fn a_duplicate_is_acknowledged_but_not_delivered_twice() {
-    let app = spawn_app().await;
+async fn a_duplicate_is_acknowledged_but_not_delivered_twice(backend: Backend) {
+    let app = spawn_app(backend).await;
     let now = chrono::Utc::now();
     let first = dryad_callback("2002", 500, now);
     // The provider retries the same notice with a fresh nonce.
@@ -116,9 +114,8 @@ async fn a_duplicate_is_acknowledged_but_not_delivered_twice() {
     assert_eq!(dup, 1.0);
 }
 
-#[tokio::test]
-async fn forged_stale_replayed_and_truncated_callbacks_are_refused() {
-    let app = spawn_app().await;
+async fn forged_stale_replayed_and_truncated_callbacks_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let now = chrono::Utc::now();
     let series = |outcome: &'static str| {
         [
@@ -223,17 +220,29 @@ async fn forged_stale_replayed_and_truncated_callbacks_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn health_readiness_and_metrics_answer() {
-    let app = spawn_app().await;
-    for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200)] {
+async fn health_readiness_and_metrics_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Ready once the store (and, scaled, every broker connection) is up.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let resp = app
+                .client
+                .get(format!("{}/readyz", app.admin_url))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16() == 200
+        })
+        .await
+    );
+    for path in ["/healthz", "/metrics"] {
         let resp = app
             .client
             .get(format!("{}{path}", app.admin_url))
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status().as_u16(), status, "{path}");
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
     }
     app.post_signed("dryad-main", &dryad_callback("4001", 1, chrono::Utc::now()))
         .await;
@@ -245,3 +254,10 @@ async fn health_readiness_and_metrics_answer() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }
+
+crate::on_both_backends!(
+    signed_callback_reaches_the_merchant_with_both_signatures,
+    a_duplicate_is_acknowledged_but_not_delivered_twice,
+    forged_stale_replayed_and_truncated_callbacks_are_refused,
+    health_readiness_and_metrics_answer
+);

@@ -133,7 +133,58 @@ impl Merchant {
     }
 }
 
+/// Which deployment a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file + embedded queue.
+    Sqlite,
+    /// PostgreSQL database + RabbitMQ, each test with its own database and
+    /// queue prefix.
+    Scaled,
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("PAYHOOK_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Deletes a test's exchange and queues. Runs on its own thread and runtime
+/// (called from `Drop`), and blocks until done so that the relay under test
+/// cannot re-declare them meanwhile.
+pub fn delete_topology(prefix: String, queues: Vec<String>) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async move {
+            use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+            let Ok(conn) =
+                lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            let Ok(channel) = conn.create_channel().await else {
+                return;
+            };
+            for queue in queues {
+                let _ = channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = channel
+                .exchange_delete(
+                    format!("{prefix}.events").into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
+            let _ = conn.close(200, "bye".into()).await;
+        });
+    })
+    .join();
+}
+
 pub struct TestOptions {
+    pub backend: Backend,
     /// `[[accounts]]` tables (TOML).
     pub accounts: String,
     /// `[delivery]` body (TOML).
@@ -154,6 +205,7 @@ impl Default for TestOptions {
             extra_endpoints: String::new(),
             clock: None,
             role: Role::All,
+            backend: Backend::Sqlite,
         }
     }
 }
@@ -169,20 +221,40 @@ pub struct TestApp {
     clock: Option<Arc<FixedClock>>,
     _dir: tempfile::TempDir,
     store: Option<payhook::store::Store>,
+    /// Scaled backend: the test's own queue prefix, deleted on drop.
+    pub prefix: Option<String>,
+    pg: Option<crate::pg_db::TestDatabase>,
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(TestOptions::default()).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(TestOptions {
+        backend,
+        ..TestOptions::default()
+    })
+    .await
 }
 
 pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let merchant = Merchant::start().await;
     let dir = tempfile::tempdir().unwrap();
+    let (storage_url, queue, pg, prefix) = match options.backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}", dir.path().join("payhook.db").display()),
+            String::new(),
+            None,
+            None,
+        ),
+        Backend::Scaled => {
+            let db = crate::pg_db::fresh_database().await;
+            let prefix = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
+            let queue = format!("[queue]\namqp_url = \"{}\"\nprefix = \"{prefix}\"\n", amqp_url());
+            (db.url.clone(), queue, Some(db), Some(prefix))
+        }
+    };
     let config_text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"test-admin-token\"\n\n\
-         [storage]\nurl = \"sqlite://{db}\"\n\n[delivery]\n{delivery}\n{accounts}\n\
+         [storage]\nurl = \"{storage_url}\"\n\n{queue}\n[delivery]\n{delivery}\n{accounts}\n\
          [[endpoints]]\nid = \"merchant\"\nurl = \"{url}\"\nsecret = \"{ENDPOINT_SECRET}\"\naccounts = [\"*\"]\nevents = [\"*\"]\n{extra}",
-        db = dir.path().join("payhook.db").display(),
         delivery = options.delivery,
         accounts = options.accounts,
         url = merchant.url,
@@ -199,6 +271,8 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         clock: options.clock,
         _dir: dir,
         store: None,
+        prefix,
+        pg,
     };
     app.start(options.role).await;
     app
@@ -246,6 +320,11 @@ impl TestApp {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.start(Role::All).await;
+    }
+
+    /// Scaled backend: the test database's name.
+    pub fn database_name(&self) -> Option<String> {
+        self.pg.as_ref().map(|db| db.name().to_owned())
     }
 
     /// The running relay's store.
@@ -306,6 +385,14 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if let Some(prefix) = self.prefix.take() {
+            let queues =
+                payhook::queue::topology::Topology::new(&prefix, &self.config().delivery.retry_schedule)
+                    .all_queues();
+            delete_topology(prefix, queues);
+        }
+        // The database (if any) is dropped after this, by its own guard.
+        let _ = self.pg.take();
     }
 }
 
@@ -375,4 +462,28 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Runs each named `async fn(Backend)` as two tests: `sqlite::name` (SQLite +
+/// embedded queue) and `scaled::name` (PostgreSQL + RabbitMQ).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod scaled {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Scaled).await
+                }
+            )+
+        }
+    };
 }

@@ -1,8 +1,13 @@
 //! One test binary: every test talks to a real relay over HTTP on 127.0.0.1,
-//! with a real database of its own.
+//! with a real database of its own (a SQLite file, or a fresh PostgreSQL
+//! database and RabbitMQ queue prefix for the scaled backend).
 
 mod cli;
 mod delivery;
+mod disruptive;
 mod dryad_flow;
 mod helpers;
+mod pg_db;
+mod scaled;
+mod store_conformance;
 mod vectors;

@@ -28,8 +28,7 @@ fn accounts_toml(vectors: &[Value]) -> String {
     out
 }
 
-#[tokio::test]
-async fn every_vector_passes_through_the_http_ingress() {
+async fn every_vector_passes_through_the_http_ingress(backend: Backend) {
     let text = std::fs::read_to_string(vectors_dir().join("vectors.json")).unwrap();
     let vectors: Vec<Value> = serde_json::from_str(&text).unwrap();
     assert!(vectors.len() >= 30, "all vectors loaded");
@@ -37,6 +36,7 @@ async fn every_vector_passes_through_the_http_ingress() {
     let app = spawn_app_with(TestOptions {
         accounts: accounts_toml(&vectors),
         clock: Some(clock.clone()),
+        backend,
         ..TestOptions::default()
     })
     .await;
@@ -111,3 +111,5 @@ async fn every_vector_passes_through_the_http_ingress() {
         );
     }
 }
+
+crate::on_both_backends!(every_vector_passes_through_the_http_ingress);

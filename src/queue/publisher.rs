@@ -1,0 +1,174 @@
+//! The outbox relay (ingress role): publishes stored events and their first
+//! delivery jobs, and forgets an outbox row only after the broker confirmed
+//! every message for it. A crash anywhere before that leaves the row, and it
+//! is published again: at-least-once, never lost.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::Broker;
+use super::QueueTask;
+use crate::store::{OutboxItem, Store};
+use crate::telemetry::Metrics;
+
+const COMPONENT: &str = "outbox-publisher";
+const BATCH: usize = 256;
+/// A claimed row comes back to any publisher after this, if never confirmed.
+const LEASE: Duration = Duration::from_secs(10);
+const IDLE: Duration = Duration::from_millis(200);
+
+pub struct OutboxPublisher {
+    pub broker: Broker,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Notified by the ingress after each commit.
+    pub wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+}
+
+pub fn persistent(content_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from(content_type))
+}
+
+/// Publishes one message and returns once the broker confirmed it.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<bool, lapin::Error> {
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    Ok(confirm.is_ack())
+}
+
+impl OutboxPublisher {
+    pub async fn run(self) {
+        self.broker.status.register(COMPONENT);
+        'connect: while !self.shutdown.is_cancelled() {
+            let Some(session) = self.broker.open(COMPONENT, &self.shutdown).await else {
+                break;
+            };
+            let mut store_backoff = Duration::from_millis(100);
+            loop {
+                if self.shutdown.is_cancelled() {
+                    break 'connect;
+                }
+                let items = match self.store.outbox_claim(BATCH, LEASE).await {
+                    Ok(items) => {
+                        store_backoff = Duration::from_millis(100);
+                        items
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the outbox; retrying");
+                        self.idle(store_backoff).await;
+                        store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                if items.is_empty() {
+                    if let Ok(n) = self.store.count_outbox().await {
+                        self.metrics.set_outbox_pending(n);
+                    }
+                    self.idle(IDLE).await;
+                    continue;
+                }
+                match self.publish_batch(&session.channel, &items).await {
+                    Ok(confirmed) => {
+                        let count = confirmed.len() as u64;
+                        if let Err(e) = self.store.outbox_done(&confirmed).await {
+                            // Published but not marked: published again later
+                            // (a duplicate, which consumers tolerate by id).
+                            tracing::warn!(error = %e, "cannot mark outbox rows published");
+                        }
+                        self.metrics.events_published(count);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "publishing failed; reconnecting");
+                        self.broker.mark_down(COMPONENT);
+                        continue 'connect;
+                    }
+                }
+            }
+        }
+        self.broker.mark_down(COMPONENT);
+    }
+
+    /// Publishes every message of `items`, then waits for all confirms.
+    /// Returns the outbox ids whose messages were all acknowledged.
+    async fn publish_batch(&self, channel: &Channel, items: &[OutboxItem]) -> Result<Vec<i64>, lapin::Error> {
+        let topology = &self.broker.topology;
+        let exchange = ShortString::from(topology.events_exchange());
+        let deliveries = ShortString::from(topology.deliveries_queue());
+        let mut pending = Vec::new();
+        for item in items {
+            let props =
+                persistent("application/json").with_message_id(ShortString::from(item.event_id.as_str()));
+            let confirm = channel
+                .basic_publish(
+                    exchange.clone(),
+                    ShortString::from(item.routing_key.as_str()),
+                    BasicPublishOptions::default(),
+                    item.payload.as_bytes(),
+                    props,
+                )
+                .await?;
+            pending.push((item.outbox_id, confirm));
+            for job in &item.jobs {
+                let confirm = channel
+                    .basic_publish(
+                        ShortString::from(""),
+                        deliveries.clone(),
+                        BasicPublishOptions::default(),
+                        &QueueTask::Deliver(*job).to_bytes(),
+                        persistent("application/json"),
+                    )
+                    .await?;
+                pending.push((item.outbox_id, confirm));
+            }
+        }
+        let mut refused = HashSet::new();
+        for (id, confirm) in pending {
+            if !confirm.await?.is_ack() {
+                refused.insert(id);
+            }
+        }
+        if !refused.is_empty() {
+            tracing::warn!(
+                count = refused.len(),
+                "broker refused some publishes; they will be retried"
+            );
+        }
+        Ok(items
+            .iter()
+            .map(|i| i.outbox_id)
+            .filter(|id| !refused.contains(id))
+            .collect())
+    }
+
+    async fn idle(&self, wait: Duration) {
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+}

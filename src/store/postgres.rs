@@ -1,0 +1,476 @@
+//! PostgreSQL backend ("Scaled" mode). Any number of ingress and dispatcher
+//! processes share one database, so there is no single writer: every ingest
+//! and every recorded attempt is one transaction on a pooled connection, and
+//! jobs are leased with `FOR UPDATE SKIP LOCKED`, so that concurrent
+//! dispatchers never take the same job and never wait on each other's rows.
+//!
+//! Semantics are those of the SQLite backend, statement for statement; only
+//! the way rows are picked under concurrency differs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::{
+    classify_unclaimed, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
+    JobRef, NewEvent, NextStep, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
+};
+use crate::domain::EventId;
+
+/// Connections per process. Ingress transactions and dispatcher claims are
+/// short, so a few connections serve many concurrent requests; many processes
+/// share one server, whose `max_connections` (100 by default) bounds the sum.
+const MAX_CONNECTIONS: u32 = 16;
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The 1-based attempt that follows `attempts` recorded ones.
+fn next_attempt(attempts: i64) -> Result<u32, StoreError> {
+    u32::try_from(attempts.saturating_add(1)).map_err(|_| StoreError::Corrupt("attempts".into()))
+}
+
+fn claimed_job(row: &PgRow) -> Result<ClaimedJob, StoreError> {
+    Ok(ClaimedJob {
+        delivery_id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
+        attempt: next_attempt(row.try_get("attempts")?)?,
+        payload: row.try_get("payload")?,
+        received_at_ms: row.try_get("received_at")?,
+    })
+}
+
+fn job_ref(row: &PgRow) -> Result<JobRef, StoreError> {
+    Ok(JobRef {
+        delivery_id: row.try_get("id")?,
+        attempt: next_attempt(row.try_get("attempts")?)?,
+    })
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("payhook");
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        // Takes an advisory lock, so processes starting together migrate once.
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn ingest(&self, new: NewEvent) -> Result<IngestOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = ingest_in(&mut tx, &new).await?;
+        match outcome {
+            // Nothing was written.
+            IngestOutcome::Replayed => tx.rollback().await?,
+            // A duplicate still remembers its nonce, as in SQLite.
+            IngestOutcome::Accepted { .. } | IngestOutcome::Duplicate { .. } => tx.commit().await?,
+        }
+        Ok(outcome)
+    }
+
+    pub async fn record_attempt(&self, record: AttemptRecord) -> Result<RecordOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = record_in(&mut tx, &record).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn claim_due(
+        &self,
+        limit: usize,
+        lease: Duration,
+        busy: &[String],
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = now_ms();
+        // Rows another dispatcher is claiming right now are locked: skip them
+        // rather than wait, and never hand out a row twice (a row whose lease
+        // was set by a transaction that committed meanwhile is re-checked
+        // against `lease_until <= now` before it is locked).
+        let rows = sqlx::query(
+            "WITH picked AS MATERIALIZED ( \
+                 SELECT id FROM deliveries \
+                 WHERE status = 'pending' AND next_attempt_at <= $1 AND lease_until <= $1 \
+                   AND endpoint_id <> ALL($2) \
+                 ORDER BY next_attempt_at LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED \
+             ), upd AS ( \
+                 UPDATE deliveries d SET lease_until = $4 FROM picked WHERE d.id = picked.id \
+                 RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.next_attempt_at \
+             ) \
+             SELECT upd.id, upd.event_id, upd.endpoint_id, upd.attempts, e.payload, e.received_at \
+             FROM upd JOIN events e ON e.id = upd.event_id \
+             ORDER BY upd.next_attempt_at, upd.id",
+        )
+        .bind(now)
+        .bind(busy)
+        .bind(limit_param(limit))
+        .bind(now.saturating_add(millis(lease)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(claimed_job).collect()
+    }
+
+    pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT next_attempt_at FROM deliveries WHERE status = 'pending' AND lease_until <= $1 \
+             ORDER BY next_attempt_at LIMIT 1",
+        )
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(at)
+    }
+
+    pub async fn release(&self, delivery_ids: &[i64]) -> Result<(), StoreError> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE deliveries SET lease_until = 0 WHERE status = 'pending' AND id = ANY($1)")
+            .bind(delivery_ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn prune_nonces(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM nonces WHERE seen_at < $1")
+            .bind(older_than_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn count_pending(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub async fn deliveries_for_event(&self, event_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, event_id, endpoint_id, status, attempts, next_attempt_at, last_error \
+             FROM deliveries WHERE event_id = $1 ORDER BY id",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeliveryRow {
+                    id: r.try_get("id")?,
+                    event_id: r.try_get("event_id")?,
+                    endpoint_id: r.try_get("endpoint_id")?,
+                    status: r.try_get("status")?,
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    next_attempt_at_ms: r.try_get("next_attempt_at")?,
+                    last_error: r.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn attempts_for_delivery(&self, delivery_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at, duration_ms, outcome, http_status, error \
+             FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredAttempt {
+                    attempt: u32::try_from(r.try_get::<i64, _>("attempt")?).unwrap_or(0),
+                    started_at_ms: r.try_get("started_at")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                    outcome: r.try_get("outcome")?,
+                    http_status: r
+                        .try_get::<Option<i64>, _>("http_status")?
+                        .and_then(|s| u16::try_from(s).ok()),
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxItem>, StoreError> {
+        let now = now_ms();
+        // One statement: lease the rows, and read each one's event and its
+        // pending jobs (as two arrays in the same order) from one snapshot.
+        let rows = sqlx::query(
+            "WITH picked AS MATERIALIZED ( \
+                 SELECT id FROM outbox WHERE lease_until <= $1 ORDER BY id LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED \
+             ), upd AS ( \
+                 UPDATE outbox o SET lease_until = $3 FROM picked WHERE o.id = picked.id \
+                 RETURNING o.id, o.event_id \
+             ) \
+             SELECT upd.id, upd.event_id, e.provider, e.event_type, e.payload, \
+                 ARRAY(SELECT d.id FROM deliveries d \
+                       WHERE d.event_id = upd.event_id AND d.status = 'pending' ORDER BY d.id) AS job_ids, \
+                 ARRAY(SELECT d.attempts FROM deliveries d \
+                       WHERE d.event_id = upd.event_id AND d.status = 'pending' ORDER BY d.id) AS job_attempts \
+             FROM upd JOIN events e ON e.id = upd.event_id \
+             ORDER BY upd.id",
+        )
+        .bind(now)
+        .bind(limit_param(limit))
+        .bind(now.saturating_add(millis(lease)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let ids: Vec<i64> = row.try_get("job_ids")?;
+                let attempts: Vec<i64> = row.try_get("job_attempts")?;
+                if ids.len() != attempts.len() {
+                    return Err(StoreError::Corrupt("outbox jobs".into()));
+                }
+                let jobs = ids
+                    .into_iter()
+                    .zip(attempts)
+                    .map(|(delivery_id, attempts)| JobRef {
+                        delivery_id,
+                        attempt: u32::try_from(attempts.saturating_add(1)).unwrap_or(1),
+                    })
+                    .collect();
+                let provider: String = row.try_get("provider")?;
+                let event_type: String = row.try_get("event_type")?;
+                Ok(OutboxItem {
+                    outbox_id: row.try_get("id")?,
+                    event_id: row.try_get("event_id")?,
+                    routing_key: format!("{provider}.{event_type}"),
+                    payload: row.try_get("payload")?,
+                    jobs,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn outbox_done(&self, outbox_ids: &[i64]) -> Result<(), StoreError> {
+        if outbox_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(outbox_ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn count_outbox(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub async fn claim_job(&self, job: JobRef, lease: Duration) -> Result<JobClaim, StoreError> {
+        let now = now_ms();
+        // A concurrent claim of the same row waits for the first to commit,
+        // then re-checks the conditions against the leased row and fails.
+        let row = sqlx::query(
+            "WITH upd AS ( \
+                 UPDATE deliveries SET lease_until = $1 \
+                 WHERE id = $2 AND status = 'pending' AND attempts = $3 AND lease_until <= $4 \
+                 AND next_attempt_at <= $5 \
+                 RETURNING id, event_id, endpoint_id, attempts \
+             ) \
+             SELECT upd.id, upd.event_id, upd.endpoint_id, upd.attempts, e.payload, e.received_at \
+             FROM upd JOIN events e ON e.id = upd.event_id",
+        )
+        .bind(now.saturating_add(millis(lease)))
+        .bind(job.delivery_id)
+        .bind(i64::from(job.attempt) - 1)
+        .bind(now)
+        .bind(now.saturating_add(DUE_TOLERANCE_MS))
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(JobClaim::Claimed(claimed_job(&row)?));
+        }
+        let state = sqlx::query(
+            "SELECT status, attempts, next_attempt_at, lease_until FROM deliveries WHERE id = $1",
+        )
+        .bind(job.delivery_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match state {
+            None => JobClaim::Stale,
+            Some(r) => classify_unclaimed(
+                job,
+                now,
+                &r.try_get::<String, _>("status")?,
+                r.try_get("attempts")?,
+                r.try_get("next_attempt_at")?,
+                r.try_get("lease_until")?,
+            ),
+        })
+    }
+
+    pub async fn requeue_overdue(&self, due_before_ms: i64, limit: usize) -> Result<Vec<JobRef>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "WITH picked AS MATERIALIZED ( \
+                 SELECT id FROM deliveries \
+                 WHERE status = 'pending' AND next_attempt_at < $2 AND lease_until <= $1 \
+                 ORDER BY next_attempt_at LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED \
+             ) \
+             UPDATE deliveries d SET next_attempt_at = $1 FROM picked WHERE d.id = picked.id \
+             RETURNING d.id, d.attempts",
+        )
+        .bind(now)
+        .bind(due_before_ms)
+        .bind(limit_param(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_ref).collect()
+    }
+}
+
+async fn ingest_in(conn: &mut PgConnection, new: &NewEvent) -> Result<IngestOutcome, StoreError> {
+    let now = now_ms();
+    let ev = &new.event;
+    if let Some(nonce) = &new.nonce {
+        // A concurrent insert of the same nonce waits for this transaction,
+        // then does nothing: exactly one of them is accepted.
+        let r = sqlx::query(
+            "INSERT INTO nonces (account, nonce, seen_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(ev.account.as_str())
+        .bind(nonce)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(IngestOutcome::Replayed);
+        }
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+         merchant_order_no, payload, raw_body, raw_headers, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+    )
+    .bind(ev.id.as_str())
+    .bind(ev.account.as_str())
+    .bind(ev.provider.as_str())
+    .bind(ev.event_type.as_str())
+    .bind(&ev.provider_trade_no)
+    .bind(&new.dedup_extra)
+    .bind(ev.merchant_order_no.as_deref())
+    .bind(&new.payload)
+    .bind(&new.raw_body)
+    .bind(&new.raw_headers)
+    .bind(ev.received_at.timestamp_millis())
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        // READ COMMITTED: this statement sees the row the conflicting
+        // transaction committed.
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE account = $1 AND event_type = $2 AND provider_trade_no = $3 \
+             AND dedup_extra = $4",
+        )
+        .bind(ev.account.as_str())
+        .bind(ev.event_type.as_str())
+        .bind(&ev.provider_trade_no)
+        .bind(&new.dedup_extra)
+        .fetch_optional(&mut *conn)
+        .await?;
+        return Ok(IngestOutcome::Duplicate {
+            existing: existing.and_then(|id| EventId::parse(&id).ok()),
+        });
+    }
+    if !new.endpoints.is_empty() {
+        let endpoints: Vec<&str> = new.endpoints.iter().map(|e| e.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
+             created_at, updated_at) \
+             SELECT $1, ep.endpoint_id, 'pending', 0, $2, 0, $2, $2 \
+             FROM UNNEST($3::text[]) WITH ORDINALITY AS ep (endpoint_id, ord) ORDER BY ep.ord",
+        )
+        .bind(ev.id.as_str())
+        .bind(now)
+        .bind(endpoints)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if new.outbox {
+        sqlx::query("INSERT INTO outbox (event_id, created_at) VALUES ($1, $2)")
+            .bind(ev.id.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(IngestOutcome::Accepted {
+        jobs: new.endpoints.len(),
+    })
+}
+
+async fn record_in(conn: &mut PgConnection, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, \
+         response_excerpt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(rec.delivery_id)
+    .bind(i64::from(rec.attempt))
+    .bind(rec.started_at_ms)
+    .bind(rec.duration_ms)
+    .bind(rec.outcome.as_str())
+    .bind(rec.http_status.map(i64::from))
+    .bind(rec.error.as_deref())
+    .bind(rec.response_excerpt.as_deref())
+    .execute(&mut *conn)
+    .await?;
+    let (status, next_at) = match rec.next {
+        NextStep::Delivered => ("delivered", now),
+        NextStep::RetryAt(at) => ("pending", at),
+        NextStep::Dead => ("dead", now),
+    };
+    // Applied only if nobody has moved the job on since this attempt was
+    // claimed (attempt n may only follow n-1). A concurrent record of the
+    // same attempt waits on the row lock, re-checks `attempts`, and is
+    // superseded.
+    let r = sqlx::query(
+        "UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3, lease_until = 0, \
+         updated_at = $4, last_error = $5 WHERE id = $6 AND status = 'pending' AND attempts = $7",
+    )
+    .bind(status)
+    .bind(i64::from(rec.attempt))
+    .bind(next_at)
+    .bind(now)
+    .bind(rec.error.as_deref())
+    .bind(rec.delivery_id)
+    .bind(i64::from(rec.attempt) - 1)
+    .execute(&mut *conn)
+    .await?;
+    Ok(if r.rows_affected() == 1 {
+        RecordOutcome::Applied
+    } else {
+        RecordOutcome::Superseded
+    })
+}
