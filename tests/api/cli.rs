@@ -75,3 +75,41 @@ fn keys_generate_writes_a_usable_pair() {
         .unwrap();
     assert!(key.verify(payhook::ingress::common::RsaAlgorithm::Sha256, b"m", &sig));
 }
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = payhook()
+        .arg("serve")
+        .env("PAYHOOK_LISTEN", "127.0.0.1:0")
+        .env("PAYHOOK_ADMIN_LISTEN", "127.0.0.1:0")
+        .env(
+            "PAYHOOK_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("p.db").display()),
+        )
+        .env("PAYHOOK_CONFIG", "")
+        .env("PAYHOOK_LOG", "info")
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    // Wait until it runs, then ask it to stop as systemd would.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("payhook is running") {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(rest.iter().any(|l| l.contains("payhook stopped")), "{rest:?}");
+}

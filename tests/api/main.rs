@@ -8,6 +8,7 @@ mod disruptive;
 mod dryad_flow;
 mod helpers;
 mod pg_db;
+mod providers;
 mod scaled;
 mod store_conformance;
 mod vectors;
