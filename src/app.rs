@@ -25,6 +25,7 @@ use crate::queue::connection::Broker;
 use crate::queue::consumer::DeliveryConsumer;
 use crate::queue::publisher::OutboxPublisher;
 use crate::queue::topology::Topology;
+use crate::server::{self, ServeOptions};
 use crate::store::{now_ms, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -91,6 +92,8 @@ pub struct Application {
     shutdown: CancellationToken,
     request_timeout: Duration,
     nonce_window: Duration,
+    /// RabbitMQ mode: the outbox is in use.
+    outbox: bool,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
@@ -144,6 +147,10 @@ impl Application {
             store: store.clone(),
             metrics: metrics.clone(),
             broker: broker.as_ref().map(|b| b.status.clone()),
+            admin_token: config.server.admin_token.clone(),
+            endpoints: Arc::new(config.endpoints.clone()),
+            jobs_committed: jobs_committed.clone(),
+            outbox: broker.is_some(),
         });
         let admin = (bind(config.server.admin_listen).await?, admin_router);
 
@@ -190,6 +197,7 @@ impl Application {
             shutdown: options.shutdown,
             request_timeout: config.server.request_timeout,
             nonce_window,
+            outbox: broker.is_some(),
         })
     }
 
@@ -221,31 +229,20 @@ impl Application {
         let token = self.shutdown.clone();
 
         if let Some((listener, router)) = self.ingress {
-            let token = token.clone();
-            let grace = self.request_timeout;
-            tasks.spawn(async move {
-                let server =
-                    axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned());
+            let options = ServeOptions {
+                header_read_timeout: self.request_timeout,
                 // In-flight requests get their own timeout to finish, no more.
-                let drained = async {
-                    token.cancelled().await;
-                    tokio::time::sleep(grace + Duration::from_secs(1)).await;
-                };
-                tokio::select! {
-                    r = server => if let Err(e) = r { tracing::error!(error = %e, "ingress server failed") },
-                    _ = drained => tracing::warn!("ingress drain timed out"),
-                }
-            });
+                drain: self.request_timeout + Duration::from_secs(1),
+            };
+            tasks.spawn(server::serve(listener, router, token.clone(), options));
         }
         {
             let (listener, router) = self.admin;
-            let token = token.clone();
-            tasks.spawn(async move {
-                let server = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "admin server failed");
-                }
-            });
+            let options = ServeOptions {
+                header_read_timeout: self.request_timeout,
+                drain: Duration::from_secs(5),
+            };
+            tasks.spawn(server::serve(listener, router, token.clone(), options));
         }
         for worker in self.workers {
             tasks.spawn(worker);
@@ -254,6 +251,7 @@ impl Application {
             self.store.clone(),
             self.metrics.clone(),
             self.nonce_window,
+            self.outbox,
             token.clone(),
         ));
         tracing::info!("payhook is running");
@@ -267,7 +265,13 @@ impl Application {
 
 /// Periodic chores: forget nonces past their window, refresh gauges, and let
 /// the metrics recorder fold histogram samples.
-async fn housekeeping(store: Store, metrics: Arc<Metrics>, nonce_window: Duration, token: CancellationToken) {
+async fn housekeeping(
+    store: Store,
+    metrics: Arc<Metrics>,
+    nonce_window: Duration,
+    outbox: bool,
+    token: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
@@ -283,6 +287,14 @@ async fn housekeeping(store: Store, metrics: Arc<Metrics>, nonce_window: Duratio
         match store.count_pending().await {
             Ok(n) => metrics.set_deliveries_pending(n),
             Err(e) => tracing::warn!(error = %e, "cannot count pending deliveries"),
+        }
+        // On a timer, not only when the publisher is idle: during a broker
+        // outage the backlog is exactly what operators need to see grow.
+        if outbox {
+            match store.count_outbox().await {
+                Ok(n) => metrics.set_outbox_pending(n),
+                Err(e) => tracing::warn!(error = %e, "cannot count the outbox"),
+            }
         }
         metrics.upkeep();
     }

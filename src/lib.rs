@@ -21,15 +21,19 @@
 //!   the provider only after the commit.
 //! - [`dispatch`]: takes due jobs, signs and POSTs them (`dispatch::sign`,
 //!   `dispatch::http`), and stores every attempt and what comes next.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the operator API
+//!   under `/admin/*` (bearer token): list, inspect and redeliver.
 //! - [`telemetry`]: tracing setup and the Prometheus metrics of the contract.
 //! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed.
 //! - [`app`]: wires the parts into a running relay with explicit shutdown
 //!   (`CancellationToken` + `TaskTracker`).
-//! - [`cli`]: the `payhook` subcommands (`simulate`, `sink`, `keys`).
+//! - [`server`]: the HTTP accept loop (header-read timeout, graceful drain).
+//! - [`cli`]: the `payhook` subcommands (`simulate`, `sink`, `keys`, `demo`,
+//!   and `events`/`redeliver` through the admin API).
 
 pub mod admin;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -37,5 +41,6 @@ pub mod dispatch;
 pub mod domain;
 pub mod ingress;
 pub mod queue;
+pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -11,7 +11,11 @@ use payhook::store::Store;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    payhook::telemetry::init_logging();
+    match cli.command {
+        // The demo prints its own report; only warnings are worth a log line.
+        Command::Demo => payhook::telemetry::init_logging_with_default("warn"),
+        _ => payhook::telemetry::init_logging(),
+    }
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -83,6 +87,7 @@ async fn run(command: Command) -> Result<(), String> {
         } => payhook::cli::sink::run(listen, secret, fail_every)
             .await
             .map_err(|e| e.to_string()),
+        Command::Bench(args) => payhook::cli::bench::run(*args).await.map_err(|e| e.to_string()),
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => {
@@ -93,6 +98,17 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Events { command } => payhook::cli::admin_client::events(command)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Redeliver {
+            event_id,
+            dead,
+            admin,
+        } => payhook::cli::admin_client::redeliver(event_id, dead, admin)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Demo => payhook::cli::demo::run().await.map_err(|e| e.to_string()),
     }
 }
 

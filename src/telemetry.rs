@@ -226,8 +226,13 @@ pub enum LogFormat {
 /// `info`), format from `PAYHOOK_LOG_FORMAT` (`json` or `pretty`, default
 /// `json`). Logs go to stderr so that command output on stdout stays clean.
 pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// As [`init_logging`], with `default_filter` when `PAYHOOK_LOG` is unset.
+pub fn init_logging_with_default(default_filter: &str) {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_env("PAYHOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("PAYHOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let format = match std::env::var("PAYHOOK_LOG_FORMAT").as_deref() {
         Ok("pretty") => LogFormat::Pretty,
         _ => LogFormat::Json,

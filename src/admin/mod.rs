@@ -1,5 +1,7 @@
-//! The admin port: health, readiness and metrics (no auth), and later the
-//! operator API under `/admin/*` (bearer token).
+//! The admin port: health, readiness and metrics (no auth), and the
+//! operator API under `/admin/*` (bearer token; see [`api`]).
+
+pub mod api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use tokio::sync::Notify;
 
+use crate::config::{EndpointConfig, Secret};
 use crate::queue::connection::BrokerStatus;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -20,13 +24,28 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// RabbitMQ mode: which broker connections are up.
     pub broker: Option<Arc<BrokerStatus>>,
+    /// The bearer token for `/admin/*`; without one, every request is refused.
+    pub admin_token: Option<Secret>,
+    /// The configured endpoints: a redelivery goes to the current subscribers.
+    pub endpoints: Arc<Vec<EndpointConfig>>,
+    /// Wakes the embedded dispatcher (or the outbox publisher) after a
+    /// redelivery is committed.
+    pub jobs_committed: Arc<Notify>,
+    /// RabbitMQ mode: redeliveries reach the queue through the outbox.
+    pub outbox: bool,
 }
 
 pub fn router(state: AdminState) -> Router {
+    if state.admin_token.is_none() {
+        tracing::warn!(
+            "no server.admin_token (or PAYHOOK_ADMIN_TOKEN) is set: /admin/* answers 401 to everyone"
+        );
+    }
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .nest("/admin", api::routes(state.clone()))
         .with_state(state)
 }
 

@@ -1,5 +1,8 @@
 //! The `payhook` command line. `main.rs` only parses arguments and calls in here.
 
+pub mod admin_client;
+pub mod bench;
+pub mod demo;
 pub mod keys;
 pub mod simulate;
 pub mod sink;
@@ -8,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use self::admin_client::{AdminArgs, EventsCommand};
 use crate::app::Role;
 use crate::ingress::SampleKind;
 
@@ -79,11 +83,39 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         fail_every: u64,
     },
+    /// Measure a relay under load: throughput, latency, CPU and memory,
+    /// each next to a no-work baseline.
+    Bench(Box<bench::BenchArgs>),
     /// Sandbox key management.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Stored events, through the admin API (needs the admin token).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Deliver an event again to every endpoint subscribed to it, or give
+    /// every dead delivery a new try (`--dead`), through the admin API.
+    Redeliver {
+        /// The event to deliver again (evt_…).
+        #[arg(
+            value_name = "EVENT_ID",
+            required_unless_present = "dead",
+            conflicts_with = "dead"
+        )]
+        event_id: Option<String>,
+        /// Redeliver every dead delivery (each once) instead of one event.
+        #[arg(long)]
+        dead: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run the whole relay in this process with sandbox accounts for every
+    /// provider and a local merchant; send signed callbacks (and a duplicate
+    /// and a forgery) and show what the merchant received. Needs no config.
+    Demo,
 }
 
 #[derive(Debug, Subcommand)]

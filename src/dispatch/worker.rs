@@ -88,7 +88,18 @@ impl EmbeddedWorker {
                 }
             };
             let claimed = jobs.len();
+            let mut over_limit = Vec::new();
             for job in jobs {
+                // One claim may return several jobs for one endpoint; those
+                // past its limit go straight back.
+                let endpoint_full = lock(&in_flight)
+                    .per_endpoint
+                    .get(&job.endpoint_id)
+                    .is_some_and(|n| *n >= per_endpoint_limit);
+                if endpoint_full {
+                    over_limit.push(job.delivery_id);
+                    continue;
+                }
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     // Cannot happen (we claimed at most `free`), but if it did
                     // the job must go back rather than wait out its lease.
@@ -117,7 +128,12 @@ impl EmbeddedWorker {
                     wake.notify_one();
                 });
             }
-            if claimed == limit {
+            if !over_limit.is_empty() {
+                if let Err(e) = self.deliverer.store.release(&over_limit).await {
+                    tracing::warn!(error = %e, "could not release jobs; they return when their lease ends");
+                }
+            }
+            if claimed == limit && over_limit.is_empty() {
                 continue;
             }
             let wait = match self.deliverer.store.next_due_at().await {

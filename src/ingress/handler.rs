@@ -114,7 +114,9 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
     response
 }
 
-#[tracing::instrument(skip_all, fields(account = %account_id, provider, outcome, event_id, reason))]
+// `account` is recorded only once it names a configured account: the raw
+// path is attacker-controlled and must not reach the logs (log injection).
+#[tracing::instrument(skip_all, fields(account, provider, outcome, event_id, reason))]
 pub async fn notify(
     State(state): State<IngressState>,
     Path(account_id): Path<String>,
@@ -137,6 +139,7 @@ pub async fn notify(
         );
     };
     let provider = account.provider.kind().as_str();
+    span.record("account", account.id.as_str());
     span.record("provider", provider);
     let reply = handle(&state, &account, &headers, body).await;
     let outcome = reply.outcome();

@@ -45,6 +45,7 @@ impl DeliveryConsumer {
         let concurrency = self.deliverer.delivery.concurrency;
         let slots = Arc::new(Semaphore::new(concurrency));
         let tasks = TaskTracker::new();
+        let per_endpoint = EndpointSlots::new(self.deliverer.delivery.per_endpoint_concurrency);
         let mut last_session = None;
         'connect: while !self.shutdown.is_cancelled() {
             let Some(session) = self.broker.open(COMPONENT, &self.shutdown).await else {
@@ -90,9 +91,10 @@ impl DeliveryConsumer {
                         };
                         let channel = session.channel.clone();
                         let deliverer = self.deliverer.clone();
+                        let per_endpoint = per_endpoint.clone();
                         let broker = self.broker.clone();
                         tasks.spawn(async move {
-                            handle(&broker, &deliverer, &channel, delivery).await;
+                            handle(&broker, &deliverer, &per_endpoint, &channel, delivery).await;
                             drop(permit);
                         });
                     }
@@ -144,6 +146,11 @@ async fn requeue(delivery: &Delivery) {
 /// Publishes `job` to run after `wait` (via a retry queue, or directly).
 async fn park(broker: &Broker, channel: &Channel, job: JobRef, wait: Duration) -> Result<bool, lapin::Error> {
     let queue = broker.topology.queue_for_wait(wait);
+    if queue == broker.topology.deliveries_queue() && !wait.is_zero() {
+        // Due in a moment (at most `PARK_SLACK`): wait here rather than
+        // cycle through the queue, so the job is never taken early.
+        tokio::time::sleep(wait.min(super::topology::PARK_SLACK)).await;
+    }
     publish_confirmed(
         channel,
         "",
@@ -154,7 +161,69 @@ async fn park(broker: &Broker, channel: &Channel, job: JobRef, wait: Duration) -
     .await
 }
 
-async fn handle(broker: &Broker, deliverer: &Deliverer, channel: &Channel, delivery: Delivery) {
+/// In-flight attempts per endpoint, so that one slow merchant cannot hold
+/// every slot of the prefetch.
+#[derive(Clone)]
+struct EndpointSlots {
+    limit: usize,
+    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// A taken slot; given back on drop.
+struct EndpointSlot {
+    slots: EndpointSlots,
+    endpoint: String,
+}
+
+impl EndpointSlots {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            in_flight: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        match self.in_flight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn try_take(&self, endpoint: &str) -> Option<EndpointSlot> {
+        let mut map = self.lock();
+        let n = map.entry(endpoint.to_owned()).or_default();
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(EndpointSlot {
+            slots: self.clone(),
+            endpoint: endpoint.to_owned(),
+        })
+    }
+}
+
+impl Drop for EndpointSlot {
+    fn drop(&mut self) {
+        if let Some(n) = self.slots.lock().get_mut(&self.endpoint) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// How long a job for a saturated endpoint waits before it goes to the back
+/// of the deliveries queue (a pause, so a saturated endpoint's jobs do not
+/// spin through the queue).
+const BUSY_ENDPOINT_PAUSE: Duration = Duration::from_millis(50);
+
+async fn handle(
+    broker: &Broker,
+    deliverer: &Deliverer,
+    per_endpoint: &EndpointSlots,
+    channel: &Channel,
+    delivery: Delivery,
+) {
     let Some(QueueTask::Deliver(job)) = QueueTask::from_bytes(&delivery.data) else {
         tracing::warn!("unreadable message on the deliveries queue dropped");
         ack(&delivery).await;
@@ -162,14 +231,16 @@ async fn handle(broker: &Broker, deliverer: &Deliverer, channel: &Channel, deliv
     };
     let claimed = match deliverer.store.claim_job(job, deliverer.lease()).await {
         Ok(JobClaim::Claimed(claimed)) => claimed,
-        // Delivered, dead, superseded, or held by another dispatcher (which
-        // will publish the next step itself): this message is not needed.
-        Ok(JobClaim::Stale | JobClaim::Taken) => {
+        // Delivered, dead or superseded: this message is not needed.
+        Ok(JobClaim::Stale) => {
             ack(&delivery).await;
             return;
         }
-        Ok(JobClaim::NotDue { due_at_ms }) => {
-            match park(broker, channel, job, ms_duration(due_at_ms - now_ms())).await {
+        // Not due yet, or held by a dispatcher that may have died: wait and
+        // look again then (a live holder will have moved the job on, making
+        // this copy stale; a dead one's lease will have expired).
+        Ok(JobClaim::NotDue { due_at_ms: until_ms } | JobClaim::Taken { until_ms }) => {
+            match park(broker, channel, job, ms_duration(until_ms - now_ms())).await {
                 Ok(true) => ack(&delivery).await,
                 _ => requeue(&delivery).await,
             }
@@ -180,6 +251,17 @@ async fn handle(broker: &Broker, deliverer: &Deliverer, channel: &Channel, deliv
             requeue(&delivery).await;
             return;
         }
+    };
+    let Some(_slot) = per_endpoint.try_take(&claimed.endpoint_id) else {
+        // The endpoint is at its limit: give the job back and put it at the
+        // back of the queue, leaving this slot to other endpoints' jobs.
+        let released = deliverer.store.release(&[claimed.delivery_id]).await;
+        tokio::time::sleep(BUSY_ENDPOINT_PAUSE).await;
+        match (released, park(broker, channel, job, Duration::ZERO).await) {
+            (Ok(()), Ok(true)) => ack(&delivery).await,
+            _ => requeue(&delivery).await,
+        }
+        return;
     };
     let settled = match deliverer.attempt(&claimed).await {
         Ok(s) => s,

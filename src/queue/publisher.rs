@@ -1,7 +1,8 @@
 //! The outbox relay (ingress role): publishes stored events and their first
-//! delivery jobs, and forgets an outbox row only after the broker confirmed
-//! every message for it. A crash anywhere before that leaves the row, and it
-//! is published again: at-least-once, never lost.
+//! delivery jobs (or, for an operator's redelivery, only the new jobs), and
+//! forgets an outbox row only after the broker confirmed every message for
+//! it. A crash anywhere before that leaves the row, and it is published
+//! again: at-least-once, never lost.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -93,7 +94,11 @@ impl OutboxPublisher {
                 }
                 match self.publish_batch(&session.channel, &items).await {
                     Ok(confirmed) => {
-                        let count = confirmed.len() as u64;
+                        // Redelivery rows publish jobs only, not their event.
+                        let count = items
+                            .iter()
+                            .filter(|i| i.publish_event && confirmed.contains(&i.outbox_id))
+                            .count() as u64;
                         if let Err(e) = self.store.outbox_done(&confirmed).await {
                             // Published but not marked: published again later
                             // (a duplicate, which consumers tolerate by id).
@@ -120,18 +125,21 @@ impl OutboxPublisher {
         let deliveries = ShortString::from(topology.deliveries_queue());
         let mut pending = Vec::new();
         for item in items {
-            let props =
-                persistent("application/json").with_message_id(ShortString::from(item.event_id.as_str()));
-            let confirm = channel
-                .basic_publish(
-                    exchange.clone(),
-                    ShortString::from(item.routing_key.as_str()),
-                    BasicPublishOptions::default(),
-                    item.payload.as_bytes(),
-                    props,
-                )
-                .await?;
-            pending.push((item.outbox_id, confirm));
+            // A redelivery's row: the event was published when it was stored.
+            if item.publish_event {
+                let props =
+                    persistent("application/json").with_message_id(ShortString::from(item.event_id.as_str()));
+                let confirm = channel
+                    .basic_publish(
+                        exchange.clone(),
+                        ShortString::from(item.routing_key.as_str()),
+                        BasicPublishOptions::default(),
+                        item.payload.as_bytes(),
+                        props,
+                    )
+                    .await?;
+                pending.push((item.outbox_id, confirm));
+            }
             for job in &item.jobs {
                 let confirm = channel
                     .basic_publish(

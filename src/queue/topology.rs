@@ -8,7 +8,10 @@ use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::store::DUE_TOLERANCE_MS;
+/// Waits this short go straight to the deliveries queue (after a pause of
+/// that length, see `consumer::park`), and a retry queue up to this much
+/// shorter than the wait is still used.
+pub const PARK_SLACK: Duration = Duration::from_millis(25);
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -71,7 +74,7 @@ impl Topology {
     /// - else (shorter than every delay) the shortest retry queue: a little
     ///   late beats spinning through the deliveries queue until due.
     pub fn queue_for_wait(&self, wait: Duration) -> String {
-        let slack = Duration::from_millis(DUE_TOLERANCE_MS.unsigned_abs()).max(wait / 20);
+        let slack = PARK_SLACK.max(wait / 20);
         if wait <= slack {
             return self.deliveries_queue();
         }

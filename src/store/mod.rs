@@ -5,7 +5,9 @@
 //! `FOR UPDATE SKIP LOCKED`. Both keep the same tables and the same rules.
 
 mod postgres;
+mod postgres_admin;
 mod sqlite;
+mod sqlite_admin;
 
 use std::time::Duration;
 
@@ -134,15 +136,16 @@ pub enum JobClaim {
     /// Pending, but not due until then (e.g. `Retry-After` was longer than
     /// the retry queue's delay).
     NotDue { due_at_ms: i64 },
-    /// Another dispatcher holds it.
-    Taken,
+    /// Another dispatcher holds it, until then (epoch ms).
+    Taken { until_ms: i64 },
     /// Already delivered, dead, or moved past this attempt.
     Stale,
 }
 
-/// A job this close to its due time counts as due: queue delays and clocks
-/// are not exact to the millisecond, and waiting again would cost more.
-pub const DUE_TOLERANCE_MS: i64 = 25;
+/// How early a job may be taken. Zero: `Retry-After` and the schedule say
+/// "not before", so a job is never attempted before it is due (a queue
+/// message that arrives a little early is parked again for the rest).
+pub const DUE_TOLERANCE_MS: i64 = 0;
 
 /// Why a job that was not claimed was not: read from its row.
 fn classify_unclaimed(
@@ -156,12 +159,14 @@ fn classify_unclaimed(
     if status != "pending" || attempts != i64::from(job.attempt) - 1 {
         JobClaim::Stale
     } else if lease_until > now {
-        JobClaim::Taken
+        JobClaim::Taken {
+            until_ms: lease_until,
+        }
     } else if next_at > now + DUE_TOLERANCE_MS {
         JobClaim::NotDue { due_at_ms: next_at }
     } else {
-        // Changed between the two statements: someone else got it.
-        JobClaim::Taken
+        // Changed between the two statements: someone else just got it.
+        JobClaim::Taken { until_ms: now }
     }
 }
 
@@ -175,6 +180,10 @@ pub struct OutboxItem {
     pub routing_key: String,
     pub payload: String,
     pub jobs: Vec<JobRef>,
+    /// Whether to publish the event to the events exchange. False for a
+    /// redelivery's row, whose event was published when it was stored: only
+    /// its (new) jobs go out.
+    pub publish_event: bool,
 }
 
 #[derive(Clone)]
@@ -336,6 +345,161 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.close().await,
             Store::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Operator queries (`/admin/*`): listing, inspection and redelivery. The
+// statements are in `sqlite_admin.rs` and `postgres_admin.rs`.
+
+/// Which events to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub account: Option<String>,
+    pub provider: Option<String>,
+    pub event_type: Option<String>,
+    pub merchant_order_no: Option<String>,
+    /// Keyset pagination: only events whose id sorts before this one (event
+    /// ids are ULIDs, so this means "older").
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+/// A stored event: its identity and the JSON merchants receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: String,
+    pub account: String,
+    pub provider: String,
+    pub event_type: String,
+    /// The event JSON exactly as delivered.
+    pub payload: String,
+    pub received_at_ms: i64,
+}
+
+/// The state of a delivery row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 3] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Which deliveries to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    /// Keyset pagination: only deliveries with a smaller id.
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// A delivery row with what an operator needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryDetail {
+    pub id: i64,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// The dead delivery this one redelivers, if any.
+    pub redelivery_of: Option<i64>,
+    /// The delivery that redelivered this (dead) one, if any.
+    pub redelivered_as: Option<i64>,
+}
+
+/// A delivery created by a redelivery: pending, due now, attempt 1 next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub id: i64,
+    pub event_id: String,
+    pub endpoint_id: String,
+}
+
+impl Store {
+    /// Events matching `filter`, newest first, at most `filter.limit`.
+    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_events(filter).await,
+            Store::Postgres(s) => s.list_events(filter).await,
+        }
+    }
+
+    pub async fn event(&self, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.event(event_id).await,
+            Store::Postgres(s) => s.event(event_id).await,
+        }
+    }
+
+    /// Every delivery of one event, oldest first.
+    pub async fn delivery_details_for_event(
+        &self,
+        event_id: &str,
+    ) -> Result<Vec<DeliveryDetail>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delivery_details_for_event(event_id).await,
+            Store::Postgres(s) => s.delivery_details_for_event(event_id).await,
+        }
+    }
+
+    /// Deliveries matching `filter`, newest first, at most `filter.limit`.
+    pub async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryDetail>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_deliveries(filter).await,
+            Store::Postgres(s) => s.list_deliveries(filter).await,
+        }
+    }
+
+    /// One new pending delivery of `event_id` to each of `endpoints`, due now,
+    /// in one transaction. A dead delivery of the event to the same endpoint
+    /// counts as redelivered by it. With `outbox` (RabbitMQ mode), also an
+    /// outbox row that publishes the new jobs but not the event again.
+    pub async fn redeliver_event(
+        &self,
+        event_id: &str,
+        endpoints: &[EndpointId],
+        outbox: bool,
+    ) -> Result<Vec<NewDelivery>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.redeliver_event(event_id, endpoints, outbox).await,
+            Store::Postgres(s) => s.redeliver_event(event_id, endpoints, outbox).await,
+        }
+    }
+
+    /// For every dead delivery to one of `endpoints` not yet redelivered, a
+    /// new pending delivery (same event, same endpoint), due now, in one
+    /// transaction; with `outbox`, one jobs-only outbox row per event.
+    /// Returns how many were created.
+    pub async fn redeliver_dead(&self, endpoints: &[EndpointId], outbox: bool) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.redeliver_dead(endpoints, outbox).await,
+            Store::Postgres(s) => s.redeliver_dead(endpoints, outbox).await,
         }
     }
 }

@@ -26,7 +26,7 @@ const MAX_CONNECTIONS: u32 = 16;
 
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 fn limit_param(limit: usize) -> i64 {
@@ -226,9 +226,9 @@ impl PostgresStore {
                  FOR UPDATE SKIP LOCKED \
              ), upd AS ( \
                  UPDATE outbox o SET lease_until = $3 FROM picked WHERE o.id = picked.id \
-                 RETURNING o.id, o.event_id \
+                 RETURNING o.id, o.event_id, o.publish_event \
              ) \
-             SELECT upd.id, upd.event_id, e.provider, e.event_type, e.payload, \
+             SELECT upd.id, upd.event_id, upd.publish_event, e.provider, e.event_type, e.payload, \
                  ARRAY(SELECT d.id FROM deliveries d \
                        WHERE d.event_id = upd.event_id AND d.status = 'pending' ORDER BY d.id) AS job_ids, \
                  ARRAY(SELECT d.attempts FROM deliveries d \
@@ -264,6 +264,7 @@ impl PostgresStore {
                     routing_key: format!("{provider}.{event_type}"),
                     payload: row.try_get("payload")?,
                     jobs,
+                    publish_event: row.try_get("publish_event")?,
                 })
             })
             .collect()

@@ -32,8 +32,8 @@ enum WriteOp {
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    write: SqlitePool,
-    read: SqlitePool,
+    pub(super) write: SqlitePool,
+    pub(super) read: SqlitePool,
     writer: mpsc::Sender<WriteOp>,
 }
 
@@ -235,7 +235,8 @@ impl SqliteStore {
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE outbox SET lease_until = ?1 WHERE id IN \
-             (SELECT id FROM outbox WHERE lease_until <= ?2 ORDER BY id LIMIT ?3) RETURNING id, event_id",
+             (SELECT id FROM outbox WHERE lease_until <= ?2 ORDER BY id LIMIT ?3) \
+             RETURNING id, event_id, publish_event",
         )
         .bind(now.saturating_add(millis(lease)))
         .bind(now)
@@ -266,6 +267,7 @@ impl SqliteStore {
             let provider: String = event.try_get("provider")?;
             let event_type: String = event.try_get("event_type")?;
             items.push(OutboxItem {
+                publish_event: row.try_get("publish_event")?,
                 outbox_id: row.try_get("id")?,
                 event_id,
                 routing_key: format!("{provider}.{event_type}"),

@@ -122,3 +122,9 @@ async fn disruptive_connections_closed_mid_run() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the shared RabbitMQ and PostgreSQL; scripts/test.sh runs it alone"]
+async fn disruptive_chaos_scaled_kills_and_restarts_lose_nothing() {
+    crate::chaos::chaos_run(Backend::Scaled).await;
+}

@@ -49,8 +49,9 @@ impl Received {
 #[derive(Default)]
 struct MerchantState {
     received: Vec<Received>,
-    /// Statuses to answer with, in order, before answering 200.
-    script: Vec<(u16, Option<String>)>,
+    /// Statuses (with an optional header) to answer with, in order, before
+    /// answering 200.
+    script: Vec<(u16, Option<(String, String)>)>,
     always_fail: bool,
 }
 
@@ -76,10 +77,13 @@ async fn merchant_handler(
         return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new(), "down").into_response();
     }
     if !s.script.is_empty() {
-        let (status, retry_after) = s.script.remove(0);
+        let (status, header) = s.script.remove(0);
         let mut h = HeaderMap::new();
-        if let Some(ra) = retry_after {
-            h.insert("retry-after", ra.parse().unwrap());
+        if let Some((name, value)) = header {
+            h.insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
         }
         return (StatusCode::from_u16(status).unwrap(), h, "not now").into_response();
     }
@@ -105,11 +109,15 @@ impl Merchant {
     }
 
     pub fn answer_next(&self, status: u16, retry_after: &str) {
+        self.answer_next_with(status, "retry-after", retry_after);
+    }
+
+    pub fn answer_next_with(&self, status: u16, header: &str, value: &str) {
         self.state
             .lock()
             .unwrap()
             .script
-            .push((status, Some(retry_after.to_owned())));
+            .push((status, Some((header.to_owned(), value.to_owned()))));
     }
 
     pub fn always_fail(&self, fail: bool) {
@@ -185,6 +193,8 @@ pub fn delete_topology(prefix: String, queues: Vec<String>) {
 
 pub struct TestOptions {
     pub backend: Backend,
+    /// Extra `[server]` lines (TOML).
+    pub server: String,
     /// `[[accounts]]` tables (TOML).
     pub accounts: String,
     /// `[delivery]` body (TOML).
@@ -206,6 +216,7 @@ impl Default for TestOptions {
             clock: None,
             role: Role::All,
             backend: Backend::Sqlite,
+            server: String::new(),
         }
     }
 }
@@ -252,13 +263,14 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         }
     };
     let config_text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"test-admin-token\"\n\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"test-admin-token\"\n{server}\n\
          [storage]\nurl = \"{storage_url}\"\n\n{queue}\n[delivery]\n{delivery}\n{accounts}\n\
          [[endpoints]]\nid = \"merchant\"\nurl = \"{url}\"\nsecret = \"{ENDPOINT_SECRET}\"\naccounts = [\"*\"]\nevents = [\"*\"]\n{extra}",
         delivery = options.delivery,
         accounts = options.accounts,
         url = merchant.url,
         extra = options.extra_endpoints,
+        server = options.server,
     );
     let mut app = TestApp {
         ingress_url: String::new(),
@@ -486,4 +498,123 @@ macro_rules! on_both_backends {
             )+
         }
     };
+}
+
+/// Picks a free port on 127.0.0.1 (for processes that need a fixed address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `payhook serve` binary, with its logs captured to a file.
+pub struct RelayProcess {
+    pub child: std::process::Child,
+    pub ingress_url: String,
+    pub admin_url: String,
+    pub log_path: PathBuf,
+    config_path: PathBuf,
+    listen: String,
+    admin: String,
+}
+
+impl RelayProcess {
+    /// Starts `payhook serve` with `config_text` (its listen addresses are
+    /// replaced by free ports) and waits until it answers.
+    pub async fn start(config_text: &str, dir: &Path) -> RelayProcess {
+        let config_path = dir.join("relay.toml");
+        std::fs::write(&config_path, config_text).unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let log_path = dir.join("relay.log");
+        let mut relay = RelayProcess {
+            child: Self::spawn(&config_path, &listen, &admin, &log_path),
+            ingress_url: format!("http://{listen}"),
+            admin_url: format!("http://{admin}"),
+            log_path,
+            config_path,
+            listen,
+            admin,
+        };
+        relay.wait_up().await;
+        relay
+    }
+
+    fn spawn(config: &Path, listen: &str, admin: &str, log: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_payhook"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("PAYHOOK_LISTEN", listen)
+            .env("PAYHOOK_ADMIN_LISTEN", admin)
+            .env("PAYHOOK_LOG", "debug")
+            .env("PAYHOOK_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub async fn wait_up(&mut self) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/healthz", self.admin_url);
+        let up = eventually(Duration::from_secs(30), || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(
+            up,
+            "relay came up; log: {}",
+            std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or an OOM kill.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same addresses, config and log.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.config_path, &self.listen, &self.admin, &self.log_path);
+        self.wait_up().await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -2,13 +2,21 @@
 //! with a real database of its own (a SQLite file, or a fresh PostgreSQL
 //! database and RabbitMQ queue prefix for the scaled backend).
 
+mod admin;
+mod chaos;
 mod cli;
 mod delivery;
+mod demo;
+mod deploy_kit;
 mod disruptive;
 mod dryad_flow;
+mod guide;
 mod helpers;
+mod hostile;
+mod misbehaving_merchants;
 mod pg_db;
 mod providers;
 mod scaled;
+mod secrets;
 mod store_conformance;
 mod vectors;

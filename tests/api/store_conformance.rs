@@ -103,7 +103,7 @@ impl ClaimExt for JobClaim {
         match self {
             JobClaim::Claimed(_) => "claimed",
             JobClaim::NotDue { .. } => "not_due",
-            JobClaim::Taken => "taken",
+            JobClaim::Taken { .. } => "taken",
             JobClaim::Stale => "stale",
         }
     }

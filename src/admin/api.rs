@@ -1,0 +1,495 @@
+//! The operator API under `/admin/*` (bearer token): list and inspect events
+//! and deliveries, and redeliver.
+//!
+//! - `GET  /admin/events?account=&provider=&type=&merchant_order_no=&limit=&cursor=`
+//!   → `{"events": [event…], "next_cursor": "evt_…" | null}`, newest first
+//! - `GET  /admin/events/{id}` → `{"event": event, "deliveries": [delivery + attempts_detail]}`
+//! - `POST /admin/events/{id}/redeliver` → 202 `{"event_id", "deliveries": [{id, endpoint, status}]}`
+//! - `GET  /admin/deliveries?status=pending|delivered|dead&limit=&cursor=`
+//!   → `{"deliveries": [delivery…], "next_cursor": "123" | null}`, newest first
+//! - `POST /admin/deliveries/redeliver?status=dead` → 202 `{"redelivered": n}`
+//!
+//! Every error is `{"error": "…"}` with a fixed, secret-free message; store
+//! failures are logged here and answered without detail.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::AdminState;
+use crate::config::Secret;
+use crate::domain::{AccountId, EndpointId, EventId, EventType};
+use crate::ingress::common::ct_eq;
+use crate::store::{
+    DeliveryDetail, DeliveryFilter, DeliveryStatus, EventFilter, StoreError, StoredAttempt, StoredEvent,
+};
+
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 500;
+
+/// Everything that can go wrong at the admin boundary, mapped to HTTP in one
+/// place (`IntoResponse`).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such event")]
+    EventNotFound,
+    #[error("no such admin route")]
+    RouteNotFound,
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("corrupt stored data: {0}")]
+    Corrupt(&'static str),
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::EventNotFound | AdminError::RouteNotFound => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Store(e) if store_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Store(_) | AdminError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told: never SQL, paths or secrets.
+    fn public_message(&self) -> String {
+        match self {
+            AdminError::Store(e) if store_unavailable(e) => "store unavailable, retry later".to_owned(),
+            AdminError::Store(_) | AdminError::Corrupt(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Whether a store error is (probably) passing: the connection, not the data.
+fn store_unavailable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Closed => true,
+        StoreError::Database(db) => matches!(
+            db,
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ),
+        _ => false,
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            // The detail stays in the log.
+            tracing::error!(error = %self, "admin request failed");
+        }
+        let mut response = (
+            status,
+            Json(serde_json::json!({ "error": self.public_message() })),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"payhook-admin\""),
+            );
+        }
+        response
+    }
+}
+
+/// The `/admin` routes, behind the bearer-token check (which also covers
+/// unknown paths, so that they reveal nothing without the token).
+pub fn routes(state: AdminState) -> Router<AdminState> {
+    Router::new()
+        .route("/events", get(list_events))
+        .route("/events/{id}", get(show_event))
+        .route("/events/{id}/redeliver", post(redeliver_event))
+        .route("/deliveries", get(list_deliveries))
+        .route("/deliveries/redeliver", post(redeliver_dead))
+        .fallback(|| async { AdminError::RouteNotFound })
+        .layer(middleware::from_fn_with_state(state, require_token))
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if authorized(state.admin_token.as_ref(), request.headers()) {
+        next.run(request).await
+    } else {
+        AdminError::Unauthorized.into_response()
+    }
+}
+
+/// `Authorization: Bearer {token}`, compared in constant time (over digests,
+/// so that not even the token's length shows). No configured token: nobody.
+fn authorized(expected: Option<&Secret>, headers: &HeaderMap) -> bool {
+    let Some(expected) = expected else {
+        return false;
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some((scheme, token)) = value.split_at_checked(7) else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    let given = Sha256::digest(token.trim_ascii());
+    let wanted = Sha256::digest(expected.expose().as_bytes());
+    ct_eq(&given, &wanted)
+}
+
+// ---------------------------------------------------------------------------
+// Query parameters: strings first, parsed here, so that every bad value gets
+// a message naming the parameter. An empty value counts as absent.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    account: Option<String>,
+    provider: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    merchant_order_no: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkQuery {
+    status: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AdminError> {
+    q.map(|Query(t)| t)
+        .map_err(|rejection| AdminError::BadRequest(rejection.body_text()))
+}
+
+fn present(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+fn limit(value: Option<String>) -> Result<usize, AdminError> {
+    match present(value) {
+        None => Ok(DEFAULT_LIMIT),
+        Some(text) => match text.parse::<usize>() {
+            Ok(0) | Err(_) => Err(AdminError::BadRequest(format!(
+                "limit must be a number from 1 to {MAX_LIMIT}"
+            ))),
+            Ok(n) => Ok(n.min(MAX_LIMIT)),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Responses.
+
+fn rfc3339(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn event_json(event: &StoredEvent) -> Result<Value, AdminError> {
+    serde_json::from_str(&event.payload).map_err(|_| AdminError::Corrupt("event payload is not JSON"))
+}
+
+#[derive(Debug, Serialize)]
+struct DeliveryJson {
+    id: i64,
+    event_id: String,
+    endpoint: String,
+    status: String,
+    attempts: u32,
+    /// When the next attempt is due; only while pending.
+    next_attempt_at: Option<String>,
+    last_error: Option<String>,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    redelivery_of: Option<i64>,
+    redelivered_as: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts_detail: Option<Vec<AttemptJson>>,
+}
+
+#[derive(Debug, Serialize)]
+struct AttemptJson {
+    attempt: u32,
+    started_at: Option<String>,
+    duration_ms: i64,
+    outcome: String,
+    http_status: Option<u16>,
+    error: Option<String>,
+}
+
+impl DeliveryJson {
+    fn new(d: DeliveryDetail, attempts: Option<Vec<StoredAttempt>>) -> Self {
+        let pending = d.status == DeliveryStatus::Pending.as_str();
+        Self {
+            id: d.id,
+            event_id: d.event_id,
+            endpoint: d.endpoint_id,
+            next_attempt_at: if pending {
+                rfc3339(d.next_attempt_at_ms)
+            } else {
+                None
+            },
+            status: d.status,
+            attempts: d.attempts,
+            last_error: d.last_error,
+            created_at: rfc3339(d.created_at_ms),
+            updated_at: rfc3339(d.updated_at_ms),
+            redelivery_of: d.redelivery_of,
+            redelivered_as: d.redelivered_as,
+            attempts_detail: attempts.map(|list| {
+                list.into_iter()
+                    .map(|a| AttemptJson {
+                        attempt: a.attempt,
+                        started_at: rfc3339(a.started_at_ms),
+                        duration_ms: a.duration_ms,
+                        outcome: a.outcome,
+                        http_status: a.http_status,
+                        error: a.error,
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers.
+
+async fn list_events(
+    State(state): State<AdminState>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Value>, AdminError> {
+    let q = query(q)?;
+    let provider = present(q.provider);
+    if let Some(p) = &provider {
+        if crate::domain::ProviderKind::parse(p).is_none() {
+            return Err(AdminError::BadRequest(
+                "provider must be one of cbb, shouqianba, abc, dingdang, dryad".into(),
+            ));
+        }
+    }
+    let event_type = present(q.event_type);
+    if let Some(t) = &event_type {
+        if EventType::parse(t).is_none() {
+            return Err(AdminError::BadRequest(
+                "type must be an event type such as payment.succeeded".into(),
+            ));
+        }
+    }
+    let cursor = present(q.cursor);
+    if let Some(c) = &cursor {
+        if EventId::parse(c).is_err() {
+            return Err(AdminError::BadRequest(
+                "cursor must be an event id (a next_cursor from a previous page)".into(),
+            ));
+        }
+    }
+    let limit = limit(q.limit)?;
+    let filter = EventFilter {
+        account: present(q.account),
+        provider,
+        event_type,
+        merchant_order_no: present(q.merchant_order_no),
+        before: cursor,
+        limit: limit + 1,
+    };
+    let mut events = state.store.list_events(&filter).await?;
+    let next_cursor = if events.len() > limit {
+        events.truncate(limit);
+        events.last().map(|e| e.id.clone())
+    } else {
+        None
+    };
+    let events = events.iter().map(event_json).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(
+        serde_json::json!({ "events": events, "next_cursor": next_cursor }),
+    ))
+}
+
+async fn find_event(state: &AdminState, id: &str) -> Result<StoredEvent, AdminError> {
+    if EventId::parse(id).is_err() {
+        return Err(AdminError::EventNotFound);
+    }
+    state.store.event(id).await?.ok_or(AdminError::EventNotFound)
+}
+
+async fn show_event(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
+    let event = find_event(&state, &id).await?;
+    let mut deliveries = Vec::new();
+    for d in state.store.delivery_details_for_event(&event.id).await? {
+        let attempts = state.store.attempts_for_delivery(d.id).await?;
+        deliveries.push(DeliveryJson::new(d, Some(attempts)));
+    }
+    Ok(Json(serde_json::json!({
+        "event": event_json(&event)?,
+        "deliveries": deliveries,
+    })))
+}
+
+async fn redeliver_event(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let event = find_event(&state, &id).await?;
+    let account = AccountId::parse(&event.account).map_err(|_| AdminError::Corrupt("event account"))?;
+    let event_type = EventType::parse(&event.event_type).ok_or(AdminError::Corrupt("event type"))?;
+    if !event_type.is_deliverable() {
+        return Err(AdminError::Conflict("events of this type are never delivered"));
+    }
+    let endpoints: Vec<EndpointId> = state
+        .endpoints
+        .iter()
+        .filter(|e| e.subscribes(&account, event_type))
+        .map(|e| e.id.clone())
+        .collect();
+    if endpoints.is_empty() {
+        return Err(AdminError::Conflict(
+            "no configured endpoint subscribes to this event",
+        ));
+    }
+    let created = state
+        .store
+        .redeliver_event(&event.id, &endpoints, state.outbox)
+        .await?;
+    state.jobs_committed.notify_one();
+    tracing::info!(event_id = %event.id, deliveries = created.len(), "operator redelivery");
+    let deliveries: Vec<Value> = created
+        .iter()
+        .map(|d| serde_json::json!({ "id": d.id, "endpoint": d.endpoint_id, "status": "pending" }))
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "event_id": event.id, "deliveries": deliveries })),
+    ))
+}
+
+async fn list_deliveries(
+    State(state): State<AdminState>,
+    q: Result<Query<DeliveriesQuery>, QueryRejection>,
+) -> Result<Json<Value>, AdminError> {
+    let q = query(q)?;
+    let status = match present(q.status) {
+        None => None,
+        Some(s) => Some(
+            DeliveryStatus::parse(&s)
+                .ok_or_else(|| AdminError::BadRequest("status must be pending, delivered or dead".into()))?,
+        ),
+    };
+    let before = match present(q.cursor) {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            AdminError::BadRequest("cursor must be a next_cursor from a previous page".into())
+        })?),
+    };
+    let limit = limit(q.limit)?;
+    let filter = DeliveryFilter {
+        status,
+        before,
+        limit: limit + 1,
+    };
+    let mut deliveries = state.store.list_deliveries(&filter).await?;
+    let next_cursor = if deliveries.len() > limit {
+        deliveries.truncate(limit);
+        deliveries.last().map(|d| d.id.to_string())
+    } else {
+        None
+    };
+    let deliveries: Vec<DeliveryJson> = deliveries
+        .into_iter()
+        .map(|d| DeliveryJson::new(d, None))
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "deliveries": deliveries, "next_cursor": next_cursor }),
+    ))
+}
+
+async fn redeliver_dead(
+    State(state): State<AdminState>,
+    q: Result<Query<BulkQuery>, QueryRejection>,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let q = query(q)?;
+    if present(q.status).as_deref() != Some(DeliveryStatus::Dead.as_str()) {
+        return Err(AdminError::BadRequest(
+            "bulk redelivery needs status=dead (only dead deliveries can be redelivered in bulk)".into(),
+        ));
+    }
+    // Only to endpoints that still exist: a removed endpoint has no URL.
+    let endpoints: Vec<EndpointId> = state.endpoints.iter().map(|e| e.id.clone()).collect();
+    let count = state.store.redeliver_dead(&endpoints, state.outbox).await?;
+    if count > 0 {
+        state.jobs_committed.notify_one();
+    }
+    tracing::info!(deliveries = count, "operator bulk redelivery of dead deliveries");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "redelivered": count })),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_token_check() {
+        let secret = Secret::new("s3cret");
+        assert!(authorized(Some(&secret), &headers("Bearer s3cret")));
+        assert!(authorized(Some(&secret), &headers("bearer s3cret")));
+        assert!(!authorized(Some(&secret), &headers("Bearer s3cre")));
+        assert!(!authorized(Some(&secret), &headers("Bearer s3cret2")));
+        assert!(!authorized(Some(&secret), &headers("Basic s3cret")));
+        assert!(!authorized(Some(&secret), &headers("s3cret")));
+        assert!(!authorized(Some(&secret), &HeaderMap::new()));
+        assert!(!authorized(None, &headers("Bearer s3cret")));
+        assert!(!authorized(None, &headers("Bearer ")));
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(limit(None).unwrap(), DEFAULT_LIMIT);
+        assert_eq!(limit(Some(String::new())).unwrap(), DEFAULT_LIMIT);
+        assert_eq!(limit(Some("7".into())).unwrap(), 7);
+        assert_eq!(limit(Some("100000".into())).unwrap(), MAX_LIMIT);
+        assert!(limit(Some("0".into())).is_err());
+        assert!(limit(Some("-1".into())).is_err());
+        assert!(limit(Some("x".into())).is_err());
+    }
+}

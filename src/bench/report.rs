@@ -1,0 +1,411 @@
+//! The figures of a bench run: percentiles, ratios to the baseline, and their
+//! two renderings (a table, and JSON with `--json`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::load::Outcome;
+use super::process::ProcSample;
+use super::sink::SinkSummary;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    pub store: String,
+    pub queue: String,
+    pub provider: String,
+    pub requests: usize,
+    pub concurrency: usize,
+    /// Requests per second asked for; `null`: as fast as possible.
+    pub rate: Option<f64>,
+    pub backlog: u64,
+    /// The running relay targeted, if not one the bench started.
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_mb: u64,
+    /// 1-minute load average when the run started (other work on the machine).
+    pub load_average: f64,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kb: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_mb: memory_kb / 1024,
+            load_average,
+        }
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn of(mut samples_ns: Vec<u64>) -> Latency {
+        samples_ns.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if samples_ns.is_empty() {
+                return 0.0;
+            }
+            let rank = ((samples_ns.len() as f64) * q).ceil() as usize;
+            let i = rank.clamp(1, samples_ns.len()) - 1;
+            samples_ns[i] as f64 / 1e6
+        };
+        Latency {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// CPU and memory of a server process over the run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProcessFigures {
+    /// CPU time (user + system) from the first request to the last delivery.
+    pub cpu_seconds: f64,
+    /// Resident set size after start-up, before the load.
+    pub rss_idle_mb: f64,
+    /// Peak resident set size (VmHWM) at the end of the run.
+    pub rss_peak_mb: f64,
+}
+
+impl ProcessFigures {
+    pub fn between(before: ProcSample, after: ProcSample) -> ProcessFigures {
+        ProcessFigures {
+            cpu_seconds: (after.cpu_seconds - before.cpu_seconds).max(0.0),
+            rss_idle_mb: before.rss_mb,
+            rss_peak_mb: after.peak_rss_mb,
+        }
+    }
+}
+
+/// The provider side: requests and their answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ingress {
+    pub requests: usize,
+    pub accepted: usize,
+    pub failed: usize,
+    pub failures: BTreeMap<String, usize>,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+    pub throughput_per_s: f64,
+    pub latency_ms: Latency,
+    pub process: Option<ProcessFigures>,
+}
+
+impl Ingress {
+    pub fn of(requests: usize, load: Outcome, process: Option<ProcessFigures>) -> Ingress {
+        let seconds = load.elapsed.as_secs_f64();
+        Ingress {
+            requests,
+            accepted: load.ok,
+            failed: load.failed,
+            failures: load.failures,
+            first_error: load.first_error,
+            seconds,
+            throughput_per_s: per_second(load.ok, seconds),
+            latency_ms: Latency::of(load.latencies_ns),
+            process,
+        }
+    }
+}
+
+/// The merchant side: provider POST to merchant receipt.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndToEnd {
+    pub delivered: usize,
+    pub duplicates: usize,
+    pub unmatched: usize,
+    pub seconds: f64,
+    pub throughput_per_s: f64,
+    pub latency_ms: Latency,
+}
+
+impl EndToEnd {
+    pub fn of(sink: SinkSummary) -> EndToEnd {
+        let seconds = sink.span_ns as f64 / 1e9;
+        EndToEnd {
+            delivered: sink.delivered,
+            duplicates: sink.duplicates,
+            unmatched: sink.unmatched,
+            seconds,
+            throughput_per_s: per_second(sink.delivered, seconds),
+            latency_ms: Latency::of(sink.latencies_ns),
+        }
+    }
+}
+
+/// Relay figure / baseline figure. End-to-end figures are divided by the
+/// baseline's ingress figures (the baseline delivers nothing).
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    pub ingress_throughput: f64,
+    pub ingress_p50: f64,
+    pub ingress_p99: f64,
+    pub ingress_max: f64,
+    pub end_to_end_throughput: Option<f64>,
+    pub end_to_end_p50: Option<f64>,
+    pub end_to_end_p99: Option<f64>,
+    pub cpu_seconds: Option<f64>,
+    pub rss_idle: Option<f64>,
+    pub rss_peak: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub setup: Setup,
+    pub machine: Machine,
+    pub baseline: Option<Ingress>,
+    pub relay: Ingress,
+    pub end_to_end: Option<EndToEnd>,
+    pub ratios: Option<Ratios>,
+}
+
+fn per_second(count: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+fn ratio(relay: f64, baseline: f64) -> f64 {
+    if baseline > 0.0 {
+        relay / baseline
+    } else {
+        0.0
+    }
+}
+
+impl Report {
+    pub fn new(
+        setup: Setup,
+        machine: Machine,
+        baseline: Option<Ingress>,
+        relay: Ingress,
+        end_to_end: Option<EndToEnd>,
+    ) -> Report {
+        let ratios = baseline.as_ref().map(|b| {
+            let procs = b.process.zip(relay.process);
+            Ratios {
+                ingress_throughput: ratio(relay.throughput_per_s, b.throughput_per_s),
+                ingress_p50: ratio(relay.latency_ms.p50, b.latency_ms.p50),
+                ingress_p99: ratio(relay.latency_ms.p99, b.latency_ms.p99),
+                ingress_max: ratio(relay.latency_ms.max, b.latency_ms.max),
+                end_to_end_throughput: end_to_end
+                    .as_ref()
+                    .map(|e| ratio(e.throughput_per_s, b.throughput_per_s)),
+                end_to_end_p50: end_to_end
+                    .as_ref()
+                    .map(|e| ratio(e.latency_ms.p50, b.latency_ms.p50)),
+                end_to_end_p99: end_to_end
+                    .as_ref()
+                    .map(|e| ratio(e.latency_ms.p99, b.latency_ms.p99)),
+                cpu_seconds: procs.map(|(b, r)| ratio(r.cpu_seconds, b.cpu_seconds)),
+                rss_idle: procs.map(|(b, r)| ratio(r.rss_idle_mb, b.rss_idle_mb)),
+                rss_peak: procs.map(|(b, r)| ratio(r.rss_peak_mb, b.rss_peak_mb)),
+            }
+        });
+        Report {
+            setup,
+            machine,
+            baseline,
+            relay,
+            end_to_end,
+            ratios,
+        }
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let s = &self.setup;
+        let m = &self.machine;
+        let mut out = String::new();
+        let rate = s.rate.map_or("max".to_owned(), |r| format!("{r:.0}/s"));
+        let _ = writeln!(
+            out,
+            "payhook bench: {} + {}, provider {}, {} requests, concurrency {}, rate {}, backlog {}",
+            s.store, s.queue, s.provider, s.requests, s.concurrency, rate, s.backlog
+        );
+        if let Some(target) = &s.target {
+            let _ = writeln!(out, "target: {target}");
+        }
+        let _ = writeln!(
+            out,
+            "machine: {} cores, {} MB memory, load average {:.2} at start\n",
+            m.cores, m.memory_mb, m.load_average
+        );
+        let _ = writeln!(out, "{:<28}{:>14}{:>14}{:>10}", "", "baseline", "relay", "ratio");
+        let b = self.baseline.as_ref();
+        let r = &self.relay;
+        let e = self.end_to_end.as_ref();
+        let bp = b.and_then(|b| b.process);
+        let rp = r.process;
+        let rows: [(&str, Option<f64>, Option<f64>, usize); 12] = [
+            (
+                "ingress accepted/s",
+                b.map(|b| b.throughput_per_s),
+                Some(r.throughput_per_s),
+                0,
+            ),
+            (
+                "ingress p50 ms",
+                b.map(|b| b.latency_ms.p50),
+                Some(r.latency_ms.p50),
+                2,
+            ),
+            (
+                "ingress p99 ms",
+                b.map(|b| b.latency_ms.p99),
+                Some(r.latency_ms.p99),
+                2,
+            ),
+            (
+                "ingress max ms",
+                b.map(|b| b.latency_ms.max),
+                Some(r.latency_ms.max),
+                2,
+            ),
+            (
+                "end-to-end delivered/s",
+                b.map(|b| b.throughput_per_s),
+                e.map(|e| e.throughput_per_s),
+                0,
+            ),
+            (
+                "end-to-end p50 ms",
+                b.map(|b| b.latency_ms.p50),
+                e.map(|e| e.latency_ms.p50),
+                2,
+            ),
+            (
+                "end-to-end p99 ms",
+                b.map(|b| b.latency_ms.p99),
+                e.map(|e| e.latency_ms.p99),
+                2,
+            ),
+            (
+                "end-to-end max ms",
+                b.map(|b| b.latency_ms.max),
+                e.map(|e| e.latency_ms.max),
+                2,
+            ),
+            (
+                "CPU seconds",
+                bp.map(|p| p.cpu_seconds),
+                rp.map(|p| p.cpu_seconds),
+                2,
+            ),
+            (
+                "CPU ms per request",
+                bp.map(|p| per_request(p.cpu_seconds, s.requests)),
+                rp.map(|p| per_request(p.cpu_seconds, s.requests)),
+                3,
+            ),
+            (
+                "RSS idle MB",
+                bp.map(|p| p.rss_idle_mb),
+                rp.map(|p| p.rss_idle_mb),
+                1,
+            ),
+            (
+                "RSS peak MB",
+                bp.map(|p| p.rss_peak_mb),
+                rp.map(|p| p.rss_peak_mb),
+                1,
+            ),
+        ];
+        for (label, base, relay, digits) in rows {
+            let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+            // End-to-end rows compare against the baseline's ingress figures.
+            let base_shown = if label.starts_with("end-to-end") {
+                None
+            } else {
+                base
+            };
+            let ratio_cell = match (base, relay) {
+                (Some(b), Some(r)) if b > 0.0 => format!("{:.2}", r / b),
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "{label:<28}{:>14}{:>14}{ratio_cell:>10}",
+                cell(base_shown),
+                cell(relay)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\naccepted {}/{} (failed {}{})",
+            r.accepted,
+            r.requests,
+            r.failed,
+            failures_text(&r.failures)
+        );
+        if let Some(e) = e {
+            let _ = writeln!(
+                out,
+                "delivered {}, duplicates {}, unmatched {}, over {:.2} s",
+                e.delivered, e.duplicates, e.unmatched, e.seconds
+            );
+        }
+        if let Some(err) = &r.first_error {
+            let _ = writeln!(out, "first error: {err}");
+        }
+        let _ = writeln!(
+            out,
+            "end-to-end ratios are to the baseline's ingress figures; CPU is the server process only."
+        );
+        out
+    }
+}
+
+fn per_request(cpu_seconds: f64, requests: usize) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        cpu_seconds * 1000.0 / requests as f64
+    }
+}
+
+fn failures_text(failures: &BTreeMap<String, usize>) -> String {
+    if failures.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = failures.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!(": {}", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Latency;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let l = Latency::of((1..=100).map(|ms| ms * 1_000_000).collect());
+        assert_eq!((l.p50, l.p99, l.max), (50.0, 99.0, 100.0));
+        assert_eq!(Latency::of(Vec::new()).max, 0.0);
+    }
+}

@@ -1,0 +1,286 @@
+//! The bench's provider accounts, and the callbacks it sends: each one
+//! uniquely and correctly signed (so none is deduplicated), all of them
+//! signed before the clock starts.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+
+use super::BenchError;
+use crate::config::{AccountConfig, Config, DingdangSchemeConfig, ProviderSettings, SqbMode};
+use crate::domain::AmountFen;
+use crate::ingress::registry::build_sandbox_signer;
+use crate::ingress::{SampleKind, SampleSigner, SampleSpec};
+
+/// Which provider's callbacks to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchProvider {
+    /// Dryad: HMAC-SHA256 with a timestamp window and a nonce.
+    Dryad,
+    /// CBB: SHA256withRSA (RSA-2048) over the sorted form.
+    Cbb,
+    /// Shouqianba, MD5 mode.
+    Shouqianba,
+    /// Shouqianba, RSA mode.
+    ShouqianbaRsa,
+    /// ABC TrustPay: SHA1withRSA over XML.
+    Abc,
+    /// Dingdang, TSK-HMAC-SHA256-BASIC.
+    Dingdang,
+    /// Dingdang, TSK-RSA2.
+    DingdangRsa,
+    /// All of the above in turn.
+    Mix,
+}
+
+const EACH: [BenchProvider; 7] = [
+    BenchProvider::Dryad,
+    BenchProvider::Cbb,
+    BenchProvider::Shouqianba,
+    BenchProvider::ShouqianbaRsa,
+    BenchProvider::Abc,
+    BenchProvider::Dingdang,
+    BenchProvider::DingdangRsa,
+];
+
+impl BenchProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchProvider::Dryad => "dryad",
+            BenchProvider::Cbb => "cbb",
+            BenchProvider::Shouqianba => "shouqianba",
+            BenchProvider::ShouqianbaRsa => "shouqianba-rsa",
+            BenchProvider::Abc => "abc",
+            BenchProvider::Dingdang => "dingdang",
+            BenchProvider::DingdangRsa => "dingdang-rsa",
+            BenchProvider::Mix => "mix",
+        }
+    }
+
+    fn each(self) -> Vec<BenchProvider> {
+        match self {
+            BenchProvider::Mix => EACH.to_vec(),
+            one => vec![one],
+        }
+    }
+
+    /// Whether `account` is one of this provider (and signing mode).
+    fn fits(self, account: &AccountConfig) -> bool {
+        use ProviderSettings as S;
+        matches!(
+            (self, &account.settings),
+            (BenchProvider::Dryad, S::Dryad { .. })
+                | (BenchProvider::Cbb, S::Cbb { .. })
+                | (BenchProvider::Abc, S::Abc { .. })
+                | (
+                    BenchProvider::Shouqianba,
+                    S::Shouqianba {
+                        mode: SqbMode::Md5 { .. },
+                        ..
+                    }
+                )
+                | (
+                    BenchProvider::ShouqianbaRsa,
+                    S::Shouqianba {
+                        mode: SqbMode::Rsa { .. },
+                        ..
+                    }
+                )
+                | (
+                    BenchProvider::Dingdang,
+                    S::Dingdang {
+                        scheme: DingdangSchemeConfig::HmacSha256 { .. },
+                        ..
+                    }
+                )
+                | (
+                    BenchProvider::DingdangRsa,
+                    S::Dingdang {
+                        scheme: DingdangSchemeConfig::Rsa2 { .. },
+                        ..
+                    }
+                )
+        )
+    }
+}
+
+fn quoted(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// `[[accounts]]` for the relay the bench starts: one sandbox account per
+/// provider and signing mode. The RSA ones share a key pair generated into
+/// `dir` now, so the bench needs no key files of its own.
+pub fn accounts_toml(dir: &Path) -> Result<String, BenchError> {
+    crate::cli::keys::generate(dir)?;
+    let public = quoted(&dir.join("public.pem"));
+    let private = quoted(&dir.join("private.pem"));
+    Ok(format!(
+        r#"
+[[accounts]]
+id = "bench-dryad"
+provider = "dryad"
+secret = "bench-dryad-secret"
+max_clock_skew = "300s"
+
+[[accounts]]
+id = "bench-cbb"
+provider = "cbb"
+public_key_file = {public}
+sandbox_private_key_file = {private}
+
+[[accounts]]
+id = "bench-sqb-md5"
+provider = "shouqianba"
+sign_mode = "md5"
+terminal_sn = "100111220054389553"
+terminal_key = "bench-terminal-key"
+
+[[accounts]]
+id = "bench-sqb-rsa"
+provider = "shouqianba"
+sign_mode = "rsa"
+terminal_sn = "100111220054389553"
+public_key_file = {public}
+sandbox_private_key_file = {private}
+
+[[accounts]]
+id = "bench-abc"
+provider = "abc"
+certificate_file = {public}
+sandbox_private_key_file = {private}
+
+[[accounts]]
+id = "bench-dingdang-hmac"
+provider = "dingdang"
+scheme = "TSK-HMAC-SHA256-BASIC"
+secret = "bench-skill-secret"
+max_clock_skew = "180s"
+
+[[accounts]]
+id = "bench-dingdang-rsa"
+provider = "dingdang"
+scheme = "TSK-RSA2"
+public_key_file = {public}
+sandbox_private_key_file = {private}
+max_clock_skew = "180s"
+"#
+    ))
+}
+
+/// One ready-to-send callback.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Index into [`Signed::paths`]: which account's URL it goes to.
+    pub source: usize,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Every callback of a run, and the URL paths of the accounts they are for,
+/// so that the same requests can be sent to the baseline and to the relay.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub paths: Vec<String>,
+    pub requests: Vec<Prepared>,
+}
+
+impl Signed {
+    /// The accounts' URLs under `base` (e.g. `http://127.0.0.1:8080/`).
+    pub fn urls(&self, base: &reqwest::Url) -> Result<Vec<reqwest::Url>, BenchError> {
+        self.paths
+            .iter()
+            .map(|p| {
+                base.join(p)
+                    .map_err(|e| BenchError::Usage(format!("URL {base}{p}: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// The order number of request `index`: the run's tag and nine digits, so
+/// that the sink can tell which request a delivery belongs to.
+pub fn order_no(tag: &str, index: usize) -> String {
+    format!("{tag}{index:09}")
+}
+
+/// Signs `count` callbacks for `provider` (in turn, for `mix`) with the
+/// first fitting account of `config`, for `/notify/{account}`. Signing runs
+/// on every core, since an RSA signature takes about a millisecond.
+pub fn sign_all(
+    config: &Config,
+    provider: BenchProvider,
+    count: usize,
+    tag: &str,
+) -> Result<Signed, BenchError> {
+    let mut paths = Vec::new();
+    let mut sources: Vec<Box<dyn SampleSigner>> = Vec::new();
+    for kind in provider.each() {
+        let account = config.accounts.iter().find(|a| kind.fits(a)).ok_or_else(|| {
+            BenchError::Usage(format!(
+                "the config has no {} account to sign with",
+                kind.as_str()
+            ))
+        })?;
+        paths.push(format!("notify/{}", account.id));
+        sources.push(build_sandbox_signer(account)?);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let chunk = count.div_ceil(threads).max(1);
+    let sources = &sources;
+    let parts: Vec<Result<Vec<Prepared>, BenchError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| scope.spawn(move || sign_range(sources, start..(start + chunk).min(count), tag)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(BenchError::Process("a signing thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut requests = Vec::with_capacity(count);
+    for part in parts {
+        requests.extend(part?);
+    }
+    Ok(Signed { paths, requests })
+}
+
+fn sign_range(
+    sources: &[Box<dyn SampleSigner>],
+    range: std::ops::Range<usize>,
+    tag: &str,
+) -> Result<Vec<Prepared>, BenchError> {
+    let mut out = Vec::with_capacity(range.len());
+    for index in range {
+        let source = index % sources.len();
+        let fen = 10_001 + i64::try_from(index % 9_000).unwrap_or(0);
+        let spec = SampleSpec {
+            kind: SampleKind::Payment,
+            amount: AmountFen::from_fen(fen).map_err(|e| BenchError::Usage(e.to_string()))?,
+            trade_no: order_no(tag, index),
+            merchant_order_no: order_no(tag, index),
+            now: chrono::Utc::now(),
+            forge: false,
+        };
+        let signed = sources[source].sign_sample(&spec)?;
+        let mut headers = HeaderMap::with_capacity(signed.headers.len() + 1);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(signed.content_type));
+        for (name, value) in &signed.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| BenchError::Process(format!("signed header name: {e}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| BenchError::Process(format!("signed header value: {e}")))?;
+            headers.insert(name, value);
+        }
+        out.push(Prepared {
+            source,
+            headers,
+            body: Bytes::from(signed.body),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,176 @@
+//! What a bench run sets up and takes down outside the relay: a scratch
+//! PostgreSQL database, a RabbitMQ prefix, and a retry backlog seeded
+//! straight into the database before the relay starts.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, PgConnection, SqliteConnection};
+
+use super::BenchError;
+use crate::queue::topology::Topology;
+use crate::store::{now_ms, Store};
+
+/// Rows inserted per statement while seeding.
+const SEED_BATCH: u64 = 50_000;
+/// Seeded retries fall due this far ahead, so none is attempted during a run.
+const BACKLOG_DUE_IN_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// A database created for one run on the server of an admin URL.
+pub struct ScratchDatabase {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `payhook_bench_<ulid>` next to the database of `admin_url`.
+    pub async fn create(admin_url: &str) -> Result<Self, BenchError> {
+        let name = format!("payhook_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut admin = PgConnection::connect(admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await?;
+        let _ = admin.close().await;
+        let mut url =
+            url::Url::parse(admin_url).map_err(|e| BenchError::Usage(format!("--postgres: {e}")))?;
+        url.set_path(&format!("/{name}"));
+        Ok(Self {
+            url: url.to_string(),
+            name,
+            admin_url: admin_url.to_owned(),
+        })
+    }
+
+    pub async fn drop_database(self) -> Result<(), BenchError> {
+        let mut admin = PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+            .execute(&mut admin)
+            .await?;
+        let _ = admin.close().await;
+        Ok(())
+    }
+}
+
+/// Deletes the exchange and queues of `prefix`.
+pub async fn delete_topology(amqp_url: &str, prefix: &str, schedule: &[Duration]) -> Result<(), BenchError> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let topology = Topology::new(prefix, schedule);
+    let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    for queue in topology.all_queues() {
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    channel
+        .exchange_delete(
+            topology.events_exchange().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    let _ = conn.close(200, "bench done".into()).await;
+    Ok(())
+}
+
+/// A stored event of realistic size (the payload and raw body of a dryad
+/// callback are about this long).
+fn filler(len: usize) -> String {
+    "x".repeat(len)
+}
+
+/// Seeds `count` pending retries for `endpoint`: one event and one delivery
+/// each, as after a failed first attempt, due 30 days from now. Runs the
+/// migrations first. Returns how long it took.
+pub async fn seed_backlog(url: &str, endpoint: &str, count: u64) -> Result<Duration, BenchError> {
+    let started = Instant::now();
+    Store::connect(url).await?.close().await;
+    let now = now_ms();
+    let due = now + BACKLOG_DUE_IN_MS;
+    let payload = filler(700);
+    let raw = filler(300).into_bytes();
+    if url.starts_with("sqlite:") {
+        let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::from_str(url)?).await?;
+        let mut from = 1;
+        while from <= count {
+            let to = (from + SEED_BATCH - 1).min(count);
+            let (lo, hi) = (to_i64(from), to_i64(to));
+            let mut tx = conn.begin().await?;
+            sqlx::query(
+                "WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?2) \
+                 INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+                 merchant_order_no, payload, raw_body, raw_headers, received_at) \
+                 SELECT 'evt_' || printf('%026d', i), 'bench-backlog', 'dryad', 'payment.succeeded', \
+                 'BACKLOG' || i, '', 'BACKLOG' || i, ?3, ?4, '{}', ?5 FROM seq",
+            )
+            .bind(lo)
+            .bind(hi)
+            .bind(&payload)
+            .bind(&raw)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?2) \
+                 INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, \
+                 lease_until, created_at, updated_at, last_error) \
+                 SELECT 'evt_' || printf('%026d', i), ?3, 'pending', 1, ?4, 0, ?5, ?5, 'HTTP 503' FROM seq",
+            )
+            .bind(lo)
+            .bind(hi)
+            .bind(endpoint)
+            .bind(due)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            from = to + 1;
+        }
+        let _ = conn.close().await;
+    } else {
+        let mut conn = PgConnection::connect(url).await?;
+        let mut from = 1;
+        while from <= count {
+            let to = (from + SEED_BATCH - 1).min(count);
+            let (lo, hi) = (to_i64(from), to_i64(to));
+            let mut tx = conn.begin().await?;
+            sqlx::query(
+                "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+                 merchant_order_no, payload, raw_body, raw_headers, received_at) \
+                 SELECT 'evt_' || lpad(i::text, 26, '0'), 'bench-backlog', 'dryad', 'payment.succeeded', \
+                 'BACKLOG' || i, '', 'BACKLOG' || i, $3, $4, '{}', $5 FROM generate_series($1::bigint, $2::bigint) i",
+            )
+            .bind(lo)
+            .bind(hi)
+            .bind(&payload)
+            .bind(&raw)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, \
+                 lease_until, created_at, updated_at, last_error) \
+                 SELECT 'evt_' || lpad(i::text, 26, '0'), $3, 'pending', 1, $4, 0, $5, $5, 'HTTP 503' \
+                 FROM generate_series($1::bigint, $2::bigint) i",
+            )
+            .bind(lo)
+            .bind(hi)
+            .bind(endpoint)
+            .bind(due)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            from = to + 1;
+        }
+        // Fresh statistics, as autovacuum would have gathered by now.
+        sqlx::query("ANALYZE").execute(&mut conn).await?;
+        let _ = conn.close().await;
+    }
+    Ok(started.elapsed())
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

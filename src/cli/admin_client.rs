@@ -1,0 +1,534 @@
+//! `payhook events list|show` and `payhook redeliver`: a small client of the
+//! admin API (`/admin/*`), printing tables, or the API's JSON with `--json`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::config::{Config, ConfigError};
+
+/// Where the admin API is and how to authenticate; shared by every command.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AdminArgs {
+    /// Base URL of the admin API [default: http://{server.admin_listen} from the config].
+    #[arg(long, value_name = "URL")]
+    pub admin_url: Option<String>,
+    /// Bearer token for /admin/* [default: $PAYHOOK_ADMIN_TOKEN, else server.admin_token from the config].
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// Config file (TOML) to read the admin address and token from.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List stored events, newest first.
+    List {
+        /// Only this account's events (`[[accounts]] id`).
+        #[arg(long)]
+        account: Option<String>,
+        /// Only this provider's events: cbb, shouqianba, abc, dingdang or dryad.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only events of this type, e.g. payment.succeeded or refund.succeeded.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
+        /// Only events for this merchant order number.
+        #[arg(long, value_name = "ORDER_NO")]
+        merchant_order_no: Option<String>,
+        /// How many events to show (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after this event id (the `next page` hint of a previous list).
+        #[arg(long, value_name = "EVENT_ID")]
+        cursor: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one event, its deliveries and every attempt.
+    Show {
+        /// The event id (evt_…).
+        event_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error(
+        "no admin token: pass --admin-token, set PAYHOOK_ADMIN_TOKEN, or set server.admin_token in the config"
+    )]
+    NoToken,
+    #[error("--admin-url: `{0}` is not a URL like http://127.0.0.1:9090")]
+    BadUrl(String),
+    #[error("cannot reach the admin API at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("the admin API refused the token (401): check --admin-token, PAYHOOK_ADMIN_TOKEN or server.admin_token")]
+    Unauthorized,
+    #[error("the admin API answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("give an EVENT_ID or --dead")]
+    NothingToRedeliver,
+}
+
+/// A connected admin API: base URL and token.
+struct Client {
+    base: url::Url,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// An address to connect to for a listen address (`0.0.0.0` means this host).
+fn connect_addr(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        let ip = match listen.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, listen.port())
+    } else {
+        listen
+    }
+}
+
+impl Client {
+    fn new(args: &AdminArgs) -> Result<Self, AdminClientError> {
+        let env_token = std::env::var("PAYHOOK_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let flag_token = args.admin_token.clone().filter(|t| !t.is_empty());
+        let token = flag_token.or(env_token);
+        // The config is read only for what the flags and environment leave open.
+        let config = if args.admin_url.is_none() || token.is_none() {
+            Some(Config::load(args.config.as_deref())?)
+        } else {
+            None
+        };
+        let base = match (&args.admin_url, &config) {
+            (Some(u), _) => u.clone(),
+            (None, Some(c)) => format!("http://{}", connect_addr(c.server.admin_listen)),
+            (None, None) => String::new(),
+        };
+        let token = match (token, &config) {
+            (Some(t), _) => t,
+            (None, Some(c)) => c
+                .server
+                .admin_token
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .ok_or(AdminClientError::NoToken)?,
+            (None, None) => return Err(AdminClientError::NoToken),
+        };
+        let base = url::Url::parse(&base)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| AdminClientError::BadUrl(base.clone()))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|source| AdminClientError::Unreachable {
+                url: base.to_string(),
+                source,
+            })?;
+        Ok(Self { base, token, http })
+    }
+
+    /// `{base}/admin/{segments…}?{query}`, each segment escaped.
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> url::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push("admin").extend(segments);
+        }
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        url
+    }
+
+    async fn call(&self, method: reqwest::Method, url: url::Url) -> Result<Value, AdminClientError> {
+        let shown = url.to_string();
+        let response = self
+            .http
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| AdminClientError::Unreachable {
+                url: self.base.to_string(),
+                source,
+            })?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|source| AdminClientError::Unreachable {
+                url: shown.clone(),
+                source,
+            })?;
+        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(AdminClientError::Unauthorized);
+        }
+        if !status.is_success() {
+            let message = json["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| body.chars().take(200).collect());
+            return Err(AdminClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(json)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Commands.
+
+pub async fn events(command: EventsCommand) -> Result<(), AdminClientError> {
+    match command {
+        EventsCommand::List {
+            account,
+            provider,
+            event_type,
+            merchant_order_no,
+            limit,
+            cursor,
+            admin,
+        } => {
+            let client = Client::new(&admin)?;
+            let mut query = vec![("limit", limit.to_string())];
+            let optional = [
+                ("account", account),
+                ("provider", provider),
+                ("type", event_type),
+                ("merchant_order_no", merchant_order_no),
+                ("cursor", cursor),
+            ];
+            query.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+            let page = client
+                .call(reqwest::Method::GET, client.url(&["events"], &query))
+                .await?;
+            print!(
+                "{}",
+                if admin.json {
+                    pretty(&page)
+                } else {
+                    events_table(&page)
+                }
+            );
+            Ok(())
+        }
+        EventsCommand::Show { event_id, admin } => {
+            let client = Client::new(&admin)?;
+            let shown = client
+                .call(reqwest::Method::GET, client.url(&["events", &event_id], &[]))
+                .await?;
+            print!(
+                "{}",
+                if admin.json {
+                    pretty(&shown)
+                } else {
+                    event_text(&shown)
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `payhook redeliver EVENT_ID` or `payhook redeliver --dead`.
+pub async fn redeliver(
+    event_id: Option<String>,
+    dead: bool,
+    admin: AdminArgs,
+) -> Result<(), AdminClientError> {
+    let client = Client::new(&admin)?;
+    let (answer, text) = match (event_id, dead) {
+        (Some(id), false) => {
+            let answer = client
+                .call(
+                    reqwest::Method::POST,
+                    client.url(&["events", &id, "redeliver"], &[]),
+                )
+                .await?;
+            let text = redelivered_text(&answer);
+            (answer, text)
+        }
+        (None, true) => {
+            let answer = client
+                .call(
+                    reqwest::Method::POST,
+                    client.url(&["deliveries", "redeliver"], &[("status", "dead".into())]),
+                )
+                .await?;
+            let n = answer["redelivered"].as_u64().unwrap_or(0);
+            let text = format!(
+                "redelivering {n} dead deliver{}: each has a new delivery, pending now\n",
+                if n == 1 { "y" } else { "ies" }
+            );
+            (answer, text)
+        }
+        _ => return Err(AdminClientError::NothingToRedeliver),
+    };
+    print!("{}", if admin.json { pretty(&answer) } else { text });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Output.
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) if s.is_empty() => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Fen as yuan: 10001 -> "100.01".
+pub fn yuan(fen: &Value) -> String {
+    match fen.as_i64() {
+        Some(f) => {
+            let sign = if f < 0 { "-" } else { "" };
+            let f = f.unsigned_abs();
+            format!("{sign}{}.{:02}", f / 100, f % 100)
+        }
+        None => "-".to_owned(),
+    }
+}
+
+/// The amount an event is about: the refund for refunds, else the order total.
+fn amount_of(event: &Value) -> String {
+    let currency = event["currency"].as_str().unwrap_or("CNY");
+    if event["refund_amount"].is_i64() {
+        format!(
+            "{} {currency} (refund of {})",
+            yuan(&event["refund_amount"]),
+            yuan(&event["amount"])
+        )
+    } else {
+        format!("{} {currency}", yuan(&event["amount"]))
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn events_table(page: &Value) -> String {
+    let events = page["events"].as_array().cloned().unwrap_or_default();
+    if events.is_empty() {
+        return "no events\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                text(&e["id"]),
+                text(&e["received_at"]),
+                text(&e["provider"]),
+                text(&e["account"]),
+                text(&e["type"]),
+                amount_of(e),
+                text(&e["merchant_order_no"]),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "ID", "RECEIVED", "PROVIDER", "ACCOUNT", "TYPE", "AMOUNT", "ORDER NO",
+        ],
+        &rows,
+    );
+    if let Some(next) = page["next_cursor"].as_str() {
+        out.push_str(&format!("more: --cursor {next}\n"));
+    }
+    out
+}
+
+fn event_text(shown: &Value) -> String {
+    let e = &shown["event"];
+    let mut out = String::new();
+    let fields = [
+        ("id", text(&e["id"])),
+        ("type", text(&e["type"])),
+        ("provider", text(&e["provider"])),
+        ("account", text(&e["account"])),
+        ("amount", amount_of(e)),
+        ("merchant order no", text(&e["merchant_order_no"])),
+        ("provider trade no", text(&e["provider_trade_no"])),
+        ("refund no", text(&e["refund_no"])),
+        ("channel", text(&e["channel"])),
+        ("channel trade no", text(&e["channel_trade_no"])),
+        ("occurred at", text(&e["occurred_at"])),
+        ("received at", text(&e["received_at"])),
+    ];
+    for (name, value) in fields {
+        out.push_str(&format!("{name:<18} {value}\n"));
+    }
+    let deliveries = shown["deliveries"].as_array().cloned().unwrap_or_default();
+    if deliveries.is_empty() {
+        out.push_str("\nno deliveries (no endpoint subscribes, or the type is never delivered)\n");
+        return out;
+    }
+    for d in &deliveries {
+        out.push_str(&format!(
+            "\ndelivery #{} to {}: {}, {} attempt{}",
+            text(&d["id"]),
+            text(&d["endpoint"]),
+            text(&d["status"]),
+            text(&d["attempts"]),
+            if d["attempts"].as_u64() == Some(1) {
+                ""
+            } else {
+                "s"
+            },
+        ));
+        if let Some(next) = d["next_attempt_at"].as_str() {
+            out.push_str(&format!(", next at {next}"));
+        }
+        if let Some(of) = d["redelivery_of"].as_i64() {
+            out.push_str(&format!(", redelivers #{of}"));
+        }
+        if let Some(by) = d["redelivered_as"].as_i64() {
+            out.push_str(&format!(", redelivered as #{by}"));
+        }
+        out.push('\n');
+        let attempts = d["attempts_detail"].as_array().cloned().unwrap_or_default();
+        if !attempts.is_empty() {
+            let rows: Vec<Vec<String>> = attempts
+                .iter()
+                .map(|a| {
+                    vec![
+                        text(&a["attempt"]),
+                        text(&a["started_at"]),
+                        format!("{} ms", text(&a["duration_ms"])),
+                        text(&a["outcome"]),
+                        text(&a["http_status"]),
+                        text(&a["error"]),
+                    ]
+                })
+                .collect();
+            let t = table(
+                &["  #", "STARTED", "TOOK", "OUTCOME", "HTTP", "ERROR"],
+                &indent(rows),
+            );
+            out.push_str(&t);
+        }
+    }
+    out
+}
+
+/// Indents the first column by two spaces (under a delivery line).
+fn indent(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    for row in &mut rows {
+        if let Some(first) = row.first_mut() {
+            *first = format!("  {first}");
+        }
+    }
+    rows
+}
+
+fn redelivered_text(answer: &Value) -> String {
+    let id = text(&answer["event_id"]);
+    let deliveries = answer["deliveries"].as_array().cloned().unwrap_or_default();
+    let mut out = format!(
+        "redelivering {id} to {} endpoint{}:\n",
+        deliveries.len(),
+        if deliveries.len() == 1 { "" } else { "s" }
+    );
+    for d in &deliveries {
+        out.push_str(&format!(
+            "  delivery #{} to {}: {}\n",
+            text(&d["id"]),
+            text(&d["endpoint"]),
+            text(&d["status"])
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuan_formatting() {
+        assert_eq!(yuan(&Value::from(10001)), "100.01");
+        assert_eq!(yuan(&Value::from(5)), "0.05");
+        assert_eq!(yuan(&Value::from(-150)), "-1.50");
+        assert_eq!(yuan(&Value::Null), "-");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn urls_escape_segments() {
+        let client = Client {
+            base: url::Url::parse("http://127.0.0.1:9090").unwrap(),
+            token: String::new(),
+            http: reqwest::Client::new(),
+        };
+        let u = client.url(&["events", "../x"], &[("type", "payment.succeeded".into())]);
+        assert_eq!(
+            u.as_str(),
+            "http://127.0.0.1:9090/admin/events/..%2Fx?type=payment.succeeded"
+        );
+        let unspecified: SocketAddr = "0.0.0.0:9090".parse().unwrap();
+        assert_eq!(connect_addr(unspecified).to_string(), "127.0.0.1:9090");
+    }
+}

@@ -1,0 +1,365 @@
+//! `payhook bench`: loads a relay with correctly signed callbacks and reports
+//! ingress and end-to-end throughput and latency, the relay's CPU time and
+//! memory, and each figure's ratio to a no-work baseline loaded the same way.
+//!
+//! Phases: seed the backlog (if any), sign every request, start the counting
+//! sink, load the baseline, start the relay (a child process), load it, wait
+//! for the deliveries, stop it and clean up. The parts are in `crate::bench`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bench::load::{self, Plan, SendLog};
+use crate::bench::process::{self, Managed, ProcSample};
+use crate::bench::report::{EndToEnd, Ingress, Machine, ProcessFigures, Report, Setup};
+use crate::bench::requests::{self, BenchProvider, Signed};
+use crate::bench::seed::{self, ScratchDatabase};
+use crate::bench::sink::Sink;
+use crate::bench::BenchError;
+use crate::config::Config;
+
+/// The endpoint id of the sink in the relay's config.
+const SINK_ENDPOINT: &str = "bench-sink";
+/// The relay's retry schedule (also names its RabbitMQ retry queues).
+const RETRY_SCHEDULE: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+    Duration::from_secs(900),
+    Duration::from_secs(3600),
+];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Callbacks to send, each uniquely signed (none is a duplicate).
+    #[arg(long, short = 'n', default_value_t = 20_000)]
+    pub requests: usize,
+    /// Requests in flight at once, each on its own kept-alive connection.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub concurrency: usize,
+    /// Whose callbacks to send; `mix` sends each provider's in turn.
+    #[arg(long, value_enum, default_value_t = BenchProvider::Dryad)]
+    pub provider: BenchProvider,
+    /// Send at most this many requests per second (default: as fast as they are answered).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
+    /// PostgreSQL admin URL: the relay uses a scratch database created on that
+    /// server for this run and dropped after it (default: a temporary SQLite file).
+    #[arg(long, value_name = "URL", conflicts_with = "target")]
+    pub postgres: Option<String>,
+    /// RabbitMQ URL: the relay uses it under a queue prefix of its own, deleted
+    /// after the run (default: the embedded queue).
+    #[arg(long, value_name = "URL", conflicts_with = "target")]
+    pub amqp: Option<String>,
+    /// Pending retries to seed into the database before the relay starts (one
+    /// event and one delivery each, due in 30 days).
+    #[arg(long, value_name = "COUNT", default_value_t = 0, conflicts_with = "target")]
+    pub backlog: u64,
+    /// Load a relay already running at this base URL (e.g. http://127.0.0.1:8080/)
+    /// instead of starting one. Needs --config; point one of its endpoints at --sink-listen.
+    #[arg(long, value_name = "URL", requires = "config")]
+    pub target: Option<String>,
+    /// With --target: the config whose sandbox keys and secrets sign the callbacks.
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub config: Option<PathBuf>,
+    /// With --target: the relay's process id, to report its CPU time and memory.
+    #[arg(long, value_name = "PID", requires = "target")]
+    pub pid: Option<u32>,
+    /// Where the counting merchant sink listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub sink_listen: SocketAddr,
+    /// Seconds to wait for outstanding deliveries after the last answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub drain_timeout: u64,
+    /// Skip the no-work baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: serve only the no-work baseline (the bench runs itself so).
+    #[arg(long, hide = true)]
+    pub baseline_server: bool,
+}
+
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, BenchError> {
+        let path = std::env::temp_dir().join(format!("payhook-bench-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&path).map_err(BenchError::io(path.display().to_string()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn say(message: &str) {
+    eprintln!("bench: {message}");
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    if args.baseline_server {
+        return process::serve_baseline().await;
+    }
+    if args.requests == 0 || args.concurrency == 0 || args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err(BenchError::Usage(
+            "--requests, --concurrency and --rate must be positive".into(),
+        ));
+    }
+    let machine = Machine::read();
+    let dir = TempDir::new()?;
+    let id = ulid::Ulid::new().to_string();
+    let tag = format!("PHB{}", &id[20..]);
+    let setup = Setup {
+        store: if args.target.is_some() {
+            "running relay".into()
+        } else if args.postgres.is_some() {
+            "postgresql".into()
+        } else {
+            "sqlite".into()
+        },
+        queue: match (&args.target, &args.amqp) {
+            (Some(_), _) => "its queue".into(),
+            (None, Some(_)) => "rabbitmq".into(),
+            (None, None) => "embedded queue".into(),
+        },
+        provider: args.provider.as_str().into(),
+        requests: args.requests,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        backlog: args.backlog,
+        target: args.target.clone(),
+    };
+    let report = match &args.target {
+        Some(target) => targeted(&args, target, &tag, setup, machine).await?,
+        None => {
+            let prefix = format!("payhook-bench-{}", id.to_lowercase());
+            let scratch = match &args.postgres {
+                Some(admin) => Some(ScratchDatabase::create(admin).await?),
+                None => None,
+            };
+            let db_url = match &scratch {
+                Some(s) => s.url.clone(),
+                None => format!("sqlite://{}", dir.0.join("bench.db").display()),
+            };
+            let result = managed(&args, &dir.0, &db_url, &prefix, &tag, setup, machine).await;
+            if let Some(scratch) = scratch {
+                if let Err(e) = scratch.drop_database().await {
+                    say(&format!("could not drop the scratch database: {e}"));
+                }
+            }
+            if let Some(amqp) = &args.amqp {
+                if let Err(e) = seed::delete_topology(amqp, &prefix, &RETRY_SCHEDULE).await {
+                    say(&format!("could not delete the queues of {prefix}: {e}"));
+                }
+            }
+            result?
+        }
+    };
+    if args.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| BenchError::Process(format!("JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// The relay's config: the sink as its only endpoint, the bench accounts.
+fn relay_config(
+    args: &BenchArgs,
+    dir: &Path,
+    db_url: &str,
+    prefix: &str,
+    sink: &str,
+) -> Result<String, BenchError> {
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let queue = match &args.amqp {
+        Some(amqp) => format!("[queue]\namqp_url = {}\nprefix = {}\n", q(amqp), q(prefix)),
+        None => String::new(),
+    };
+    let schedule: Vec<String> = RETRY_SCHEDULE
+        .iter()
+        .map(|d| q(&humantime::format_duration(*d).to_string()))
+        .collect();
+    Ok(format!(
+        "[server]\nadmin_token = \"bench\"\n\n[storage]\nurl = {}\n\n{queue}\n[delivery]\n\
+         retry_schedule = [{}]\nallow_private_targets = true\n\n[[endpoints]]\nid = \"{SINK_ENDPOINT}\"\n\
+         url = {}\nsecret = \"whsec_YmVuY2gtZW5kcG9pbnQtc2VjcmV0\"\naccounts = [\"*\"]\n\
+         events = [\"payment.*\", \"refund.*\"]\n{}",
+        q(db_url),
+        schedule.join(", "),
+        q(sink),
+        requests::accounts_toml(dir)?
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn managed(
+    args: &BenchArgs,
+    dir: &Path,
+    db_url: &str,
+    prefix: &str,
+    tag: &str,
+    setup: Setup,
+    machine: Machine,
+) -> Result<Report, BenchError> {
+    if args.backlog > 0 {
+        say(&format!("seeding {} pending retries", args.backlog));
+        let took = seed::seed_backlog(db_url, SINK_ENDPOINT, args.backlog).await?;
+        say(&format!("seeded in {:.1} s", took.as_secs_f64()));
+    }
+    let log = Arc::new(SendLog::new(args.requests));
+    let sink = Sink::start(args.sink_listen, tag, log.clone())
+        .await
+        .map_err(BenchError::io("starting the sink"))?;
+    let config_path = dir.join("relay.toml");
+    let text = relay_config(args, dir, db_url, prefix, &sink.url())?;
+    std::fs::write(&config_path, text).map_err(BenchError::io(config_path.display().to_string()))?;
+    let config = Config::from_file(&config_path, &|_| None)?;
+    let signed = sign(&config, args, tag)?;
+    let client = load::client(args.concurrency)?;
+    let baseline = baseline(args, &client, &signed).await?;
+
+    say("starting the relay");
+    let relay = Managed::relay(&config_path).await?;
+    let result = measure_relay(args, &client, &signed, &relay, &sink, log).await;
+    if result.is_err() {
+        say(&format!("relay log:\n{}", relay.log_tail()));
+    }
+    relay.stop().await;
+    sink.stop();
+    let (ingress, end_to_end) = result?;
+    Ok(Report::new(setup, machine, baseline, ingress, Some(end_to_end)))
+}
+
+async fn targeted(
+    args: &BenchArgs,
+    target: &str,
+    tag: &str,
+    setup: Setup,
+    machine: Machine,
+) -> Result<Report, BenchError> {
+    let config = Config::load(args.config.as_deref())?;
+    let base = reqwest::Url::parse(target).map_err(|e| BenchError::Usage(format!("--target: {e}")))?;
+    let log = Arc::new(SendLog::new(args.requests));
+    let sink = Sink::start(args.sink_listen, tag, log.clone())
+        .await
+        .map_err(BenchError::io("starting the sink"))?;
+    say(&format!("merchant sink listening on {}", sink.url()));
+    let signed = sign(&config, args, tag)?;
+    let client = load::client(args.concurrency)?;
+    let baseline = baseline(args, &client, &signed).await?;
+    let urls = Arc::new(signed.urls(&base)?);
+    let before = args.pid.map(process::sample).transpose()?;
+    say(&format!("loading {target}"));
+    let outcome = load::run(&client, urls, Arc::new(signed.requests), plan(args), Some(log)).await;
+    drain(&sink, outcome.ok, args.drain_timeout).await;
+    let after = args.pid.map(process::sample).transpose()?;
+    let figures = before.zip(after).map(|(b, a)| ProcessFigures::between(b, a));
+    let ingress = Ingress::of(args.requests, outcome, figures);
+    let end_to_end = EndToEnd::of(sink.summary());
+    sink.stop();
+    Ok(Report::new(setup, machine, baseline, ingress, Some(end_to_end)))
+}
+
+fn plan(args: &BenchArgs) -> Plan {
+    Plan {
+        concurrency: args.concurrency,
+        rate: args.rate,
+    }
+}
+
+fn sign(config: &Config, args: &BenchArgs, tag: &str) -> Result<Signed, BenchError> {
+    say(&format!(
+        "signing {} {} callbacks",
+        args.requests,
+        args.provider.as_str()
+    ));
+    let started = Instant::now();
+    let signed = requests::sign_all(config, args.provider, args.requests, tag)?;
+    say(&format!("signed in {:.1} s", started.elapsed().as_secs_f64()));
+    Ok(signed)
+}
+
+/// Loads the no-work baseline (a child process) with the same requests.
+async fn baseline(
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    signed: &Signed,
+) -> Result<Option<Ingress>, BenchError> {
+    if args.no_baseline {
+        return Ok(None);
+    }
+    say("loading the baseline");
+    let server = Managed::baseline().await?;
+    let base = reqwest::Url::parse(&format!("http://{}/", server.ingress))
+        .map_err(|e| BenchError::Process(e.to_string()))?;
+    let urls = Arc::new(signed.urls(&base)?);
+    let before = server.sample()?;
+    let outcome = load::run(client, urls, Arc::new(signed.requests.clone()), plan(args), None).await;
+    let after = server.sample()?;
+    server.stop().await;
+    Ok(Some(Ingress::of(
+        args.requests,
+        outcome,
+        Some(ProcessFigures::between(before, after)),
+    )))
+}
+
+async fn measure_relay(
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    signed: &Signed,
+    relay: &Managed,
+    sink: &Sink,
+    log: Arc<SendLog>,
+) -> Result<(Ingress, EndToEnd), BenchError> {
+    relay.wait_ready(client).await?;
+    // Let start-up work (migrations, connections) settle before "idle".
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: ProcSample = relay.sample()?;
+    let base = reqwest::Url::parse(&format!("http://{}/", relay.ingress))
+        .map_err(|e| BenchError::Process(e.to_string()))?;
+    let urls = Arc::new(signed.urls(&base)?);
+    say("loading the relay");
+    let outcome = load::run(
+        client,
+        urls,
+        Arc::new(signed.requests.clone()),
+        plan(args),
+        Some(log),
+    )
+    .await;
+    drain(sink, outcome.ok, args.drain_timeout).await;
+    let after = relay.sample()?;
+    let ingress = Ingress::of(
+        args.requests,
+        outcome,
+        Some(ProcessFigures::between(before, after)),
+    );
+    Ok((ingress, EndToEnd::of(sink.summary())))
+}
+
+/// Waits until `expected` events arrived at the sink, or `timeout_s` passed.
+async fn drain(sink: &Sink, expected: usize, timeout_s: u64) {
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    while sink.delivered() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if sink.delivered() < expected {
+        say(&format!(
+            "only {} of {expected} deliveries arrived within {timeout_s} s",
+            sink.delivered()
+        ));
+    }
+}

@@ -1,0 +1,479 @@
+//! `payhook demo`: the whole relay in this process, on the embedded default
+//! (SQLite in a temporary directory, the embedded queue, ports chosen by the
+//! system), with one sandbox account per provider and signing mode and a
+//! local merchant. It sends one correctly signed callback per account, a
+//! duplicate and a forgery, waits for the deliveries, and prints what the
+//! merchant received, what was deduplicated and what was refused.
+//!
+//! Needs no config, no services and no files: the published sandbox keys are
+//! compiled in and written to the temporary directory, which is removed at
+//! the end.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use super::admin_client::{table, yuan};
+use super::simulate::send;
+use super::sink::signatures_valid;
+use crate::app::{Application, BuildOptions};
+use crate::config::Config;
+use crate::domain::AmountFen;
+use crate::ingress::registry::build_sandbox_signer;
+use crate::ingress::{SampleKind, SampleSpec, SignedRequest};
+
+/// Published sandbox keys (sandbox-keys/README.md): test values only.
+const KEYS: [(&str, &str); 8] = [
+    (
+        "cbb_platform_pub.pem",
+        include_str!("../../sandbox-keys/cbb_platform_pub.pem"),
+    ),
+    (
+        "cbb_sandbox_priv.pem",
+        include_str!("../../sandbox-keys/cbb_sandbox_priv.pem"),
+    ),
+    ("sqb_pub.pem", include_str!("../../sandbox-keys/sqb_pub.pem")),
+    (
+        "sqb_sandbox_priv.pem",
+        include_str!("../../sandbox-keys/sqb_sandbox_priv.pem"),
+    ),
+    (
+        "abc_trustpay_cert.pem",
+        include_str!("../../sandbox-keys/abc_trustpay_cert.pem"),
+    ),
+    (
+        "abc_sandbox_priv.pem",
+        include_str!("../../sandbox-keys/abc_sandbox_priv.pem"),
+    ),
+    (
+        "dingdang_platform_pub.pem",
+        include_str!("../../sandbox-keys/dingdang_platform_pub.pem"),
+    ),
+    (
+        "dingdang_sandbox_priv.pem",
+        include_str!("../../sandbox-keys/dingdang_sandbox_priv.pem"),
+    ),
+];
+
+/// The endpoint secret of the demo merchant (a sandbox value).
+const ENDPOINT_SECRET: &str = "whsec_c2FuZGJveC1lbmRwb2ludC1zZWNyZXQ=";
+
+/// One account per provider and signing mode, as in payhook.example.toml;
+/// key paths are relative to the temporary directory.
+const ACCOUNTS: &str = r#"
+[[accounts]]
+id = "cbb-sandbox"
+provider = "cbb"
+public_key_file = "cbb_platform_pub.pem"
+sandbox_private_key_file = "cbb_sandbox_priv.pem"
+
+[[accounts]]
+id = "sqb-md5-sandbox"
+provider = "shouqianba"
+sign_mode = "md5"
+terminal_sn = "100111220054389553"
+terminal_key = "96bfaf401367d934cb10a1cbe9773647"
+
+[[accounts]]
+id = "sqb-rsa-sandbox"
+provider = "shouqianba"
+sign_mode = "rsa"
+terminal_sn = "100111220054389553"
+public_key_file = "sqb_pub.pem"
+sandbox_private_key_file = "sqb_sandbox_priv.pem"
+
+[[accounts]]
+id = "abc-sandbox"
+provider = "abc"
+certificate_file = "abc_trustpay_cert.pem"
+sandbox_private_key_file = "abc_sandbox_priv.pem"
+
+[[accounts]]
+id = "dingdang-hmac-sandbox"
+provider = "dingdang"
+scheme = "TSK-HMAC-SHA256-BASIC"
+secret = "sandbox-skill-secret"
+max_clock_skew = "180s"
+
+[[accounts]]
+id = "dingdang-rsa-sandbox"
+provider = "dingdang"
+scheme = "TSK-RSA2"
+public_key_file = "dingdang_platform_pub.pem"
+sandbox_private_key_file = "dingdang_sandbox_priv.pem"
+max_clock_skew = "180s"
+
+[[accounts]]
+id = "dryad-sandbox"
+provider = "dryad"
+secret = "sandbox-dryad-secret"
+max_clock_skew = "300s"
+"#;
+
+/// How long to wait for every delivery before giving up.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("temporary directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("demo config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("starting the relay: {0}")]
+    Startup(#[from] crate::app::StartupError),
+    #[error(transparent)]
+    Account(#[from] crate::ingress::registry::AccountError),
+    #[error("signing: {0}")]
+    Sign(#[from] crate::ingress::SignError),
+    #[error("amount: {0}")]
+    Amount(#[from] crate::domain::AmountError),
+    #[error("sending a callback: {0}")]
+    Send(#[from] reqwest::Error),
+    #[error("the relay did not open its ingress port")]
+    NoIngress,
+    #[error("the demo did not go as expected: {0}")]
+    Unexpected(String),
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create() -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "payhook-demo-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One request the merchant got.
+#[derive(Debug, Clone)]
+struct Hit {
+    event: serde_json::Value,
+    attempt: u32,
+    status: u16,
+    signatures_ok: bool,
+}
+
+/// The demo merchant: records every delivery, answers 500 to the very first
+/// one (to show a retry) and 200 to the rest.
+#[derive(Clone, Default)]
+struct Merchant {
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+impl Merchant {
+    fn hits(&self) -> Vec<Hit> {
+        match self.hits.lock() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+async fn merchant_receive(State(m): State<Merchant>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let attempt = headers
+        .get("x-payhook-attempt")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let signatures_ok = signatures_valid(ENDPOINT_SECRET, &headers, &body);
+    let mut hits = match m.hits.lock() {
+        Ok(h) => h,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let status = if hits.is_empty() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    hits.push(Hit {
+        event,
+        attempt,
+        status: status.as_u16(),
+        signatures_ok,
+    });
+    status
+}
+
+/// A callback the demo sent, and the answer payhook gave the "provider".
+struct Sent {
+    provider: String,
+    account: String,
+    trade_no: String,
+    status: u16,
+    answer: String,
+}
+
+fn answer_text(status: u16, body: &str) -> String {
+    if body.is_empty() {
+        format!("{status} (empty body)")
+    } else {
+        format!("{status} {body}")
+    }
+}
+
+pub async fn run() -> Result<(), DemoError> {
+    let dir = TempDir::create()?;
+    for (name, pem) in KEYS {
+        std::fs::write(dir.path().join(name), pem)?;
+    }
+
+    // The merchant.
+    let merchant = Merchant::default();
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let merchant_url = format!("http://{}/payhook", listener.local_addr()?);
+    let router = Router::new()
+        .route("/payhook", post(merchant_receive))
+        .with_state(merchant.clone());
+    let merchant_stop = stop.clone();
+    let merchant_task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(merchant_stop.cancelled_owned())
+            .await;
+    });
+
+    // The relay.
+    let db = dir.path().join("payhook.db");
+    let config_text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"demo-{token}\"\n\n\
+         [storage]\nurl = \"sqlite://{db}\"\n\n\
+         [delivery]\nretry_schedule = [\"300ms\", \"1s\", \"5s\"]\nmax_retries = 3\ntimeout = \"5s\"\n\
+         allow_private_targets = true\n{ACCOUNTS}\n\
+         [[endpoints]]\nid = \"demo-merchant\"\nurl = \"{merchant_url}\"\nsecret = \"{ENDPOINT_SECRET}\"\n\
+         accounts = [\"*\"]\nevents = [\"payment.*\", \"refund.*\"]\n",
+        token = ulid::Ulid::new(),
+        db = db.display(),
+    );
+    // No environment overrides: the demo is the same wherever it runs.
+    let config = Config::from_toml_str(&config_text, dir.path(), &|_: &str| None)?;
+    let shutdown = CancellationToken::new();
+    let app = Application::build(
+        config.clone(),
+        BuildOptions {
+            shutdown: shutdown.clone(),
+            ..BuildOptions::default()
+        },
+    )
+    .await?;
+    let ingress = app.ingress_addr().ok_or(DemoError::NoIngress)?;
+    let relay = tokio::spawn(app.run_until_stopped());
+
+    println!(
+        "payhook demo: the whole relay in this process (SQLite + embedded queue in a temporary directory)"
+    );
+    println!("  ingress  http://{ingress}/notify/{{account}}");
+    println!("  merchant {merchant_url}");
+    println!();
+
+    let outcome = exchange(&config, ingress, &merchant).await;
+
+    shutdown.cancel();
+    let _ = relay.await;
+    stop.cancel();
+    let _ = merchant_task.await;
+    drop(dir);
+    let report = outcome?;
+    print!("{report}");
+    Ok(())
+}
+
+/// Sends the callbacks, waits for the deliveries and writes the report.
+async fn exchange(config: &Config, ingress: SocketAddr, merchant: &Merchant) -> Result<String, DemoError> {
+    let mut sent: Vec<Sent> = Vec::new();
+    let mut first: Option<(String, SignedRequest)> = None;
+    for (i, account) in config.accounts.iter().enumerate() {
+        let signer = build_sandbox_signer(account)?;
+        let id = ulid::Ulid::new().to_string();
+        let index = i64::try_from(i).unwrap_or(0);
+        let spec = SampleSpec {
+            kind: SampleKind::Payment,
+            amount: AmountFen::from_fen(1_000 * (index + 1) + 1)?,
+            trade_no: format!("DEMO{id}"),
+            merchant_order_no: format!("ORDER-{:03}", i + 1),
+            now: chrono::Utc::now(),
+            forge: false,
+        };
+        let signed = signer.sign_sample(&spec)?;
+        let url = format!("http://{ingress}/notify/{}", account.id);
+        let (status, answer) = send(&url, &signed).await?;
+        if first.is_none() {
+            first = Some((url.clone(), signed));
+        }
+        sent.push(Sent {
+            provider: account.provider().to_string(),
+            account: account.id.to_string(),
+            trade_no: spec.trade_no,
+            status,
+            answer,
+        });
+    }
+
+    // The provider sends the first notification again (providers retry until
+    // they like the answer): acknowledged the same way, no second event.
+    let (dup_url, dup_request) = first.ok_or_else(|| DemoError::Unexpected("no accounts".into()))?;
+    let (dup_status, dup_answer) = send(&dup_url, &dup_request).await?;
+    let duplicate_of = sent
+        .first()
+        .ok_or_else(|| DemoError::Unexpected("no accounts".into()))?;
+
+    // A forgery: a dryad notification whose signature has one bit flipped.
+    let forged_account = config
+        .accounts
+        .iter()
+        .find(|a| a.provider() == crate::domain::ProviderKind::Dryad)
+        .ok_or_else(|| DemoError::Unexpected("no dryad account".into()))?;
+    let forged = build_sandbox_signer(forged_account)?.sign_sample(&SampleSpec {
+        kind: SampleKind::Payment,
+        amount: AmountFen::from_fen(99_999)?,
+        trade_no: format!("FORGED{}", ulid::Ulid::new()),
+        merchant_order_no: "ORDER-FORGED".into(),
+        now: chrono::Utc::now(),
+        forge: true,
+    })?;
+    let (forged_status, forged_answer) =
+        send(&format!("http://{ingress}/notify/{}", forged_account.id), &forged).await?;
+
+    // Wait until the merchant confirmed one delivery per accepted callback,
+    // then a little longer, to see that nothing else arrives.
+    let accepted = sent.iter().filter(|s| s.status == 200).count();
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while confirmed(&merchant.hits()).len() < accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = merchant.hits();
+    let delivered = confirmed(&hits);
+
+    // The report.
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Sent {} signed callbacks (one per provider and signing mode), then a duplicate and a forgery.\n\n",
+        sent.len()
+    ));
+    out.push_str("What the merchant received (both delivery signatures checked with the endpoint secret):\n");
+    let mut rows = Vec::new();
+    for s in &sent {
+        let found = delivered.values().find(|(e, _)| {
+            e["account"] == s.account.as_str() && e["provider_trade_no"] == s.trade_no.as_str()
+        });
+        let row = match found {
+            Some((event, hit)) => vec![
+                s.provider.clone(),
+                s.account.clone(),
+                event["type"].as_str().unwrap_or("-").to_owned(),
+                format!("{} CNY", yuan(&event["amount"])),
+                event["merchant_order_no"].as_str().unwrap_or("-").to_owned(),
+                hit.attempt.to_string(),
+                if hit.signatures_ok { "ok" } else { "MISMATCH" }.to_owned(),
+                event["id"].as_str().unwrap_or("-").to_owned(),
+            ],
+            None => vec![
+                s.provider.clone(),
+                s.account.clone(),
+                format!(
+                    "NOT DELIVERED (provider was answered {})",
+                    answer_text(s.status, &s.answer)
+                ),
+            ],
+        };
+        rows.push(row);
+    }
+    out.push_str(&table(
+        &[
+            "PROVIDER", "ACCOUNT", "TYPE", "AMOUNT", "ORDER NO", "ATTEMPTS", "SIGNED", "EVENT",
+        ],
+        &rows,
+    ));
+    if hits.first().is_some_and(|h| h.status != 200) {
+        out.push_str("(the merchant answered 500 to the first delivery it got, to show a retry)\n");
+    }
+
+    let copies = delivered
+        .values()
+        .filter(|(e, _)| {
+            e["account"] == duplicate_of.account.as_str()
+                && e["provider_trade_no"] == duplicate_of.trade_no.as_str()
+        })
+        .count();
+    out.push_str("\nDeduplicated (answered like the first, no second event):\n");
+    out.push_str(&table(
+        &["PROVIDER", "ACCOUNT", "TRADE NO", "ANSWER", "EVENTS DELIVERED"],
+        &[vec![
+            duplicate_of.provider.clone(),
+            duplicate_of.account.clone(),
+            duplicate_of.trade_no.clone(),
+            answer_text(dup_status, &dup_answer),
+            copies.to_string(),
+        ]],
+    ));
+
+    out.push_str("\nRefused (never stored, never delivered):\n");
+    out.push_str(&table(
+        &["PROVIDER", "ACCOUNT", "WHY", "ANSWER"],
+        &[vec![
+            forged_account.provider().to_string(),
+            forged_account.id.to_string(),
+            "forged signature".into(),
+            answer_text(forged_status, &forged_answer),
+        ]],
+    ));
+
+    let forgery_delivered = hits
+        .iter()
+        .any(|h| h.event["merchant_order_no"] == "ORDER-FORGED");
+    let all_delivered = sent.iter().all(|s| {
+        delivered
+            .values()
+            .any(|(e, _)| e["account"] == s.account.as_str() && e["provider_trade_no"] == s.trade_no.as_str())
+    });
+    let refused = usize::from(forged_status == 401 && !forgery_delivered);
+    let deduplicated = usize::from(dup_status == 200 && copies == 1);
+    out.push_str(&format!(
+        "\nsummary: {} delivered, {deduplicated} deduplicated, {refused} refused\n",
+        delivered.len()
+    ));
+    if !all_delivered || deduplicated != 1 || refused != 1 || delivered.len() != sent.len() {
+        print!("{out}");
+        return Err(DemoError::Unexpected(
+            "see the tables above (a delivery is missing, or a duplicate or forgery got through)".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The events the merchant confirmed (answered 200), by id, with that hit.
+fn confirmed(hits: &[Hit]) -> BTreeMap<String, (serde_json::Value, Hit)> {
+    hits.iter()
+        .filter(|h| h.status == 200)
+        .filter_map(|h| {
+            h.event["id"]
+                .as_str()
+                .map(|id| (id.to_owned(), (h.event.clone(), h.clone())))
+        })
+        .collect()
+}
