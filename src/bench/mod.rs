@@ -9,7 +9,8 @@
 //!   CPU time and RSS read from `/proc`;
 //! - [`seed`]: a scratch PostgreSQL database and RabbitMQ prefix, and the
 //!   seeded retry backlog;
-//! - [`report`]: percentiles, ratios to the baseline, the table and the JSON.
+//! - [`report`]: percentiles, ratios to the baseline, the JSON; [`table`]: the
+//!   same as a table.
 
 pub mod load;
 pub mod process;
@@ -17,6 +18,7 @@ pub mod report;
 pub mod requests;
 pub mod seed;
 pub mod sink;
+pub mod table;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -72,6 +72,29 @@ pub fn sample(pid: u32) -> Result<ProcSample, BenchError> {
     })
 }
 
+/// Busy CPU time of the whole machine since boot (all CPUs, from the first
+/// line of `/proc/stat`: everything but idle and iowait).
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    busy / USER_HZ
+}
+
 fn exe() -> Result<std::path::PathBuf, BenchError> {
     std::env::current_exe().map_err(BenchError::io("locating the payhook binary"))
 }

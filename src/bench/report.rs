@@ -1,8 +1,7 @@
-//! The figures of a bench run: percentiles, ratios to the baseline, and their
-//! two renderings (a table, and JSON with `--json`).
+//! The figures of a bench run: percentiles and ratios to the baseline, as
+//! serialized with `--json` (the table is in `table.rs`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 use serde::Serialize;
 
@@ -20,6 +19,8 @@ pub struct Setup {
     /// Requests per second asked for; `null`: as fast as possible.
     pub rate: Option<f64>,
     pub backlog: u64,
+    /// The relay had no endpoint: no deliveries were made.
+    pub ingress_only: bool,
     /// The running relay targeted, if not one the bench started.
     pub target: Option<String>,
 }
@@ -113,10 +114,25 @@ pub struct Ingress {
     pub throughput_per_s: f64,
     pub latency_ms: Latency,
     pub process: Option<ProcessFigures>,
+    /// CPU time of the bench process itself (load generator and sink) over
+    /// the same window as `process`: the share of the machine not left to
+    /// the server.
+    pub load_generator_cpu_seconds: f64,
+    /// Busy CPU time of the whole machine over the same window (every
+    /// process: the server, the load generator, PostgreSQL, RabbitMQ, and
+    /// whatever else runs there).
+    pub machine_cpu_busy_seconds: f64,
+}
+
+/// CPU time outside the server over a measured window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WindowCpu {
+    pub load_generator: f64,
+    pub machine: f64,
 }
 
 impl Ingress {
-    pub fn of(requests: usize, load: Outcome, process: Option<ProcessFigures>) -> Ingress {
+    pub fn of(requests: usize, load: Outcome, process: Option<ProcessFigures>, cpu: WindowCpu) -> Ingress {
         let seconds = load.elapsed.as_secs_f64();
         Ingress {
             requests,
@@ -128,6 +144,8 @@ impl Ingress {
             throughput_per_s: per_second(load.ok, seconds),
             latency_ms: Latency::of(load.latencies_ns),
             process,
+            load_generator_cpu_seconds: cpu.load_generator,
+            machine_cpu_busy_seconds: cpu.machine,
         }
     }
 }
@@ -237,165 +255,6 @@ impl Report {
             ratios,
         }
     }
-
-    /// The human-readable table.
-    pub fn table(&self) -> String {
-        let s = &self.setup;
-        let m = &self.machine;
-        let mut out = String::new();
-        let rate = s.rate.map_or("max".to_owned(), |r| format!("{r:.0}/s"));
-        let _ = writeln!(
-            out,
-            "payhook bench: {} + {}, provider {}, {} requests, concurrency {}, rate {}, backlog {}",
-            s.store, s.queue, s.provider, s.requests, s.concurrency, rate, s.backlog
-        );
-        if let Some(target) = &s.target {
-            let _ = writeln!(out, "target: {target}");
-        }
-        let _ = writeln!(
-            out,
-            "machine: {} cores, {} MB memory, load average {:.2} at start\n",
-            m.cores, m.memory_mb, m.load_average
-        );
-        let _ = writeln!(out, "{:<28}{:>14}{:>14}{:>10}", "", "baseline", "relay", "ratio");
-        let b = self.baseline.as_ref();
-        let r = &self.relay;
-        let e = self.end_to_end.as_ref();
-        let bp = b.and_then(|b| b.process);
-        let rp = r.process;
-        let rows: [(&str, Option<f64>, Option<f64>, usize); 12] = [
-            (
-                "ingress accepted/s",
-                b.map(|b| b.throughput_per_s),
-                Some(r.throughput_per_s),
-                0,
-            ),
-            (
-                "ingress p50 ms",
-                b.map(|b| b.latency_ms.p50),
-                Some(r.latency_ms.p50),
-                2,
-            ),
-            (
-                "ingress p99 ms",
-                b.map(|b| b.latency_ms.p99),
-                Some(r.latency_ms.p99),
-                2,
-            ),
-            (
-                "ingress max ms",
-                b.map(|b| b.latency_ms.max),
-                Some(r.latency_ms.max),
-                2,
-            ),
-            (
-                "end-to-end delivered/s",
-                b.map(|b| b.throughput_per_s),
-                e.map(|e| e.throughput_per_s),
-                0,
-            ),
-            (
-                "end-to-end p50 ms",
-                b.map(|b| b.latency_ms.p50),
-                e.map(|e| e.latency_ms.p50),
-                2,
-            ),
-            (
-                "end-to-end p99 ms",
-                b.map(|b| b.latency_ms.p99),
-                e.map(|e| e.latency_ms.p99),
-                2,
-            ),
-            (
-                "end-to-end max ms",
-                b.map(|b| b.latency_ms.max),
-                e.map(|e| e.latency_ms.max),
-                2,
-            ),
-            (
-                "CPU seconds",
-                bp.map(|p| p.cpu_seconds),
-                rp.map(|p| p.cpu_seconds),
-                2,
-            ),
-            (
-                "CPU ms per request",
-                bp.map(|p| per_request(p.cpu_seconds, s.requests)),
-                rp.map(|p| per_request(p.cpu_seconds, s.requests)),
-                3,
-            ),
-            (
-                "RSS idle MB",
-                bp.map(|p| p.rss_idle_mb),
-                rp.map(|p| p.rss_idle_mb),
-                1,
-            ),
-            (
-                "RSS peak MB",
-                bp.map(|p| p.rss_peak_mb),
-                rp.map(|p| p.rss_peak_mb),
-                1,
-            ),
-        ];
-        for (label, base, relay, digits) in rows {
-            let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
-            // End-to-end rows compare against the baseline's ingress figures.
-            let base_shown = if label.starts_with("end-to-end") {
-                None
-            } else {
-                base
-            };
-            let ratio_cell = match (base, relay) {
-                (Some(b), Some(r)) if b > 0.0 => format!("{:.2}", r / b),
-                _ => "-".to_owned(),
-            };
-            let _ = writeln!(
-                out,
-                "{label:<28}{:>14}{:>14}{ratio_cell:>10}",
-                cell(base_shown),
-                cell(relay)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "\naccepted {}/{} (failed {}{})",
-            r.accepted,
-            r.requests,
-            r.failed,
-            failures_text(&r.failures)
-        );
-        if let Some(e) = e {
-            let _ = writeln!(
-                out,
-                "delivered {}, duplicates {}, unmatched {}, over {:.2} s",
-                e.delivered, e.duplicates, e.unmatched, e.seconds
-            );
-        }
-        if let Some(err) = &r.first_error {
-            let _ = writeln!(out, "first error: {err}");
-        }
-        let _ = writeln!(
-            out,
-            "end-to-end ratios are to the baseline's ingress figures; CPU is the server process only."
-        );
-        out
-    }
-}
-
-fn per_request(cpu_seconds: f64, requests: usize) -> f64 {
-    if requests == 0 {
-        0.0
-    } else {
-        cpu_seconds * 1000.0 / requests as f64
-    }
-}
-
-fn failures_text(failures: &BTreeMap<String, usize>) -> String {
-    if failures.is_empty() {
-        return String::new();
-    }
-    let parts: Vec<String> = failures.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    format!(": {}", parts.join(", "))
 }
 
 #[cfg(test)]

@@ -74,8 +74,10 @@ pub async fn delete_topology(amqp_url: &str, prefix: &str, schedule: &[Duration]
     Ok(())
 }
 
-/// A stored event of realistic size (the payload and raw body of a dryad
-/// callback are about this long).
+/// Stand-in text for the seeded events' payload and raw body. Smaller than a
+/// real event (about 1 KB): the backlog is about index sizes and the
+/// queries that walk pending jobs, and a million full events would only make
+/// seeding slower.
 fn filler(len: usize) -> String {
     "x".repeat(len)
 }
@@ -88,8 +90,8 @@ pub async fn seed_backlog(url: &str, endpoint: &str, count: u64) -> Result<Durat
     Store::connect(url).await?.close().await;
     let now = now_ms();
     let due = now + BACKLOG_DUE_IN_MS;
-    let payload = filler(700);
-    let raw = filler(300).into_bytes();
+    let payload = filler(256);
+    let raw = filler(128).into_bytes();
     if url.starts_with("sqlite:") {
         let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::from_str(url)?).await?;
         let mut from = 1;

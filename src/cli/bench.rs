@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench::load::{self, Plan, SendLog};
 use crate::bench::process::{self, Managed, ProcSample};
-use crate::bench::report::{EndToEnd, Ingress, Machine, ProcessFigures, Report, Setup};
+use crate::bench::report::{EndToEnd, Ingress, Machine, ProcessFigures, Report, Setup, WindowCpu};
 use crate::bench::requests::{self, BenchProvider, Signed};
 use crate::bench::seed::{self, ScratchDatabase};
 use crate::bench::sink::Sink;
@@ -70,9 +70,17 @@ pub struct BenchArgs {
     /// Where the counting merchant sink listens.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub sink_listen: SocketAddr,
+    /// The started relay's `[delivery] concurrency`, and its per-endpoint
+    /// limit too: the sink is its only endpoint.
+    #[arg(long, value_name = "N", default_value_t = 256, conflicts_with = "target")]
+    pub delivery_concurrency: usize,
     /// Seconds to wait for outstanding deliveries after the last answer.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub drain_timeout: u64,
+    /// Start the relay with no endpoint: callbacks are verified, stored and
+    /// answered, but no delivery is made (ingress alone, no dispatcher).
+    #[arg(long, conflicts_with = "target")]
+    pub ingress_only: bool,
     /// Skip the no-work baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -136,6 +144,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         concurrency: args.concurrency,
         rate: args.rate,
         backlog: args.backlog,
+        ingress_only: args.ingress_only,
         target: args.target.clone(),
     };
     let report = match &args.target {
@@ -187,23 +196,31 @@ fn relay_config(
         Some(amqp) => format!("[queue]\namqp_url = {}\nprefix = {}\n", q(amqp), q(prefix)),
         None => String::new(),
     };
+    let dc = args.delivery_concurrency.max(1);
+    let endpoint = if args.ingress_only {
+        String::new()
+    } else {
+        format!(
+            "[[endpoints]]\nid = \"{SINK_ENDPOINT}\"\nurl = {}\n\
+             secret = \"whsec_YmVuY2gtZW5kcG9pbnQtc2VjcmV0\"\naccounts = [\"*\"]\n\
+             events = [\"payment.*\", \"refund.*\"]\n",
+            q(sink)
+        )
+    };
     let schedule: Vec<String> = RETRY_SCHEDULE
         .iter()
         .map(|d| q(&humantime::format_duration(*d).to_string()))
         .collect();
     Ok(format!(
         "[server]\nadmin_token = \"bench\"\n\n[storage]\nurl = {}\n\n{queue}\n[delivery]\n\
-         retry_schedule = [{}]\nallow_private_targets = true\n\n[[endpoints]]\nid = \"{SINK_ENDPOINT}\"\n\
-         url = {}\nsecret = \"whsec_YmVuY2gtZW5kcG9pbnQtc2VjcmV0\"\naccounts = [\"*\"]\n\
-         events = [\"payment.*\", \"refund.*\"]\n{}",
+         retry_schedule = [{}]\nconcurrency = {dc}\nper_endpoint_concurrency = {dc}\n\
+         allow_private_targets = true\n\n{endpoint}{}",
         q(db_url),
         schedule.join(", "),
-        q(sink),
         requests::accounts_toml(dir)?
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn managed(
     args: &BenchArgs,
     dir: &Path,
@@ -227,8 +244,8 @@ async fn managed(
     std::fs::write(&config_path, text).map_err(BenchError::io(config_path.display().to_string()))?;
     let config = Config::from_file(&config_path, &|_| None)?;
     let signed = sign(&config, args, tag)?;
-    let client = load::client(args.concurrency)?;
-    let baseline = baseline(args, &client, &signed).await?;
+    let client = load::control_client()?;
+    let baseline = baseline(args, &signed).await?;
 
     say("starting the relay");
     let relay = Managed::relay(&config_path).await?;
@@ -239,7 +256,7 @@ async fn managed(
     relay.stop().await;
     sink.stop();
     let (ingress, end_to_end) = result?;
-    Ok(Report::new(setup, machine, baseline, ingress, Some(end_to_end)))
+    Ok(Report::new(setup, machine, baseline, ingress, end_to_end))
 }
 
 async fn targeted(
@@ -257,16 +274,17 @@ async fn targeted(
         .map_err(BenchError::io("starting the sink"))?;
     say(&format!("merchant sink listening on {}", sink.url()));
     let signed = sign(&config, args, tag)?;
-    let client = load::client(args.concurrency)?;
-    let baseline = baseline(args, &client, &signed).await?;
-    let urls = Arc::new(signed.urls(&base)?);
+    let baseline = baseline(args, &signed).await?;
+    let urls = signed.urls(&base)?;
     let before = args.pid.map(process::sample).transpose()?;
+    let mark = CpuMark::now();
     say(&format!("loading {target}"));
-    let outcome = load::run(&client, urls, Arc::new(signed.requests), plan(args), Some(log)).await;
+    let outcome = load::run(&urls, Arc::new(signed.requests), plan(args), Some(log)).await;
     drain(&sink, outcome.ok, args.drain_timeout).await;
+    let cpu = mark.since();
     let after = args.pid.map(process::sample).transpose()?;
     let figures = before.zip(after).map(|(b, a)| ProcessFigures::between(b, a));
-    let ingress = Ingress::of(args.requests, outcome, figures);
+    let ingress = Ingress::of(args.requests, outcome, figures, cpu);
     let end_to_end = EndToEnd::of(sink.summary());
     sink.stop();
     Ok(Report::new(setup, machine, baseline, ingress, Some(end_to_end)))
@@ -292,11 +310,7 @@ fn sign(config: &Config, args: &BenchArgs, tag: &str) -> Result<Signed, BenchErr
 }
 
 /// Loads the no-work baseline (a child process) with the same requests.
-async fn baseline(
-    args: &BenchArgs,
-    client: &reqwest::Client,
-    signed: &Signed,
-) -> Result<Option<Ingress>, BenchError> {
+async fn baseline(args: &BenchArgs, signed: &Signed) -> Result<Option<Ingress>, BenchError> {
     if args.no_baseline {
         return Ok(None);
     }
@@ -304,15 +318,18 @@ async fn baseline(
     let server = Managed::baseline().await?;
     let base = reqwest::Url::parse(&format!("http://{}/", server.ingress))
         .map_err(|e| BenchError::Process(e.to_string()))?;
-    let urls = Arc::new(signed.urls(&base)?);
+    let urls = signed.urls(&base)?;
     let before = server.sample()?;
-    let outcome = load::run(client, urls, Arc::new(signed.requests.clone()), plan(args), None).await;
+    let mark = CpuMark::now();
+    let outcome = load::run(&urls, Arc::new(signed.requests.clone()), plan(args), None).await;
+    let cpu = mark.since();
     let after = server.sample()?;
     server.stop().await;
     Ok(Some(Ingress::of(
         args.requests,
         outcome,
         Some(ProcessFigures::between(before, after)),
+        cpu,
     )))
 }
 
@@ -323,31 +340,54 @@ async fn measure_relay(
     relay: &Managed,
     sink: &Sink,
     log: Arc<SendLog>,
-) -> Result<(Ingress, EndToEnd), BenchError> {
+) -> Result<(Ingress, Option<EndToEnd>), BenchError> {
     relay.wait_ready(client).await?;
     // Let start-up work (migrations, connections) settle before "idle".
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before: ProcSample = relay.sample()?;
     let base = reqwest::Url::parse(&format!("http://{}/", relay.ingress))
         .map_err(|e| BenchError::Process(e.to_string()))?;
-    let urls = Arc::new(signed.urls(&base)?);
+    let urls = signed.urls(&base)?;
     say("loading the relay");
-    let outcome = load::run(
-        client,
-        urls,
-        Arc::new(signed.requests.clone()),
-        plan(args),
-        Some(log),
-    )
-    .await;
-    drain(sink, outcome.ok, args.drain_timeout).await;
+    let mark = CpuMark::now();
+    let outcome = load::run(&urls, Arc::new(signed.requests.clone()), plan(args), Some(log)).await;
+    if !args.ingress_only {
+        drain(sink, outcome.ok, args.drain_timeout).await;
+    }
+    let cpu = mark.since();
     let after = relay.sample()?;
     let ingress = Ingress::of(
         args.requests,
         outcome,
         Some(ProcessFigures::between(before, after)),
+        cpu,
     );
-    Ok((ingress, EndToEnd::of(sink.summary())))
+    let end_to_end = (!args.ingress_only).then(|| EndToEnd::of(sink.summary()));
+    Ok((ingress, end_to_end))
+}
+
+/// CPU time of this process (load generator and sink) and of the whole
+/// machine, at one instant.
+struct CpuMark {
+    own: f64,
+    machine: f64,
+}
+
+impl CpuMark {
+    fn now() -> Self {
+        Self {
+            own: process::sample(std::process::id()).map_or(0.0, |s| s.cpu_seconds),
+            machine: process::machine_busy_seconds(),
+        }
+    }
+
+    fn since(&self) -> WindowCpu {
+        let now = CpuMark::now();
+        WindowCpu {
+            load_generator: (now.own - self.own).max(0.0),
+            machine: (now.machine - self.machine).max(0.0),
+        }
+    }
 }
 
 /// Waits until `expected` events arrived at the sink, or `timeout_s` passed.

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 
 use super::{
     classify_unclaimed, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
@@ -59,8 +59,13 @@ fn job_ref(row: &PgRow) -> Result<JobRef, StoreError> {
 impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("payhook");
+        // No ping before each acquire: it was a sixth of the relay's CPU and
+        // one more round trip per statement. A connection the server dropped
+        // fails its next statement instead (the provider gets a 503 and
+        // retries; a dispatcher retries the write) and is then discarded.
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
@@ -78,23 +83,16 @@ impl PostgresStore {
         self.pool.close().await;
     }
 
+    /// One statement, so one round trip and its own transaction: the nonce,
+    /// the event, its delivery jobs and the outbox row are written together
+    /// or not at all, and committed before the result comes back.
     pub async fn ingest(&self, new: NewEvent) -> Result<IngestOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = ingest_in(&mut tx, &new).await?;
-        match outcome {
-            // Nothing was written.
-            IngestOutcome::Replayed => tx.rollback().await?,
-            // A duplicate still remembers its nonce, as in SQLite.
-            IngestOutcome::Accepted { .. } | IngestOutcome::Duplicate { .. } => tx.commit().await?,
-        }
-        Ok(outcome)
+        ingest_in(&self.pool, &new).await
     }
 
+    /// One statement, as `ingest`: the attempt and the job's next step.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<RecordOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = record_in(&mut tx, &record).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        record_in(&self.pool, &record).await
     }
 
     pub async fn claim_due(
@@ -220,6 +218,10 @@ impl PostgresStore {
         let now = now_ms();
         // One statement: lease the rows, and read each one's event and its
         // pending jobs (as two arrays in the same order) from one snapshot.
+        // The jobs are found by event only, and filtered on status in the
+        // aggregate: with `status = 'pending'` in the WHERE clause the planner
+        // ANDs in the partial index of *all* pending jobs, which costs a scan
+        // of the whole retry backlog per outbox row.
         let rows = sqlx::query(
             "WITH picked AS MATERIALIZED ( \
                  SELECT id FROM outbox WHERE lease_until <= $1 ORDER BY id LIMIT $2 \
@@ -229,11 +231,13 @@ impl PostgresStore {
                  RETURNING o.id, o.event_id, o.publish_event \
              ) \
              SELECT upd.id, upd.event_id, upd.publish_event, e.provider, e.event_type, e.payload, \
-                 ARRAY(SELECT d.id FROM deliveries d \
-                       WHERE d.event_id = upd.event_id AND d.status = 'pending' ORDER BY d.id) AS job_ids, \
-                 ARRAY(SELECT d.attempts FROM deliveries d \
-                       WHERE d.event_id = upd.event_id AND d.status = 'pending' ORDER BY d.id) AS job_attempts \
+                 COALESCE(j.job_ids, '{}') AS job_ids, COALESCE(j.job_attempts, '{}') AS job_attempts \
              FROM upd JOIN events e ON e.id = upd.event_id \
+             CROSS JOIN LATERAL ( \
+                 SELECT array_agg(d.id ORDER BY d.id) FILTER (WHERE d.status = 'pending') AS job_ids, \
+                     array_agg(d.attempts ORDER BY d.id) FILTER (WHERE d.status = 'pending') AS job_attempts \
+                 FROM deliveries d WHERE d.event_id = upd.event_id \
+             ) j \
              ORDER BY upd.id",
         )
         .bind(now)
@@ -352,124 +356,124 @@ impl PostgresStore {
     }
 }
 
-async fn ingest_in(conn: &mut PgConnection, new: &NewEvent) -> Result<IngestOutcome, StoreError> {
+/// The ingest as data-modifying CTEs (every one of them runs to completion,
+/// in one snapshot):
+/// - `nonce`: a nonce already stored is a replay. A concurrent insert of the
+///   same nonce waits for the other statement, then does nothing: exactly one
+///   of them is accepted;
+/// - `ev`: only for a fresh nonce (or none); a dedup identity already stored
+///   makes it a duplicate (which still remembers its nonce, as in SQLite);
+/// - `dl`, `ob`: the delivery jobs, in endpoint order, and the outbox row, only
+///   for an event actually inserted.
+const INGEST: &str = "\
+    WITH nonce AS ( \
+        INSERT INTO nonces (account, nonce, seen_at) \
+        SELECT $2, $12::text, $13 WHERE $12::text IS NOT NULL \
+        ON CONFLICT DO NOTHING RETURNING 1 \
+    ), ok AS ( \
+        SELECT ($12::text IS NULL OR EXISTS (SELECT 1 FROM nonce)) AS fresh \
+    ), ev AS ( \
+        INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+            merchant_order_no, payload, raw_body, raw_headers, received_at) \
+        SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM ok WHERE ok.fresh \
+        ON CONFLICT DO NOTHING RETURNING id \
+    ), dl AS ( \
+        INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
+            created_at, updated_at) \
+        SELECT ev.id, ep.endpoint_id, 'pending', 0, $13, 0, $13, $13 \
+        FROM ev CROSS JOIN UNNEST($14::text[]) WITH ORDINALITY AS ep (endpoint_id, ord) ORDER BY ep.ord \
+    ), ob AS ( \
+        INSERT INTO outbox (event_id, created_at) SELECT ev.id, $13 FROM ev WHERE $15 \
+    ) \
+    SELECT (SELECT fresh FROM ok) AS fresh, (SELECT count(*) FROM ev) AS inserted";
+
+async fn ingest_in(pool: &PgPool, new: &NewEvent) -> Result<IngestOutcome, StoreError> {
     let now = now_ms();
     let ev = &new.event;
-    if let Some(nonce) = &new.nonce {
-        // A concurrent insert of the same nonce waits for this transaction,
-        // then does nothing: exactly one of them is accepted.
-        let r = sqlx::query(
-            "INSERT INTO nonces (account, nonce, seen_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
+    let endpoints: Vec<&str> = new.endpoints.iter().map(|e| e.as_str()).collect();
+    let row = sqlx::query(INGEST)
+        .bind(ev.id.as_str())
         .bind(ev.account.as_str())
-        .bind(nonce)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Ok(IngestOutcome::Replayed);
-        }
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
-         merchant_order_no, payload, raw_body, raw_headers, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-    )
-    .bind(ev.id.as_str())
-    .bind(ev.account.as_str())
-    .bind(ev.provider.as_str())
-    .bind(ev.event_type.as_str())
-    .bind(&ev.provider_trade_no)
-    .bind(&new.dedup_extra)
-    .bind(ev.merchant_order_no.as_deref())
-    .bind(&new.payload)
-    .bind(&new.raw_body)
-    .bind(&new.raw_headers)
-    .bind(ev.received_at.timestamp_millis())
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        // READ COMMITTED: this statement sees the row the conflicting
-        // transaction committed.
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM events WHERE account = $1 AND event_type = $2 AND provider_trade_no = $3 \
-             AND dedup_extra = $4",
-        )
-        .bind(ev.account.as_str())
+        .bind(ev.provider.as_str())
         .bind(ev.event_type.as_str())
         .bind(&ev.provider_trade_no)
         .bind(&new.dedup_extra)
-        .fetch_optional(&mut *conn)
-        .await?;
-        return Ok(IngestOutcome::Duplicate {
-            existing: existing.and_then(|id| EventId::parse(&id).ok()),
-        });
-    }
-    if !new.endpoints.is_empty() {
-        let endpoints: Vec<&str> = new.endpoints.iter().map(|e| e.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
-             created_at, updated_at) \
-             SELECT $1, ep.endpoint_id, 'pending', 0, $2, 0, $2, $2 \
-             FROM UNNEST($3::text[]) WITH ORDINALITY AS ep (endpoint_id, ord) ORDER BY ep.ord",
-        )
-        .bind(ev.id.as_str())
+        .bind(ev.merchant_order_no.as_deref())
+        .bind(&new.payload)
+        .bind(&new.raw_body)
+        .bind(&new.raw_headers)
+        .bind(ev.received_at.timestamp_millis())
+        .bind(new.nonce.as_deref())
         .bind(now)
         .bind(endpoints)
-        .execute(&mut *conn)
+        .bind(new.outbox)
+        .fetch_one(pool)
         .await?;
+    let fresh: bool = row.try_get("fresh")?;
+    let inserted: i64 = row.try_get("inserted")?;
+    if !fresh {
+        return Ok(IngestOutcome::Replayed);
     }
-    if new.outbox {
-        sqlx::query("INSERT INTO outbox (event_id, created_at) VALUES ($1, $2)")
-            .bind(ev.id.as_str())
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+    if inserted == 1 {
+        return Ok(IngestOutcome::Accepted {
+            jobs: new.endpoints.len(),
+        });
     }
-    Ok(IngestOutcome::Accepted {
-        jobs: new.endpoints.len(),
+    // READ COMMITTED: this statement sees the row the conflicting
+    // transaction committed.
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM events WHERE account = $1 AND event_type = $2 AND provider_trade_no = $3 \
+         AND dedup_extra = $4",
+    )
+    .bind(ev.account.as_str())
+    .bind(ev.event_type.as_str())
+    .bind(&ev.provider_trade_no)
+    .bind(&new.dedup_extra)
+    .fetch_optional(pool)
+    .await?;
+    Ok(IngestOutcome::Duplicate {
+        existing: existing.and_then(|id| EventId::parse(&id).ok()),
     })
 }
 
-async fn record_in(conn: &mut PgConnection, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
+/// The attempt and the job's next step, as data-modifying CTEs. The update
+/// applies only if nobody has moved the job on since this attempt was
+/// claimed (attempt n may only follow n-1); a concurrent record of the same
+/// attempt waits on the row lock, re-checks `attempts`, and is superseded.
+const RECORD: &str = "\
+    WITH a AS ( \
+        INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, \
+            response_excerpt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING \
+    ), u AS ( \
+        UPDATE deliveries SET status = $9, attempts = $2, next_attempt_at = $10, lease_until = 0, \
+            updated_at = $11, last_error = $7 \
+        WHERE id = $1 AND status = 'pending' AND attempts = $12 RETURNING 1 \
+    ) \
+    SELECT count(*) AS applied FROM u";
+
+async fn record_in(pool: &PgPool, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, \
-         response_excerpt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(rec.delivery_id)
-    .bind(i64::from(rec.attempt))
-    .bind(rec.started_at_ms)
-    .bind(rec.duration_ms)
-    .bind(rec.outcome.as_str())
-    .bind(rec.http_status.map(i64::from))
-    .bind(rec.error.as_deref())
-    .bind(rec.response_excerpt.as_deref())
-    .execute(&mut *conn)
-    .await?;
     let (status, next_at) = match rec.next {
         NextStep::Delivered => ("delivered", now),
         NextStep::RetryAt(at) => ("pending", at),
         NextStep::Dead => ("dead", now),
     };
-    // Applied only if nobody has moved the job on since this attempt was
-    // claimed (attempt n may only follow n-1). A concurrent record of the
-    // same attempt waits on the row lock, re-checks `attempts`, and is
-    // superseded.
-    let r = sqlx::query(
-        "UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3, lease_until = 0, \
-         updated_at = $4, last_error = $5 WHERE id = $6 AND status = 'pending' AND attempts = $7",
-    )
-    .bind(status)
-    .bind(i64::from(rec.attempt))
-    .bind(next_at)
-    .bind(now)
-    .bind(rec.error.as_deref())
-    .bind(rec.delivery_id)
-    .bind(i64::from(rec.attempt) - 1)
-    .execute(&mut *conn)
-    .await?;
-    Ok(if r.rows_affected() == 1 {
+    let applied: i64 = sqlx::query_scalar(RECORD)
+        .bind(rec.delivery_id)
+        .bind(i64::from(rec.attempt))
+        .bind(rec.started_at_ms)
+        .bind(rec.duration_ms)
+        .bind(rec.outcome.as_str())
+        .bind(rec.http_status.map(i64::from))
+        .bind(rec.error.as_deref())
+        .bind(rec.response_excerpt.as_deref())
+        .bind(status)
+        .bind(next_at)
+        .bind(now)
+        .bind(i64::from(rec.attempt) - 1)
+        .fetch_one(pool)
+        .await?;
+    Ok(if applied == 1 {
         RecordOutcome::Applied
     } else {
         RecordOutcome::Superseded

@@ -4,31 +4,25 @@
 //! committing and commits it as one transaction. Each caller is answered only
 //! after the commit that contains its write, so durability is unchanged
 //! (`synchronous = FULL`), but N concurrent callbacks cost one fsync, not N.
+//! The writer (`sqlite/writer.rs`) also writes a batch's rows with a few
+//! multi-row statements rather than one statement per row.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     classify_unclaimed, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
-    JobRef, NewEvent, NextStep, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
+    JobRef, NewEvent, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
 };
-use crate::domain::EventId;
 
-/// The most writes committed together; bounds one transaction's size and the
-/// latency of the first write in it.
-const MAX_BATCH: usize = 512;
+mod rows;
+mod writer;
 
-enum WriteOp {
-    Ingest(Box<NewEvent>, oneshot::Sender<Result<IngestOutcome, StoreError>>),
-    Record(
-        Box<AttemptRecord>,
-        oneshot::Sender<Result<RecordOutcome, StoreError>>,
-    ),
-}
+use writer::{run_writer, Claim, WriteOp, MAX_BATCH, WRITER_STATEMENT_CACHE};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -44,15 +38,22 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (each multi-row statement of a batch has
+            // one) stay in memory instead of spilling to temporary files.
+            .pragma("temp_store", "memory");
+        // No ping before each acquire: the database is a local file, and a
+        // ping is one more hand-off to sqlx's worker thread per batch.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            .connect_with(options.clone().statement_cache_capacity(WRITER_STATEMENT_CACHE))
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
@@ -92,56 +93,31 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Runs in the writer, in the transaction of a batch: no commit (and
+    /// fsync) of its own, and no waiting for the writer's connection.
     pub async fn claim_due(
         &self,
         limit: usize,
         lease: Duration,
         busy: &[String],
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        let now = now_ms();
-        let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2));
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE deliveries SET lease_until = ");
-        q.push_bind(lease_until);
-        q.push(" WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ");
-        q.push_bind(now);
-        q.push(" AND lease_until <= ");
-        q.push_bind(now);
-        if !busy.is_empty() {
-            q.push(" AND endpoint_id NOT IN (");
-            let mut sep = q.separated(", ");
-            for endpoint in busy {
-                sep.push_bind(endpoint.as_str());
-            }
-            q.push(")");
-        }
-        q.push(" ORDER BY next_attempt_at LIMIT ");
-        q.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        q.push(") RETURNING id, event_id, endpoint_id, attempts");
-        let rows = q.build().fetch_all(&self.write).await?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in rows {
-            let event_id: String = row.try_get("event_id")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            let event = sqlx::query("SELECT payload, received_at FROM events WHERE id = ?1")
-                .bind(&event_id)
-                .fetch_one(&self.write)
-                .await?;
-            jobs.push(ClaimedJob {
-                delivery_id: row.try_get("id")?,
-                endpoint_id: row.try_get("endpoint_id")?,
-                attempt: u32::try_from(attempts + 1).map_err(|_| StoreError::Corrupt("attempts".into()))?,
-                payload: event.try_get("payload")?,
-                received_at_ms: event.try_get("received_at")?,
-                event_id,
-            });
-        }
-        Ok(jobs)
+        let (tx, rx) = oneshot::channel();
+        let claim = Claim {
+            limit,
+            lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2),
+            busy: busy.to_vec(),
+        };
+        self.writer
+            .send(WriteOp::Claim(Box::new(claim), tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
-            "SELECT next_attempt_at FROM deliveries WHERE status = 'pending' AND lease_until <= ?1 \
-             ORDER BY next_attempt_at LIMIT 1",
+            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
+             WHERE status = 'pending' AND lease_until <= ?1 ORDER BY next_attempt_at LIMIT 1",
         )
         .bind(now_ms())
         .fetch_optional(&self.read)
@@ -251,7 +227,9 @@ impl SqliteStore {
                 .fetch_one(&self.write)
                 .await?;
             let jobs = sqlx::query(
-                "SELECT id, attempts FROM deliveries WHERE event_id = ?1 AND status = 'pending' ORDER BY id",
+                // By event: left to itself SQLite reads every pending job instead.
+                "SELECT id, attempts FROM deliveries INDEXED BY deliveries_event \
+                 WHERE event_id = ?1 AND status = 'pending' ORDER BY id",
             )
             .bind(&event_id)
             .fetch_all(&self.write)
@@ -267,12 +245,12 @@ impl SqliteStore {
             let provider: String = event.try_get("provider")?;
             let event_type: String = event.try_get("event_type")?;
             items.push(OutboxItem {
-                publish_event: row.try_get("publish_event")?,
                 outbox_id: row.try_get("id")?,
                 event_id,
                 routing_key: format!("{provider}.{event_type}"),
                 payload: event.try_get("payload")?,
                 jobs,
+                publish_event: row.try_get("publish_event")?,
             });
         }
         Ok(items)
@@ -349,7 +327,7 @@ impl SqliteStore {
     pub async fn requeue_overdue(&self, due_before_ms: i64, limit: usize) -> Result<Vec<JobRef>, StoreError> {
         let now = now_ms();
         let rows = sqlx::query(
-            "UPDATE deliveries SET next_attempt_at = ?1 WHERE id IN (SELECT id FROM deliveries \
+            "UPDATE deliveries SET next_attempt_at = ?1 WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_due \
              WHERE status = 'pending' AND next_attempt_at < ?2 AND lease_until <= ?1 ORDER BY next_attempt_at LIMIT ?3) \
              RETURNING id, attempts",
         )
@@ -367,196 +345,4 @@ impl SqliteStore {
             })
             .collect()
     }
-}
-
-/// The single writer: commits queued writes in batches, answering each caller
-/// after its batch is durable.
-async fn run_writer(pool: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        match commit_batch(&pool, &batch).await {
-            Ok(results) => {
-                for (op, result) in batch.into_iter().zip(results) {
-                    reply(op, Ok(result));
-                }
-            }
-            // One bad write must not fail its neighbours: retry each alone,
-            // so that only the failing one gets the error.
-            Err(_) if batch.len() > 1 => {
-                for op in batch {
-                    let result = commit_batch(&pool, std::slice::from_ref(&op)).await;
-                    let single = result.and_then(|mut r| r.pop().ok_or(StoreError::Closed));
-                    reply(op, single);
-                }
-            }
-            Err(e) => {
-                for op in batch {
-                    reply(op, Err(StoreError::Corrupt(format!("write failed: {e}"))));
-                }
-            }
-        }
-    }
-}
-
-enum OpResult {
-    Ingest(IngestOutcome),
-    Record(RecordOutcome),
-}
-
-fn reply(op: WriteOp, result: Result<OpResult, StoreError>) {
-    // A caller that has gone away (its request was cancelled) needs no answer.
-    match (op, result) {
-        (WriteOp::Ingest(_, tx), Ok(OpResult::Ingest(r))) => {
-            let _ = tx.send(Ok(r));
-        }
-        (WriteOp::Record(_, tx), Ok(OpResult::Record(r))) => {
-            let _ = tx.send(Ok(r));
-        }
-        (WriteOp::Ingest(_, tx), Err(e)) => {
-            let _ = tx.send(Err(e));
-        }
-        (WriteOp::Record(_, tx), Err(e)) => {
-            let _ = tx.send(Err(e));
-        }
-        (WriteOp::Ingest(_, tx), Ok(_)) => {
-            let _ = tx.send(Err(StoreError::Corrupt("mismatched write result".into())));
-        }
-        (WriteOp::Record(_, tx), Ok(_)) => {
-            let _ = tx.send(Err(StoreError::Corrupt("mismatched write result".into())));
-        }
-    }
-}
-
-async fn commit_batch(pool: &SqlitePool, batch: &[WriteOp]) -> Result<Vec<OpResult>, StoreError> {
-    let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for op in batch {
-        let result = match op {
-            WriteOp::Ingest(new, _) => OpResult::Ingest(ingest_in(&mut tx, new).await?),
-            WriteOp::Record(rec, _) => OpResult::Record(record_in(&mut tx, rec).await?),
-        };
-        results.push(result);
-    }
-    tx.commit().await?;
-    Ok(results)
-}
-
-async fn ingest_in(conn: &mut SqliteConnection, new: &NewEvent) -> Result<IngestOutcome, StoreError> {
-    let now = now_ms();
-    let ev = &new.event;
-    if let Some(nonce) = &new.nonce {
-        let r = sqlx::query(
-            "INSERT INTO nonces (account, nonce, seen_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-        )
-        .bind(ev.account.as_str())
-        .bind(nonce)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Ok(IngestOutcome::Replayed);
-        }
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
-         merchant_order_no, payload, raw_body, raw_headers, received_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
-    )
-    .bind(ev.id.as_str())
-    .bind(ev.account.as_str())
-    .bind(ev.provider.as_str())
-    .bind(ev.event_type.as_str())
-    .bind(&ev.provider_trade_no)
-    .bind(&new.dedup_extra)
-    .bind(ev.merchant_order_no.as_deref())
-    .bind(&new.payload)
-    .bind(&new.raw_body)
-    .bind(&new.raw_headers)
-    .bind(ev.received_at.timestamp_millis())
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM events WHERE account = ?1 AND event_type = ?2 AND provider_trade_no = ?3 AND dedup_extra = ?4",
-        )
-        .bind(ev.account.as_str())
-        .bind(ev.event_type.as_str())
-        .bind(&ev.provider_trade_no)
-        .bind(&new.dedup_extra)
-        .fetch_optional(&mut *conn)
-        .await?;
-        return Ok(IngestOutcome::Duplicate {
-            existing: existing.and_then(|id| EventId::parse(&id).ok()),
-        });
-    }
-    for endpoint in &new.endpoints {
-        sqlx::query(
-            "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
-             created_at, updated_at) VALUES (?1, ?2, 'pending', 0, ?3, 0, ?3, ?3)",
-        )
-        .bind(ev.id.as_str())
-        .bind(endpoint.as_str())
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if new.outbox {
-        sqlx::query("INSERT INTO outbox (event_id, created_at) VALUES (?1, ?2)")
-            .bind(ev.id.as_str())
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(IngestOutcome::Accepted {
-        jobs: new.endpoints.len(),
-    })
-}
-
-async fn record_in(conn: &mut SqliteConnection, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
-    let now = now_ms();
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, \
-         response_excerpt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-    )
-    .bind(rec.delivery_id)
-    .bind(i64::from(rec.attempt))
-    .bind(rec.started_at_ms)
-    .bind(rec.duration_ms)
-    .bind(rec.outcome.as_str())
-    .bind(rec.http_status.map(i64::from))
-    .bind(rec.error.as_deref())
-    .bind(rec.response_excerpt.as_deref())
-    .execute(&mut *conn)
-    .await?;
-    let (status, next_at) = match rec.next {
-        NextStep::Delivered => ("delivered", now),
-        NextStep::RetryAt(at) => ("pending", at),
-        NextStep::Dead => ("dead", now),
-    };
-    // Applied only if nobody has moved the job on since this attempt was
-    // claimed (attempt n may only follow n-1).
-    let r = sqlx::query(
-        "UPDATE deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, lease_until = 0, \
-         updated_at = ?4, last_error = ?5 WHERE id = ?6 AND status = 'pending' AND attempts = ?7",
-    )
-    .bind(status)
-    .bind(i64::from(rec.attempt))
-    .bind(next_at)
-    .bind(now)
-    .bind(rec.error.as_deref())
-    .bind(rec.delivery_id)
-    .bind(i64::from(rec.attempt) - 1)
-    .execute(&mut *conn)
-    .await?;
-    Ok(if r.rows_affected() == 1 {
-        RecordOutcome::Applied
-    } else {
-        RecordOutcome::Superseded
-    })
 }

@@ -3,6 +3,7 @@
 //! database and RabbitMQ queue prefix for the scaled backend).
 
 mod admin;
+mod bench;
 mod chaos;
 mod cli;
 mod delivery;

@@ -1,0 +1,105 @@
+//! `payhook bench`, tiny: it must measure correctly, not fast.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_payhook"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run payhook bench");
+    assert!(
+        out.status.success(),
+        "payhook bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bench output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn positive(report: &serde_json::Value, pointer: &str) -> f64 {
+    let v = report
+        .pointer(pointer)
+        .and_then(|v| v.as_f64())
+        .unwrap_or_else(|| panic!("{pointer} missing in {report:#}"));
+    assert!(v > 0.0, "{pointer} = {v}");
+    v
+}
+
+#[test]
+fn bench_sends_every_callback_and_counts_every_delivery() {
+    let report = bench(&["--requests", "200", "--concurrency", "8"]);
+    assert_eq!(report["setup"]["store"], "sqlite");
+    assert_eq!(report["setup"]["requests"], 200);
+    let relay = &report["relay"];
+    assert_eq!(relay["accepted"], 200, "{report:#}");
+    assert_eq!(relay["failed"], 0, "{report:#}");
+    let e2e = &report["end_to_end"];
+    assert_eq!(e2e["delivered"], 200, "{report:#}");
+    assert_eq!(e2e["duplicates"], 0);
+    assert_eq!(e2e["unmatched"], 0);
+    positive(&report, "/relay/throughput_per_s");
+    positive(&report, "/end_to_end/throughput_per_s");
+    positive(&report, "/baseline/throughput_per_s");
+    positive(&report, "/ratios/ingress_throughput");
+    let p50 = positive(&report, "/relay/latency_ms/p50");
+    let p99 = positive(&report, "/relay/latency_ms/p99");
+    let max = positive(&report, "/relay/latency_ms/max");
+    assert!(p50 <= p99 && p99 <= max, "{report:#}");
+    let e2e_p50 = positive(&report, "/end_to_end/latency_ms/p50");
+    assert!(e2e_p50 <= positive(&report, "/end_to_end/latency_ms/p99"));
+    // The relay is a child process: its own CPU time and memory.
+    positive(&report, "/relay/process/cpu_seconds");
+    positive(&report, "/relay/process/rss_idle_mb");
+    let peak = positive(&report, "/relay/process/rss_peak_mb");
+    assert!(peak >= report["relay"]["process"]["rss_idle_mb"].as_f64().unwrap_or(0.0));
+    positive(&report, "/machine/cores");
+}
+
+#[test]
+fn bench_signs_every_provider_in_the_mix() {
+    let report = bench(&[
+        "--requests",
+        "70",
+        "--concurrency",
+        "4",
+        "--provider",
+        "mix",
+        "--no-baseline",
+    ]);
+    assert_eq!(report["relay"]["accepted"], 70, "{report:#}");
+    assert_eq!(report["end_to_end"]["delivered"], 70, "{report:#}");
+    assert!(report["baseline"].is_null());
+}
+
+#[test]
+fn bench_has_help_for_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_payhook"))
+        .args(["bench", "--help"])
+        .output()
+        .expect("run payhook bench --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--requests",
+        "--concurrency",
+        "--provider",
+        "--rate",
+        "--postgres",
+        "--amqp",
+        "--backlog",
+        "--target",
+        "--json",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    assert!(
+        !help.contains("--baseline-server"),
+        "internal flag shown:\n{help}"
+    );
+}
