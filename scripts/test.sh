@@ -72,6 +72,9 @@ ensure_tools() {
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  # The ops console's browser test drives Debian's Chromium via ChromeDriver.
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     $SUDO apt-get update -qq || true
@@ -90,6 +93,8 @@ ensure_tools
 # Tests create their own databases and queue prefixes on these servers.
 export PAYHOOK_TEST_POSTGRES_URL="${PAYHOOK_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export PAYHOOK_TEST_AMQP_URL="${PAYHOOK_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+# Chromium was installed above: the console's browser test must run, not skip.
+export PAYHOOK_REQUIRE_BROWSER="${PAYHOOK_REQUIRE_BROWSER:-1}"
 
 log "running the test suite"
 cargo test --all-targets --locked "$@"

@@ -104,8 +104,9 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Redeliver {
             event_id,
             dead,
+            batch_size,
             admin,
-        } => payhook::cli::admin_client::redeliver(event_id, dead, admin)
+        } => payhook::cli::admin_client::redeliver(event_id, dead, batch_size, admin)
             .await
             .map_err(|e| e.to_string()),
         Command::Demo => payhook::cli::demo::run().await.map_err(|e| e.to_string()),

@@ -7,17 +7,20 @@
 //! - `POST /admin/events/{id}/redeliver` → 202 `{"event_id", "deliveries": [{id, endpoint, status}]}`
 //! - `GET  /admin/deliveries?status=pending|delivered|dead&limit=&cursor=`
 //!   → `{"deliveries": [delivery…], "next_cursor": "123" | null}`, newest first
-//! - `POST /admin/deliveries/redeliver?status=dead` → 202 `{"redelivered": n}`
+//! - `POST /admin/deliveries/redeliver?status=dead&limit=` → 202
+//!   `{"redelivered": n, "remaining": m}` (oldest first; `limit` makes it a batch)
 //!
-//! Every error is `{"error": "…"}` with a fixed, secret-free message; store
+//! Every error is `{"error": "…", "code": "…"}`: a fixed, secret-free message
+//! and a stable code (`unauthorized`, `bad_request`, `event_not_found`,
+//! `route_not_found`, `conflict`, `store_unavailable`, `internal`); store
 //! failures are logged here and answered without detail.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -66,6 +69,20 @@ impl AdminError {
         }
     }
 
+    /// A stable, machine-readable name for the error: clients branch on this,
+    /// never on the message text, which may be reworded.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::Unauthorized => "unauthorized",
+            AdminError::BadRequest(_) => "bad_request",
+            AdminError::EventNotFound => "event_not_found",
+            AdminError::RouteNotFound => "route_not_found",
+            AdminError::Conflict(_) => "conflict",
+            AdminError::Store(e) if store_unavailable(e) => "store_unavailable",
+            AdminError::Store(_) | AdminError::Corrupt(_) => "internal",
+        }
+    }
+
     /// What the client is told: never SQL, paths or secrets.
     fn public_message(&self) -> String {
         match self {
@@ -100,7 +117,7 @@ impl IntoResponse for AdminError {
         }
         let mut response = (
             status,
-            Json(serde_json::json!({ "error": self.public_message() })),
+            Json(serde_json::json!({ "error": self.public_message(), "code": self.code() })),
         )
             .into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -113,17 +130,38 @@ impl IntoResponse for AdminError {
     }
 }
 
+/// The OpenAPI document of this API, served at `/admin/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Every operation of the API: (method, path under `/admin`, handler). The
+/// router is built from this table, and a test checks it against
+/// `openapi.json`, so the document cannot drift from the real routes.
+pub fn operations() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
+    vec![
+        (Method::GET, "/events", get(list_events)),
+        (Method::GET, "/events/{id}", get(show_event)),
+        (Method::POST, "/events/{id}/redeliver", post(redeliver_event)),
+        (Method::GET, "/deliveries", get(list_deliveries)),
+        (Method::POST, "/deliveries/redeliver", post(redeliver_dead)),
+        (Method::GET, "/openapi.json", get(openapi)),
+    ]
+}
+
 /// The `/admin` routes, behind the bearer-token check (which also covers
 /// unknown paths, so that they reveal nothing without the token).
 pub fn routes(state: AdminState) -> Router<AdminState> {
-    Router::new()
-        .route("/events", get(list_events))
-        .route("/events/{id}", get(show_event))
-        .route("/events/{id}/redeliver", post(redeliver_event))
-        .route("/deliveries", get(list_deliveries))
-        .route("/deliveries/redeliver", post(redeliver_dead))
+    let mut router = Router::new();
+    for (_, path, handler) in operations() {
+        // Two operations on one path merge into one method router.
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async { AdminError::RouteNotFound })
         .layer(middleware::from_fn_with_state(state, require_token))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
@@ -183,6 +221,7 @@ struct DeliveriesQuery {
 #[serde(deny_unknown_fields)]
 struct BulkQuery {
     status: Option<String>,
+    limit: Option<String>,
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AdminError> {
@@ -445,16 +484,29 @@ async fn redeliver_dead(
             "bulk redelivery needs status=dead (only dead deliveries can be redelivered in bulk)".into(),
         ));
     }
+    // Without a limit, everything in one transaction; with one, a batch, so
+    // that the CLI can go page by page and show progress.
+    let batch = match present(q.limit) {
+        None => None,
+        Some(text) => Some(u32::try_from(limit(Some(text))?).unwrap_or(u32::MAX)),
+    };
     // Only to endpoints that still exist: a removed endpoint has no URL.
     let endpoints: Vec<EndpointId> = state.endpoints.iter().map(|e| e.id.clone()).collect();
-    let count = state.store.redeliver_dead(&endpoints, state.outbox).await?;
-    if count > 0 {
+    let done = state
+        .store
+        .redeliver_dead(&endpoints, state.outbox, batch)
+        .await?;
+    if done.redelivered > 0 {
         state.jobs_committed.notify_one();
     }
-    tracing::info!(deliveries = count, "operator bulk redelivery of dead deliveries");
+    tracing::info!(
+        deliveries = done.redelivered,
+        remaining = done.remaining,
+        "operator bulk redelivery of dead deliveries"
+    );
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "redelivered": count })),
+        Json(serde_json::json!({ "redelivered": done.redelivered, "remaining": done.remaining })),
     ))
 }
 
@@ -480,6 +532,26 @@ mod tests {
         assert!(!authorized(Some(&secret), &HeaderMap::new()));
         assert!(!authorized(None, &headers("Bearer s3cret")));
         assert!(!authorized(None, &headers("Bearer ")));
+    }
+
+    /// The router's table and the OpenAPI document name the same operations.
+    #[test]
+    fn the_openapi_document_matches_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        let mut routed: Vec<(String, String)> = operations()
+            .into_iter()
+            .map(|(method, path, _)| (method.to_string(), format!("/admin{path}")))
+            .collect();
+        documented.sort();
+        routed.sort();
+        assert_eq!(documented, routed);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
+    #[command(
+        after_help = "Examples:\n  payhook events list --config payhook.toml\n  payhook events list --merchant-order-no M-1001\n  payhook events list --provider cbb --type refund.succeeded --limit 20 --json"
+    )]
     /// List stored events, newest first.
     List {
         /// Only this account's events (`[[accounts]] id`).
@@ -52,6 +55,7 @@ pub enum EventsCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    #[command(after_help = "Examples:\n  payhook events show evt_01J... --config payhook.toml")]
     /// Show one event, its deliveries and every attempt.
     Show {
         /// The event id (evt_…).
@@ -255,6 +259,7 @@ pub async fn events(command: EventsCommand) -> Result<(), AdminClientError> {
 pub async fn redeliver(
     event_id: Option<String>,
     dead: bool,
+    batch_size: u32,
     admin: AdminArgs,
 ) -> Result<(), AdminClientError> {
     let client = Client::new(&admin)?;
@@ -270,15 +275,10 @@ pub async fn redeliver(
             (answer, text)
         }
         (None, true) => {
-            let answer = client
-                .call(
-                    reqwest::Method::POST,
-                    client.url(&["deliveries", "redeliver"], &[("status", "dead".into())]),
-                )
-                .await?;
-            let n = answer["redelivered"].as_u64().unwrap_or(0);
+            let n = redeliver_dead_in_batches(&client, batch_size, !admin.json).await?;
+            let answer = serde_json::json!({ "redelivered": n, "remaining": 0 });
             let text = format!(
-                "redelivering {n} dead deliver{}: each has a new delivery, pending now\n",
+                "redelivered {n} dead deliver{}: each has a new delivery, pending now\n",
                 if n == 1 { "y" } else { "ies" }
             );
             (answer, text)
@@ -287,6 +287,49 @@ pub async fn redeliver(
     };
     print!("{}", if admin.json { pretty(&answer) } else { text });
     Ok(())
+}
+
+/// Bulk redelivery a batch at a time, so that a large backlog of dead
+/// deliveries shows progress and no single transaction grows without bound.
+/// Each batch is its own commit: an interrupted run leaves what it did done,
+/// and running it again carries on (a redelivered dead delivery is never
+/// picked twice).
+async fn redeliver_dead_in_batches(
+    client: &Client,
+    batch_size: u32,
+    show_progress: bool,
+) -> Result<u64, AdminClientError> {
+    let url = client.url(
+        &["deliveries", "redeliver"],
+        &[("status", "dead".into()), ("limit", batch_size.to_string())],
+    );
+    let bar = if show_progress {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} dead deliveries redelivered ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut total = 0u64;
+    loop {
+        let answer = client.call(reqwest::Method::POST, url.clone()).await?;
+        let done = answer["redelivered"].as_u64().unwrap_or(0);
+        let remaining = answer["remaining"].as_u64().unwrap_or(0);
+        total += done;
+        bar.set_length(total + remaining);
+        bar.set_position(total);
+        // No progress means the rest cannot be redelivered now (e.g. a
+        // concurrent run took them): stop rather than spin.
+        if remaining == 0 || done == 0 {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(total)
 }
 
 // ---------------------------------------------------------------------------

@@ -32,6 +32,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(
+        after_help = "Examples:\n  payhook serve                                # embedded default (SQLite), ./payhook.toml if present\n  payhook serve --config payhook.toml\n  payhook serve --config payhook.toml --role dispatcher   # scaled mode, delivery only"
+    )]
     /// Run the relay: provider ingress, dispatcher and admin port.
     Serve {
         /// Config file (TOML).
@@ -41,12 +44,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Role::All)]
         role: Role,
     },
+    #[command(
+        after_help = "Examples:\n  payhook migrate --config payhook.toml\n  PAYHOOK_DATABASE_URL=postgres://payhook@db/payhook payhook migrate"
+    )]
     /// Create or upgrade the database schema, then exit.
     Migrate {
         /// Config file (TOML).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    #[command(
+        after_help = "Examples:\n  payhook simulate dryad --account dryad-sandbox --config payhook.example.toml\n  payhook simulate cbb --account cbb-sandbox --config payhook.example.toml --kind refund --amount 500\n  payhook simulate shouqianba --account sqb-md5-sandbox --config payhook.example.toml --forge     # see a forgery refused"
+    )]
     /// Send a correctly signed sample callback for an account, signed with its
     /// sandbox key or shared secret from the config.
     Simulate {
@@ -71,6 +80,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    #[command(
+        after_help = "Examples:\n  payhook sink --secret whsec_... \n  payhook sink --listen 127.0.0.1:9000 --fail-every 3        # watch retries"
+    )]
     /// Run a sample merchant endpoint that verifies and prints deliveries.
     Sink {
         /// Address to listen on.
@@ -83,19 +95,29 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         fail_every: u64,
     },
+    #[command(
+        after_help = "Examples:\n  payhook bench --provider dryad -n 20000 -c 128\n  payhook bench --provider cbb --postgres postgres://postgres@127.0.0.1/postgres --amqp amqp://guest:guest@127.0.0.1:5672/%2f\n  payhook bench --target http://127.0.0.1:8080 --config payhook.toml --pid $(pidof payhook) --json"
+    )]
     /// Measure a relay under load: throughput, latency, CPU and memory,
     /// each next to a no-work baseline.
     Bench(Box<bench::BenchArgs>),
+    #[command(after_help = "Examples:\n  payhook keys generate --out ./keys")]
     /// Sandbox key management.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    #[command(
+        after_help = "Examples:\n  payhook events list --merchant-order-no M-1001 --config payhook.toml\n  payhook events show evt_01J... --admin-url http://127.0.0.1:9090 --admin-token $TOKEN"
+    )]
     /// Stored events, through the admin API (needs the admin token).
     Events {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    #[command(
+        after_help = "Examples:\n  payhook redeliver evt_01J... --config payhook.toml\n  payhook redeliver --dead --config payhook.toml             # every dead delivery, with progress"
+    )]
     /// Deliver an event again to every endpoint subscribed to it, or give
     /// every dead delivery a new try (`--dead`), through the admin API.
     Redeliver {
@@ -109,9 +131,14 @@ pub enum Command {
         /// Redeliver every dead delivery (each once) instead of one event.
         #[arg(long)]
         dead: bool,
+        /// With --dead: how many to redeliver per request (each batch is its own commit).
+        #[arg(long, value_name = "N", default_value_t = 200, requires = "dead",
+              value_parser = clap::value_parser!(u32).range(1..=500))]
+        batch_size: u32,
         #[command(flatten)]
         admin: AdminArgs,
     },
+    #[command(after_help = "Examples:\n  payhook demo")]
     /// Run the whole relay in this process with sandbox accounts for every
     /// provider and a local merchant; send signed callbacks (and a duplicate
     /// and a forgery) and show what the merchant received. Needs no config.
@@ -120,6 +147,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    #[command(after_help = "Examples:\n  payhook keys generate --out ./sandbox-keys")]
     /// Generate a sandbox RSA-2048 key pair (private.pem, public.pem).
     Generate {
         /// Directory to write the keys into (created if missing).

@@ -495,11 +495,26 @@ impl Store {
     /// For every dead delivery to one of `endpoints` not yet redelivered, a
     /// new pending delivery (same event, same endpoint), due now, in one
     /// transaction; with `outbox`, one jobs-only outbox row per event.
-    /// Returns how many were created.
-    pub async fn redeliver_dead(&self, endpoints: &[EndpointId], outbox: bool) -> Result<u64, StoreError> {
+    /// At most `limit` (oldest first), so that a client can go in batches and
+    /// show progress. Returns how many were created and how many are left.
+    pub async fn redeliver_dead(
+        &self,
+        endpoints: &[EndpointId],
+        outbox: bool,
+        limit: Option<u32>,
+    ) -> Result<BulkRedelivery, StoreError> {
         match self {
-            Store::Sqlite(s) => s.redeliver_dead(endpoints, outbox).await,
-            Store::Postgres(s) => s.redeliver_dead(endpoints, outbox).await,
+            Store::Sqlite(s) => s.redeliver_dead(endpoints, outbox, limit).await,
+            Store::Postgres(s) => s.redeliver_dead(endpoints, outbox, limit).await,
         }
     }
+}
+
+/// What one bulk redelivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkRedelivery {
+    /// New pending deliveries created by this call.
+    pub redelivered: u64,
+    /// Dead deliveries (to configured endpoints) still not redelivered.
+    pub remaining: u64,
 }

@@ -7,7 +7,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
-    now_ms, DeliveryDetail, DeliveryFilter, EventFilter, NewDelivery, PostgresStore, StoreError, StoredEvent,
+    now_ms, BulkRedelivery, DeliveryDetail, DeliveryFilter, EventFilter, NewDelivery, PostgresStore,
+    StoreError, StoredEvent,
 };
 use crate::domain::EndpointId;
 
@@ -177,9 +178,17 @@ impl PostgresStore {
         Ok(created)
     }
 
-    pub async fn redeliver_dead(&self, endpoints: &[EndpointId], outbox: bool) -> Result<u64, StoreError> {
+    pub async fn redeliver_dead(
+        &self,
+        endpoints: &[EndpointId],
+        outbox: bool,
+        limit: Option<u32>,
+    ) -> Result<BulkRedelivery, StoreError> {
         if endpoints.is_empty() {
-            return Ok(0);
+            return Ok(BulkRedelivery {
+                redelivered: 0,
+                remaining: 0,
+            });
         }
         let now = now_ms();
         let endpoints: Vec<&str> = endpoints.iter().map(|e| e.as_str()).collect();
@@ -190,11 +199,13 @@ impl PostgresStore {
              SELECT d.event_id, d.endpoint_id, 'pending', 0, $1, 0, $1, $1, d.id FROM deliveries d \
              WHERE d.status = 'dead' AND d.endpoint_id = ANY($2) \
              AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.redelivery_of = d.id) \
-             ORDER BY d.id \
+             ORDER BY d.id LIMIT $3 \
              ON CONFLICT DO NOTHING RETURNING event_id",
         )
         .bind(now)
         .bind(&endpoints)
+        // LIMIT NULL is PostgreSQL's "no limit".
+        .bind(limit.map(i64::from))
         .fetch_all(&mut *tx)
         .await?;
         if outbox && !event_ids.is_empty() {
@@ -207,7 +218,17 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        let remaining: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries d WHERE d.status = 'dead' AND d.endpoint_id = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.redelivery_of = d.id)",
+        )
+        .bind(&endpoints)
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(u64::try_from(event_ids.len()).unwrap_or(u64::MAX))
+        Ok(BulkRedelivery {
+            redelivered: u64::try_from(event_ids.len()).unwrap_or(u64::MAX),
+            remaining: u64::try_from(remaining).unwrap_or(0),
+        })
     }
 }

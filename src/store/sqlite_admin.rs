@@ -5,7 +5,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    now_ms, DeliveryDetail, DeliveryFilter, EventFilter, NewDelivery, SqliteStore, StoreError, StoredEvent,
+    now_ms, BulkRedelivery, DeliveryDetail, DeliveryFilter, EventFilter, NewDelivery, SqliteStore,
+    StoreError, StoredEvent,
 };
 use crate::domain::EndpointId;
 
@@ -173,9 +174,17 @@ impl SqliteStore {
         Ok(created)
     }
 
-    pub async fn redeliver_dead(&self, endpoints: &[EndpointId], outbox: bool) -> Result<u64, StoreError> {
+    pub async fn redeliver_dead(
+        &self,
+        endpoints: &[EndpointId],
+        outbox: bool,
+        limit: Option<u32>,
+    ) -> Result<BulkRedelivery, StoreError> {
         if endpoints.is_empty() {
-            return Ok(0);
+            return Ok(BulkRedelivery {
+                redelivered: 0,
+                remaining: 0,
+            });
         }
         let now = now_ms();
         let mut tx = self.write.begin().await?;
@@ -197,7 +206,10 @@ impl SqliteStore {
         for endpoint in endpoints {
             sep.push_bind(endpoint.as_str());
         }
-        q.push(") ORDER BY d.id ON CONFLICT DO NOTHING RETURNING event_id");
+        // LIMIT -1 is SQLite's "no limit".
+        q.push(") ORDER BY d.id LIMIT ");
+        q.push_bind(limit.map_or(-1, i64::from));
+        q.push(" ON CONFLICT DO NOTHING RETURNING event_id");
         let event_ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
         if outbox {
             let mut distinct = event_ids.clone();
@@ -211,7 +223,21 @@ impl SqliteStore {
                     .await?;
             }
         }
+        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT COUNT(*) FROM deliveries d WHERE d.status = 'dead' \
+             AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.redelivery_of = d.id) \
+             AND d.endpoint_id IN (",
+        );
+        let mut sep = count.separated(", ");
+        for endpoint in endpoints {
+            sep.push_bind(endpoint.as_str());
+        }
+        count.push(")");
+        let remaining: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
         tx.commit().await?;
-        Ok(u64::try_from(event_ids.len()).unwrap_or(u64::MAX))
+        Ok(BulkRedelivery {
+            redelivered: u64::try_from(event_ids.len()).unwrap_or(u64::MAX),
+            remaining: u64::try_from(remaining).unwrap_or(0),
+        })
     }
 }

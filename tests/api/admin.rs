@@ -8,10 +8,15 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const TOKEN: &str = "test-admin-token";
+pub(crate) const TOKEN: &str = "test-admin-token";
 const UNKNOWN_EVENT: &str = "evt_01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
-async fn admin_call(app: &TestApp, method: reqwest::Method, path: &str, token: Option<&str>) -> (u16, Value) {
+pub(crate) async fn admin_call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
     let mut request = app.client.request(method, format!("{}{path}", app.admin_url));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -53,7 +58,7 @@ async fn delivery_statuses(app: &TestApp, event_id: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn all_delivered(app: &TestApp, event_id: &str, n: usize) -> bool {
+pub(crate) async fn all_delivered(app: &TestApp, event_id: &str, n: usize) -> bool {
     eventually(Duration::from_secs(10), || async {
         let s = delivery_statuses(app, event_id).await;
         s.len() == n && s.iter().all(|s| s == "delivered")
@@ -98,6 +103,7 @@ async fn admin_routes_need_the_bearer_token() {
     assert!(response.headers().contains_key("www-authenticate"));
     let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert!(body["error"].is_string(), "{body}");
+    assert_eq!(body["code"], "unauthorized", "{body}");
 
     for token in [
         None,
@@ -338,6 +344,7 @@ async fn events_are_listed_newest_first_with_filters_and_pages(backend: Backend)
         let (status, body) = get(&app, &format!("/admin/events?{bad}")).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body["error"].is_string(), "{bad}: {body}");
+        assert_eq!(body["code"], "bad_request", "{bad}: {body}");
     }
 }
 
@@ -395,6 +402,7 @@ async fn an_event_is_shown_with_its_deliveries_and_attempts(backend: Backend) {
         let (status, body) = get(&app, &format!("/admin/events/{missing}")).await;
         assert_eq!(status, 404, "{missing}");
         assert_eq!(body["error"], "no such event");
+        assert_eq!(body["code"], "event_not_found");
         let (status, _) = post(&app, &format!("/admin/events/{missing}/redeliver")).await;
         assert_eq!(status, 404, "{missing}");
     }
@@ -515,6 +523,7 @@ async fn dead_deliveries_are_listed_and_redelivered_in_bulk(backend: Backend) {
         let (status, body) = post(&app, bad).await;
         assert_eq!(status, 400, "{bad}");
         assert!(body["error"].is_string());
+        assert_eq!(body["code"], "bad_request");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -524,9 +533,19 @@ async fn dead_deliveries_are_listed_and_redelivered_in_bulk(backend: Backend) {
     );
 
     app.merchant.always_fail(false);
+    // A batch: the oldest dead delivery first, and how many are left.
+    let (status, answer) = post(&app, "/admin/deliveries/redeliver?status=dead&limit=1").await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        (answer["redelivered"].clone(), answer["remaining"].clone()),
+        (1.into(), 1.into())
+    );
     let (status, answer) = post(&app, "/admin/deliveries/redeliver?status=dead").await;
     assert_eq!(status, 202, "{answer}");
-    assert_eq!(answer["redelivered"], 2);
+    assert_eq!(
+        (answer["redelivered"].clone(), answer["remaining"].clone()),
+        (1.into(), 0.into())
+    );
     let got = app.merchant.wait_for(10, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 10);
     let mut again: Vec<String> = got[8..]
@@ -760,6 +779,35 @@ async fn the_cli_lists_shows_and_redelivers_through_the_admin_api() {
     assert_eq!(got[1].header("x-payhook-attempt"), "1");
     let dead = stdout(&run(&["redeliver", "--dead"], &common).await);
     assert!(dead.contains("0 dead deliveries"), "{dead}");
+
+    // Three dead deliveries, redelivered two per request.
+    app.merchant.always_fail(true);
+    for order in ["CLI-D1", "CLI-D2", "CLI-D3"] {
+        let signed = dryad_callback(order, 5, chrono::Utc::now());
+        assert_eq!(app.post_signed("dryad-main", &signed).await.0, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let (_, page) = get(&app, "/admin/deliveries?status=dead").await;
+            page["deliveries"].as_array().unwrap().len() == 3
+        })
+        .await,
+        "three dead deliveries"
+    );
+    app.merchant.always_fail(false);
+    let before = app.merchant.received().len();
+    let dead = stdout(&run(&["redeliver", "--dead", "--batch-size", "2"], &common).await);
+    assert!(dead.contains("redelivered 3 dead deliveries"), "{dead}");
+    assert_eq!(
+        app.merchant
+            .wait_for(before + 3, Duration::from_secs(10))
+            .await
+            .len(),
+        before + 3
+    );
+    let again = stdout(&run(&["redeliver", "--dead", "--json"], &common).await);
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["redelivered"], 0, "each dead delivery once");
 
     // Wrong tokens: from the flag, or from PAYHOOK_ADMIN_TOKEN (which wins
     // over the config file).

@@ -16,10 +16,23 @@ fn every_command_has_help() {
         vec!["sink", "--help"],
         vec!["keys", "--help"],
         vec!["keys", "generate", "--help"],
+        vec!["bench", "--help"],
+        vec!["demo", "--help"],
+        vec!["events", "list", "--help"],
+        vec!["events", "show", "--help"],
+        vec!["redeliver", "--help"],
     ] {
         let out = payhook().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage"), "{args:?}");
+        if args.len() > 1 {
+            // Every subcommand shows how it is used, not only its flags.
+            assert!(
+                text.contains("Examples:\n  payhook "),
+                "{args:?} has no examples:\n{text}"
+            );
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod guide;
 mod helpers;
 mod hostile;
 mod misbehaving_merchants;
+mod openapi;
 mod pg_db;
 mod providers;
 mod scaled;
