@@ -25,6 +25,9 @@ use crate::telemetry::AttemptOutcome;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite writer's own connection (`rusqlite`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the store is shutting down")]

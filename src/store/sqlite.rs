@@ -22,7 +22,7 @@ use super::{
 mod rows;
 mod writer;
 
-use writer::{run_writer, Claim, WriteOp, MAX_BATCH, WRITER_STATEMENT_CACHE};
+use writer::{open_writer, run_writer, Claim, WriteOp, MAX_BATCH};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -48,16 +48,22 @@ impl SqliteStore {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone().statement_cache_capacity(WRITER_STATEMENT_CACHE))
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        // The group-commit writer: its own connection on its own thread,
+        // opened after the migrations so that it sees the schema.
+        let conn = open_writer(options.get_filename())?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run_writer(write.clone(), rx));
+        std::thread::Builder::new()
+            .name("payhook-sqlite-writer".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer thread: {e}")))?;
         Ok(Self {
             write,
             read,

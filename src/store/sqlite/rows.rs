@@ -1,10 +1,12 @@
 //! The statements of the writer's batches (see `writer.rs`): the ingests
 //! and attempts of a batch in a few multi-row statements, and claims of due
-//! jobs, all inside the batch's transaction.
+//! jobs, all inside the batch's transaction. Synchronous (`rusqlite`): the
+//! writer owns its connection on a thread of its own.
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{params_from_iter, Connection};
 
 use super::writer::{chunks, Claim};
 use crate::domain::EventId;
@@ -12,10 +14,64 @@ use crate::store::{
     now_ms, AttemptRecord, ClaimedJob, IngestOutcome, NewEvent, NextStep, RecordOutcome, StoreError,
 };
 
-pub(super) async fn ingest_many(
-    conn: &mut SqliteConnection,
-    news: &[&NewEvent],
-) -> Result<Vec<IngestOutcome>, StoreError> {
+type Param<'a> = ToSqlOutput<'a>;
+
+fn text(s: &str) -> Param<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+}
+
+fn opt_text(s: Option<&str>) -> Param<'_> {
+    s.map_or(ToSqlOutput::Owned(Value::Null), text)
+}
+
+fn int<'a>(n: i64) -> Param<'a> {
+    ToSqlOutput::Owned(Value::Integer(n))
+}
+
+fn opt_int<'a>(n: Option<i64>) -> Param<'a> {
+    ToSqlOutput::Owned(n.map_or(Value::Null, Value::Integer))
+}
+
+fn blob(b: &[u8]) -> Param<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Blob(b))
+}
+
+/// `head` followed by `rows` groups of `row` (e.g. `(?, ?, ?)`), comma-separated.
+fn multi_row(head: &str, row: &str, rows: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * (row.len() + 2) + tail.len());
+    sql.push_str(head);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql.push_str(tail);
+    sql
+}
+
+/// Runs a statement (cached per SQL text) and collects the first column of
+/// every returned row.
+fn returning<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params_from_iter(params.iter()))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(row.get(0)?);
+    }
+    Ok(out)
+}
+
+fn execute(conn: &Connection, sql: &str, params: &[Param<'_>]) -> Result<usize, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    Ok(stmt.execute(params_from_iter(params.iter()))?)
+}
+
+pub(super) fn ingest_many(conn: &Connection, news: &[&NewEvent]) -> Result<Vec<IngestOutcome>, StoreError> {
     let now = now_ms();
     let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; news.len()];
 
@@ -32,13 +88,20 @@ pub(super) async fn ingest_many(
         .collect();
     let mut fresh: HashSet<(String, String)> = HashSet::new();
     for chunk in chunks(&with_nonce) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO nonces (account, nonce, seen_at) ");
-        q.push_values(chunk, |mut b, (_, account, nonce)| {
-            b.push_bind(*account).push_bind(*nonce).push_bind(now);
-        });
-        q.push(" ON CONFLICT DO NOTHING RETURNING account, nonce");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            fresh.insert((row.try_get("account")?, row.try_get("nonce")?));
+        let sql = multi_row(
+            "INSERT INTO nonces (account, nonce, seen_at) VALUES ",
+            "(?, ?, ?)",
+            chunk.len(),
+            " ON CONFLICT DO NOTHING RETURNING account, nonce",
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 3);
+        for (_, account, nonce) in chunk {
+            params.extend([text(account), text(nonce), int(now)]);
+        }
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params_from_iter(params.iter()))?;
+        while let Some(row) = rows.next()? {
+            fresh.insert((row.get(0)?, row.get(1)?));
         }
     }
     for (i, account, nonce) in &with_nonce {
@@ -51,29 +114,32 @@ pub(super) async fn ingest_many(
     let candidates: Vec<usize> = (0..news.len()).filter(|i| outcomes[*i].is_none()).collect();
     let mut inserted: HashSet<String> = HashSet::new();
     for chunk in chunks(&candidates) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let sql = multi_row(
             "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
-             merchant_order_no, payload, raw_body, raw_headers, received_at) ",
+             merchant_order_no, payload, raw_body, raw_headers, received_at) VALUES ",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            chunk.len(),
+            " ON CONFLICT DO NOTHING RETURNING id",
         );
-        q.push_values(chunk, |mut b, i| {
+        let mut params = Vec::with_capacity(chunk.len() * 11);
+        for i in chunk {
             let new = news[*i];
             let ev = &new.event;
-            b.push_bind(ev.id.as_str())
-                .push_bind(ev.account.as_str())
-                .push_bind(ev.provider.as_str())
-                .push_bind(ev.event_type.as_str())
-                .push_bind(ev.provider_trade_no.as_str())
-                .push_bind(new.dedup_extra.as_str())
-                .push_bind(ev.merchant_order_no.as_deref())
-                .push_bind(new.payload.as_str())
-                .push_bind(new.raw_body.as_slice())
-                .push_bind(new.raw_headers.as_str())
-                .push_bind(ev.received_at.timestamp_millis());
-        });
-        q.push(" ON CONFLICT DO NOTHING RETURNING id");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            inserted.insert(row.try_get("id")?);
+            params.extend([
+                text(ev.id.as_str()),
+                text(ev.account.as_str()),
+                text(ev.provider.as_str()),
+                text(ev.event_type.as_str()),
+                text(&ev.provider_trade_no),
+                text(&new.dedup_extra),
+                opt_text(ev.merchant_order_no.as_deref()),
+                text(&new.payload),
+                blob(&new.raw_body),
+                text(&new.raw_headers),
+                int(ev.received_at.timestamp_millis()),
+            ]);
         }
+        inserted.extend(returning::<String>(conn, &sql, &params)?);
     }
     for i in candidates {
         let new = news[i];
@@ -83,18 +149,19 @@ pub(super) async fn ingest_many(
                 jobs: new.endpoints.len(),
             }
         } else {
-            let existing: Option<String> = sqlx::query_scalar(
+            let existing: Vec<String> = returning(
+                conn,
                 "SELECT id FROM events WHERE account = ?1 AND event_type = ?2 AND provider_trade_no = ?3 \
                  AND dedup_extra = ?4",
-            )
-            .bind(ev.account.as_str())
-            .bind(ev.event_type.as_str())
-            .bind(&ev.provider_trade_no)
-            .bind(&new.dedup_extra)
-            .fetch_optional(&mut *conn)
-            .await?;
+                &[
+                    text(ev.account.as_str()),
+                    text(ev.event_type.as_str()),
+                    text(&ev.provider_trade_no),
+                    text(&new.dedup_extra),
+                ],
+            )?;
             IngestOutcome::Duplicate {
-                existing: existing.and_then(|id| EventId::parse(&id).ok()),
+                existing: existing.first().and_then(|id| EventId::parse(id).ok()),
             }
         });
     }
@@ -111,21 +178,18 @@ pub(super) async fn ingest_many(
         .flat_map(|n| n.endpoints.iter().map(|e| (n.event.id.as_str(), e.as_str())))
         .collect();
     for chunk in chunks(&jobs) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let sql = multi_row(
             "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
-             created_at, updated_at) ",
+             created_at, updated_at) VALUES ",
+            "(?, ?, 'pending', 0, ?, 0, ?, ?)",
+            chunk.len(),
+            "",
         );
-        q.push_values(chunk, |mut b, (event_id, endpoint)| {
-            b.push_bind(*event_id)
-                .push_bind(*endpoint)
-                .push("'pending'")
-                .push("0")
-                .push_bind(now)
-                .push("0")
-                .push_bind(now)
-                .push_bind(now);
-        });
-        q.build().execute(&mut *conn).await?;
+        let mut params = Vec::with_capacity(chunk.len() * 5);
+        for (event_id, endpoint) in chunk {
+            params.extend([text(event_id), text(endpoint), int(now), int(now), int(now)]);
+        }
+        execute(conn, &sql, &params)?;
     }
     let outbox: Vec<&str> = accepted
         .iter()
@@ -133,11 +197,17 @@ pub(super) async fn ingest_many(
         .map(|n| n.event.id.as_str())
         .collect();
     for chunk in chunks(&outbox) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO outbox (event_id, created_at) ");
-        q.push_values(chunk, |mut b, event_id| {
-            b.push_bind(*event_id).push_bind(now);
-        });
-        q.build().execute(&mut *conn).await?;
+        let sql = multi_row(
+            "INSERT INTO outbox (event_id, created_at) VALUES ",
+            "(?, ?)",
+            chunk.len(),
+            "",
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 2);
+        for event_id in chunk {
+            params.extend([text(event_id), int(now)]);
+        }
+        execute(conn, &sql, &params)?;
     }
     outcomes
         .into_iter()
@@ -153,65 +223,65 @@ fn step(rec: &AttemptRecord, now: i64) -> (&'static str, i64) {
     }
 }
 
-pub(super) async fn record_many(
-    conn: &mut SqliteConnection,
-    recs: &[&AttemptRecord],
-) -> Result<Vec<RecordOutcome>, StoreError> {
+fn attempt_params(rec: &AttemptRecord) -> [Param<'_>; 8] {
+    [
+        int(rec.delivery_id),
+        int(i64::from(rec.attempt)),
+        int(rec.started_at_ms),
+        int(rec.duration_ms),
+        text(rec.outcome.as_str()),
+        opt_int(rec.http_status.map(i64::from)),
+        opt_text(rec.error.as_deref()),
+        opt_text(rec.response_excerpt.as_deref()),
+    ]
+}
+
+const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, \
+                               http_status, error, response_excerpt) VALUES ";
+
+pub(super) fn record_many(conn: &Connection, recs: &[&AttemptRecord]) -> Result<Vec<RecordOutcome>, StoreError> {
     let distinct: HashSet<i64> = recs.iter().map(|r| r.delivery_id).collect();
     if distinct.len() != recs.len() {
         // Two attempts at one job in a batch (a lease ran out meanwhile):
         // one by one, so that the first is applied and the second superseded.
-        let mut out = Vec::with_capacity(recs.len());
-        for rec in recs {
-            out.push(record_one(conn, rec).await?);
-        }
-        return Ok(out);
+        return recs.iter().map(|rec| record_one(conn, rec)).collect();
     }
     let now = now_ms();
     for chunk in chunks(recs) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, \
-             error, response_excerpt) ",
+        let sql = multi_row(
+            INSERT_ATTEMPTS,
+            "(?, ?, ?, ?, ?, ?, ?, ?)",
+            chunk.len(),
+            " ON CONFLICT DO NOTHING",
         );
-        q.push_values(chunk, |mut b, rec| {
-            b.push_bind(rec.delivery_id)
-                .push_bind(i64::from(rec.attempt))
-                .push_bind(rec.started_at_ms)
-                .push_bind(rec.duration_ms)
-                .push_bind(rec.outcome.as_str())
-                .push_bind(rec.http_status.map(i64::from))
-                .push_bind(rec.error.as_deref())
-                .push_bind(rec.response_excerpt.as_deref());
-        });
-        q.push(" ON CONFLICT DO NOTHING");
-        q.build().execute(&mut *conn).await?;
+        let params: Vec<Param<'_>> = chunk.iter().flat_map(|rec| attempt_params(rec)).collect();
+        execute(conn, &sql, &params)?;
     }
     // Applied only if nobody has moved the job on since this attempt was
     // claimed (attempt n may only follow n-1).
     let mut applied: HashSet<i64> = HashSet::new();
     for chunk in chunks(recs) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("WITH v (id, status, attempt, next_at, error) AS (");
-        q.push_values(chunk, |mut b, rec| {
-            let (status, next_at) = step(rec, now);
-            b.push_bind(rec.delivery_id)
-                .push_bind(status)
-                .push_bind(i64::from(rec.attempt))
-                .push_bind(next_at)
-                .push_bind(rec.error.as_deref());
-        });
-        q.push(
+        let sql = multi_row(
+            "WITH v (id, status, attempt, next_at, error) AS (VALUES ",
+            "(?, ?, ?, ?, ?)",
+            chunk.len(),
             ") UPDATE deliveries SET status = v.status, attempts = v.attempt, next_attempt_at = v.next_at, \
-             lease_until = 0, updated_at = ",
+             lease_until = 0, updated_at = ?, last_error = v.error FROM v WHERE deliveries.id = v.id \
+             AND deliveries.status = 'pending' AND deliveries.attempts = v.attempt - 1 RETURNING deliveries.id",
         );
-        q.push_bind(now);
-        q.push(
-            ", last_error = v.error FROM v WHERE deliveries.id = v.id AND deliveries.status = 'pending' \
-             AND deliveries.attempts = v.attempt - 1 RETURNING deliveries.id",
-        );
-        for row in q.build().fetch_all(&mut *conn).await? {
-            applied.insert(row.try_get(0)?);
+        let mut params = Vec::with_capacity(chunk.len() * 5 + 1);
+        for rec in chunk {
+            let (status, next_at) = step(rec, now);
+            params.extend([
+                int(rec.delivery_id),
+                text(status),
+                int(i64::from(rec.attempt)),
+                int(next_at),
+                opt_text(rec.error.as_deref()),
+            ]);
         }
+        params.push(int(now));
+        applied.extend(returning::<i64>(conn, &sql, &params)?);
     }
     Ok(recs
         .iter()
@@ -225,37 +295,26 @@ pub(super) async fn record_many(
         .collect())
 }
 
-async fn record_one(conn: &mut SqliteConnection, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
+fn record_one(conn: &Connection, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, \
-         response_excerpt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-    )
-    .bind(rec.delivery_id)
-    .bind(i64::from(rec.attempt))
-    .bind(rec.started_at_ms)
-    .bind(rec.duration_ms)
-    .bind(rec.outcome.as_str())
-    .bind(rec.http_status.map(i64::from))
-    .bind(rec.error.as_deref())
-    .bind(rec.response_excerpt.as_deref())
-    .execute(&mut *conn)
-    .await?;
+    let sql = format!("{INSERT_ATTEMPTS}(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING");
+    execute(conn, &sql, &attempt_params(rec))?;
     let (status, next_at) = step(rec, now);
-    let r = sqlx::query(
+    let changed = execute(
+        conn,
         "UPDATE deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, lease_until = 0, \
          updated_at = ?4, last_error = ?5 WHERE id = ?6 AND status = 'pending' AND attempts = ?7",
-    )
-    .bind(status)
-    .bind(i64::from(rec.attempt))
-    .bind(next_at)
-    .bind(now)
-    .bind(rec.error.as_deref())
-    .bind(rec.delivery_id)
-    .bind(i64::from(rec.attempt) - 1)
-    .execute(&mut *conn)
-    .await?;
-    Ok(if r.rows_affected() == 1 {
+        &[
+            text(status),
+            int(i64::from(rec.attempt)),
+            int(next_at),
+            int(now),
+            opt_text(rec.error.as_deref()),
+            int(rec.delivery_id),
+            int(i64::from(rec.attempt) - 1),
+        ],
+    )?;
+    Ok(if changed == 1 {
         RecordOutcome::Applied
     } else {
         RecordOutcome::Superseded
@@ -264,10 +323,7 @@ async fn record_one(conn: &mut SqliteConnection, rec: &AttemptRecord) -> Result<
 
 /// Leases up to `claim.limit` due jobs, skipping busy endpoints, and reads
 /// their events.
-pub(super) async fn claim_in(
-    conn: &mut SqliteConnection,
-    claim: &Claim,
-) -> Result<Vec<ClaimedJob>, StoreError> {
+pub(super) fn claim_in(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJob>, StoreError> {
     let (limit, busy) = (claim.limit, &claim.busy);
     let now = now_ms();
     let lease_until = now.saturating_add(claim.lease_ms);
@@ -275,38 +331,36 @@ pub(super) async fn claim_in(
     // itself (no ANALYZE statistics) SQLite picks `deliveries_status`
     // and sorts every pending row, which with a large retry backlog
     // (pending jobs due much later) costs a full scan per claim.
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE deliveries SET lease_until = ");
-    q.push_bind(lease_until);
-    q.push(
-        " WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_due \
-         WHERE status = 'pending' AND next_attempt_at <= ",
+    let mut sql = String::from(
+        "UPDATE deliveries SET lease_until = ? WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_due \
+         WHERE status = 'pending' AND next_attempt_at <= ? AND lease_until <= ?",
     );
-    q.push_bind(now);
-    q.push(" AND lease_until <= ");
-    q.push_bind(now);
+    let mut params = vec![int(lease_until), int(now), int(now)];
     if !busy.is_empty() {
-        q.push(" AND endpoint_id NOT IN (");
-        let mut sep = q.separated(", ");
-        for endpoint in busy {
-            sep.push_bind(endpoint.as_str());
+        sql.push_str(" AND endpoint_id NOT IN (");
+        for (i, endpoint) in busy.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            params.push(text(endpoint));
         }
-        q.push(")");
+        sql.push(')');
     }
-    q.push(" ORDER BY next_attempt_at LIMIT ");
-    q.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-    q.push(") RETURNING id, event_id, endpoint_id, attempts, next_attempt_at");
-    let rows = q.build().fetch_all(&mut *conn).await?;
-    if rows.is_empty() {
+    sql.push_str(" ORDER BY next_attempt_at LIMIT ?) RETURNING id, event_id, endpoint_id, attempts, next_attempt_at");
+    params.push(int(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let mut leased: Vec<(i64, i64, String, String, i64)> = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params_from_iter(params.iter()))?;
+        while let Some(row) = rows.next()? {
+            let delivery_id: i64 = row.get(0)?;
+            let event_id: String = row.get(1)?;
+            let endpoint_id: String = row.get(2)?;
+            let attempts: i64 = row.get(3)?;
+            let due: i64 = row.get(4)?;
+            leased.push((due, delivery_id, event_id, endpoint_id, attempts));
+        }
+    }
+    if leased.is_empty() {
         return Ok(Vec::new());
-    }
-    let mut leased = Vec::with_capacity(rows.len());
-    for row in rows {
-        let event_id: String = row.try_get("event_id")?;
-        let attempts: i64 = row.try_get("attempts")?;
-        let due: i64 = row.try_get("next_attempt_at")?;
-        let delivery_id: i64 = row.try_get("id")?;
-        let endpoint_id: String = row.try_get("endpoint_id")?;
-        leased.push((due, delivery_id, event_id, endpoint_id, attempts));
     }
     // RETURNING does not keep the subquery's order: earliest due first.
     leased.sort_by_key(|(due, id, ..)| (*due, *id));
@@ -318,21 +372,22 @@ pub(super) async fn claim_in(
         .collect();
     let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut events = HashMap::new();
-    for row in sqlx::query(
-        "SELECT id, payload, received_at FROM events WHERE id IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?
     {
-        let id: String = row.try_get("id")?;
-        let payload: String = row.try_get("payload")?;
-        let received_at: i64 = row.try_get("received_at")?;
-        events.insert(id, (payload, received_at));
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, payload, received_at FROM events WHERE id IN (SELECT value FROM json_each(?1))",
+        )?;
+        let mut rows = stmt.query([ids])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let payload: String = row.get(1)?;
+            let received_at: i64 = row.get(2)?;
+            events.insert(id, (payload, received_at));
+        }
     }
     leased
         .into_iter()
         .map(|(_, delivery_id, event_id, endpoint_id, attempts)| {
+            // Cloned, not removed: two jobs (endpoints) may share an event.
             let (payload, received_at_ms) = events
                 .get(&event_id)
                 .cloned()
