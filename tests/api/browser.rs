@@ -86,8 +86,9 @@ fn end_session(port: u16, session: &str) {
         "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     if stream.write_all(request.as_bytes()).is_ok() {
-        // Chromedriver answers once the browser is gone.
-        let _ = stream.read_to_end(&mut Vec::new());
+        // Chromedriver answers once the browser is gone; the first bytes
+        // of its answer are enough (it may keep the connection open).
+        let _ = stream.read(&mut [0u8; 512]);
     }
 }
 
