@@ -67,7 +67,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
             HeaderValue::from_static("nosniff"),
         ),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-        // Event ids in the address bar stay on this host.
+        // The console's address is not sent on to other sites.
         (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
         (
             HeaderName::from_static("cross-origin-opener-policy"),
