@@ -1,7 +1,9 @@
-//! The admin port: health, readiness and metrics (no auth), and the
-//! operator API under `/admin/*` (bearer token; see [`api`]).
+//! The admin port: health, readiness and metrics (no auth), the operator
+//! API under `/admin/*` (bearer token; see [`api`]), and the ops console's
+//! static shell at `/admin/ui` (no auth, no data; see [`ui`]).
 
 pub mod api;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +47,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // The console's few fixed paths are routes of this router, so they
+        // are matched before the `/admin` nest and its token check; any other
+        // `/admin/ui/…` path still reaches the nest's fallback (401 / 404).
+        .merge(ui::routes())
         .nest("/admin", api::routes(state.clone()))
         .with_state(state)
 }

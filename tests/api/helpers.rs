@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const DRYAD_SECRET: &str = "dryad-test-secret";
 pub const ENDPOINT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The `server.admin_token` of every `spawn_app` relay.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
@@ -263,7 +265,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         }
     };
     let config_text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"test-admin-token\"\n{server}\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{server}\n\
          [storage]\nurl = \"{storage_url}\"\n\n{queue}\n[delivery]\n{delivery}\n{accounts}\n\
          [[endpoints]]\nid = \"merchant\"\nurl = \"{url}\"\nsecret = \"{ENDPOINT_SECRET}\"\naccounts = [\"*\"]\nevents = [\"*\"]\n{extra}",
         delivery = options.delivery,
@@ -386,6 +388,39 @@ impl TestApp {
             .text()
             .await
             .unwrap()
+    }
+
+    /// `GET` on the admin API with [`ADMIN_TOKEN`]: the status and the JSON
+    /// body (null when it is not JSON).
+    pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.admin_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Waits until the admin API lists `n` dead deliveries, and returns the
+    /// list (newest first).
+    pub async fn wait_for_dead(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, page) = self.admin_get("/admin/deliveries?status=dead").await;
+            assert_eq!(status, 200, "{page}");
+            let dead = page["deliveries"].as_array().cloned().unwrap_or_default();
+            if dead.len() >= n || Instant::now() > deadline {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The value of one counter series, 0 when absent.

@@ -1,11 +1,14 @@
 //! One test binary: every test talks to a real relay over HTTP on 127.0.0.1,
 //! with a real database of its own (a SQLite file, or a fresh PostgreSQL
-//! database and RabbitMQ queue prefix for the scaled backend).
+//! database and RabbitMQ queue prefix for the scaled backend); the console's
+//! page test also drives a real headless Chromium.
 
 mod admin;
 mod bench;
+mod browser;
 mod chaos;
 mod cli;
+mod console;
 mod delivery;
 mod demo;
 mod deploy_kit;

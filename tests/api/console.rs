@@ -1,0 +1,368 @@
+//! The ops console at `/admin/ui`: its static shell over plain HTTP, and the
+//! real page in headless Chromium against a real relay.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::browser::{self, Browser};
+use crate::helpers::*;
+
+const SHELL: [(&str, &str); 4] = [
+    ("/admin/ui", "text/html; charset=utf-8"),
+    ("/admin/ui/", "text/html; charset=utf-8"),
+    ("/admin/ui/app.js", "text/javascript; charset=utf-8"),
+    ("/admin/ui/style.css", "text/css; charset=utf-8"),
+];
+
+#[tokio::test]
+async fn console_shell_is_served_without_the_token_with_strict_headers() {
+    let app = spawn_app(Backend::Sqlite).await;
+    for (path, content_type) in SHELL {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.admin_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers().clone();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(header("content-type"), content_type, "{path}");
+        assert_eq!(header("cache-control"), "no-store", "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+        let csp = header("content-security-policy");
+        assert!(csp.starts_with("default-src 'self';"), "{path}: {csp}");
+        for directive in ["script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        let body = response.text().await.unwrap();
+        assert!(body.len() > 100, "{path}");
+        assert!(!body.contains(ADMIN_TOKEN), "the shell holds no secret");
+    }
+
+    // Any other path under /admin/ui belongs to the API: nothing without the
+    // token, a plain 404 with it.
+    for path in [
+        "/admin/ui/nope",
+        "/admin/ui/app.js/x",
+        "/admin/ui/index.html",
+        "/admin/uix",
+    ] {
+        let anonymous = app
+            .client
+            .get(format!("{}{path}", app.admin_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401, "{path}");
+        let (status, body) = app.admin_get(path).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"], "no such admin route", "{path}");
+    }
+    // The data stays behind the token.
+    let anonymous = app
+        .client
+        .get(format!("{}/admin/events", app.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+/// Waits until the event's only delivery has the status `status`.
+async fn wait_delivery_status(app: &TestApp, event_id: &str, status: &str) {
+    let settled = eventually(Duration::from_secs(15), || async {
+        let (_, shown) = app.admin_get(&format!("/admin/events/{event_id}")).await;
+        shown["deliveries"][0]["status"] == status
+    })
+    .await;
+    assert!(settled, "{event_id} is {status}");
+}
+
+/// Posts a dryad callback and returns the event id the merchant got.
+async fn post_event(app: &TestApp, order: &str) -> String {
+    let before = app.merchant.received().len();
+    let signed = dryad_callback(order, 1234, chrono::Utc::now());
+    assert_eq!(app.post_signed("dryad-main", &signed).await.0, 200);
+    let got = app.merchant.wait_for(before + 1, Duration::from_secs(10)).await;
+    got[before].json()["id"].as_str().unwrap().to_owned()
+}
+
+fn css_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
+}
+
+#[tokio::test]
+async fn console_in_a_real_browser_lists_shows_and_redelivers() {
+    if !browser::available() {
+        return;
+    }
+    let started = Instant::now();
+    let app = spawn_app(Backend::Sqlite).await;
+
+    // Two delivered events, one of them with markup in a provider field.
+    let delivered = post_event(&app, "OK1").await;
+    let hostile_order = "<img src=x id=pwned>";
+    let hostile = post_event(&app, hostile_order).await;
+    wait_delivery_status(&app, &delivered, "delivered").await;
+    wait_delivery_status(&app, &hostile, "delivered").await;
+    // Two that die: every attempt fails (max_retries = 3, 50–150 ms apart).
+    app.merchant.always_fail(true);
+    let dead_one = post_event(&app, "DEAD1").await;
+    let dead_two = post_event(&app, "DEAD2").await;
+    assert_eq!(app.wait_for_dead(2, Duration::from_secs(15)).await.len(), 2);
+
+    let browser = Browser::start().await;
+    let ui = format!("{}/admin/ui?limit=2", app.admin_url);
+    browser.goto(&ui).await;
+
+    // Without a token: the login prompt, and a wrong token gets the API's 401.
+    browser
+        .wait_for(
+            "the login prompt",
+            "return !document.getElementById('login').hidden && document.getElementById('console').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return document.querySelectorAll('[data-testid=event-row]').length")
+            .await,
+        0
+    );
+    browser.type_into("#token-input", "not-the-token").await;
+    browser.click("#login-submit").await;
+    let refused = browser
+        .wait_for(
+            "the 401 message",
+            "const e = document.getElementById('login-error'); return !e.hidden && e.textContent",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(refused.as_str().unwrap().contains("401"), "{refused}");
+    assert_eq!(
+        browser
+            .js("return sessionStorage.getItem('payhook.adminToken')")
+            .await,
+        Value::Null,
+        "a refused token is not kept"
+    );
+    browser.screenshot("console-login").await;
+
+    // With the token: the newest page of events (two a page here).
+    browser.type_into("#token-input", ADMIN_TOKEN).await;
+    browser.click("#login-submit").await;
+    let row = |id: &str| format!("tr[data-testid=event-row][data-event-id={}]", css_string(id));
+    browser
+        .wait_for(
+            "the newest events",
+            &format!("return document.querySelector('{}')", row(&dead_two)),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        browser.js("return document.getElementById('login').hidden").await,
+        true
+    );
+    // Older: the next page, with the delivered events.
+    browser.click("#events-older").await;
+    let order_no = browser
+        .wait_for(
+            "the delivered event on the older page",
+            &format!(
+                "const r = document.querySelector('{}'); return r && r.querySelector('[data-testid=event-order]').textContent",
+                row(&delivered)
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(order_no, "M-OK1");
+    assert_eq!(
+        browser
+            .js("return document.querySelectorAll('[data-testid=event-row]').length")
+            .await,
+        2
+    );
+    // Provider text is shown as text, never parsed as markup.
+    let shown_hostile = browser
+        .js(&format!(
+            "return document.querySelector('{}').querySelector('[data-testid=event-order]').textContent",
+            row(&hostile)
+        ))
+        .await;
+    assert_eq!(shown_hostile, format!("M-{hostile_order}"));
+    assert_eq!(
+        browser.js("return document.getElementById('pwned')").await,
+        Value::Null
+    );
+    browser.click("#events-newer").await;
+    browser
+        .wait_for(
+            "the newest page again",
+            &format!("return document.querySelector('{}')", row(&dead_one)),
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Filter by merchant order number.
+    browser.type_into("#filter-order", "M-DEAD2").await;
+    browser.click("#filter-apply").await;
+    browser
+        .wait_for(
+            "only DEAD2 listed",
+            &format!(
+                "const rows = document.querySelectorAll('[data-testid=event-row]'); \
+                 return rows.length === 1 && rows[0].dataset.eventId === {}",
+                css_string(&dead_two)
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.click("#filter-reset").await;
+
+    // Live counters: the page shows what /metrics says.
+    let accepted = app
+        .counter(
+            "payhook_ingress_requests_total",
+            &[
+                ("provider", "dryad"),
+                ("account", "dryad-main"),
+                ("outcome", "accepted"),
+            ],
+        )
+        .await;
+    assert_eq!(accepted, 4.0);
+    browser
+        .wait_for(
+            "the accepted counter",
+            "const c = document.querySelector('[data-testid=counter-ingress-accepted]'); return c && c.textContent === '4'",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return document.querySelector('[data-testid=counter-deliveries-dead]').textContent")
+            .await,
+        "2"
+    );
+
+    // Open a dead event: its delivery and every failed attempt.
+    browser
+        .click(&format!("{} [data-testid=event-open]", row(&dead_one)))
+        .await;
+    let detail = format!("#detail[data-event-id={}]", css_string(&dead_one));
+    let failed = browser
+        .wait_for(
+            "the dead delivery's attempts",
+            &format!(
+                "const d = document.querySelector('{detail} [data-testid=delivery][data-status=dead]'); \
+                 return d && [...d.querySelectorAll('[data-testid=attempt]')].map(a => a.dataset.httpStatus)"
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(failed, serde_json::json!(["500", "500", "500", "500"]));
+    browser.screenshot("console-dead-event").await;
+
+    // Redeliver it from the dead-deliveries view, with the merchant back up:
+    // the new delivery and its attempt appear on the page.
+    app.merchant.always_fail(false);
+    let received = app.merchant.received().len();
+    browser
+        .click(&format!(
+            "tr[data-testid=dead-row][data-event-id={}] [data-testid=dead-redeliver]",
+            css_string(&dead_one)
+        ))
+        .await;
+    let statuses = browser
+        .wait_for(
+            "the redelivery's successful attempt",
+            &format!(
+                "const ok = document.querySelector('{detail} [data-testid=delivery][data-status=delivered] \
+                 [data-testid=attempt][data-outcome=delivered][data-http-status=\"200\"]'); \
+                 return ok && [...document.querySelectorAll('{detail} [data-testid=delivery]')].map(d => d.dataset.status)"
+            ),
+            Duration::from_secs(15),
+        )
+        .await;
+    assert_eq!(statuses, serde_json::json!(["dead", "delivered"]));
+    assert_eq!(app.merchant.received().len(), received + 1, "delivered once more");
+    let dead_row = |id: &str| format!("tr[data-testid=dead-row][data-event-id={}]", css_string(id));
+    browser
+        .wait_for(
+            "the dead row marked as redelivered",
+            &format!(
+                "return document.querySelector('{}[data-redelivered=yes]')",
+                dead_row(&dead_one)
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.screenshot("console-redelivered").await;
+
+    // Redeliver all dead: only the other one is left.
+    browser.click("#dead-redeliver-all").await;
+    let notice = browser
+        .wait_for(
+            "the bulk redelivery notice",
+            "const n = document.getElementById('notice'); return n.textContent.startsWith('Redelivered') && n.textContent",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(notice, "Redelivered 1 dead delivery.");
+    browser
+        .wait_for(
+            "the second dead row marked as redelivered",
+            &format!(
+                "return document.querySelector('{}[data-redelivered=yes]')",
+                dead_row(&dead_two)
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    browser
+        .js("document.getElementById('dead').scrollIntoView()")
+        .await;
+    browser.screenshot("console-dead-list").await;
+    let got = app.merchant.wait_for(received + 2, Duration::from_secs(10)).await;
+    assert_eq!(got[received + 1].json()["id"], dead_two.as_str());
+
+    // The counters follow on their own (refreshed every few seconds).
+    // (The relay counts an attempt just after the merchant answered it.)
+    let counted = eventually(Duration::from_secs(5), || async {
+        let labels = [("endpoint", "merchant"), ("outcome", "delivered")];
+        app.counter("payhook_delivery_attempts_total", &labels).await == 4.0
+    })
+    .await;
+    assert!(counted, "four delivered attempts in /metrics");
+    browser
+        .wait_for(
+            "the delivered-attempts counter to catch up",
+            "const c = document.querySelector('[data-testid=counter-attempts-delivered]'); return c && c.textContent === '4'",
+            Duration::from_secs(15),
+        )
+        .await;
+
+    // Forgetting the token empties the page and asks again.
+    browser.click("#logout").await;
+    browser
+        .wait_for(
+            "the login prompt after logout",
+            "return !document.getElementById('login').hidden \
+             && document.querySelectorAll('[data-testid=event-row]').length === 0 \
+             && sessionStorage.getItem('payhook.adminToken') === null",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser.close().await;
+    eprintln!("console browser test took {:?}", started.elapsed());
+}
