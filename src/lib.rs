@@ -16,13 +16,16 @@
 //! - [`domain`]: parsed newtypes (`AmountFen`, `AccountId`, `EventId`) and the
 //!   event merchants receive.
 //! - [`store`]: events, delivery jobs, attempts, nonces. SQLite (embedded
-//!   default, group-committed writes) behind one `Store` type. The ingress
+//!   default, group-committed writes by one writer thread) and PostgreSQL
+//!   behind one `Store` type. The ingress
 //!   writes the event and its delivery jobs in one transaction and answers
 //!   the provider only after the commit.
 //! - [`dispatch`]: takes due jobs, signs and POSTs them (`dispatch::sign`,
 //!   `dispatch::http`), and stores every attempt and what comes next.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, and the operator API
-//!   under `/admin/*` (bearer token): list, inspect and redeliver.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, the operator API under
+//!   `/admin/*` (bearer token: list, inspect and redeliver; its OpenAPI
+//!   document in `admin/openapi.json`), and the ops console's static page at
+//!   `/admin/ui` (`admin/ui/`).
 //! - [`telemetry`]: tracing setup and the Prometheus metrics of the contract.
 //! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed.
 //! - [`app`]: wires the parts into a running relay with explicit shutdown

@@ -197,17 +197,10 @@ impl SqliteStore {
         q.push_bind(now);
         q.push(", ");
         q.push_bind(now);
-        q.push(
-            ", d.id FROM deliveries d WHERE d.status = 'dead' \
-             AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.redelivery_of = d.id) \
-             AND d.endpoint_id IN (",
-        );
-        let mut sep = q.separated(", ");
-        for endpoint in endpoints {
-            sep.push_bind(endpoint.as_str());
-        }
+        q.push(", d.id FROM deliveries d WHERE ");
+        push_not_redelivered_dead(&mut q, endpoints);
         // LIMIT -1 is SQLite's "no limit".
-        q.push(") ORDER BY d.id LIMIT ");
+        q.push(" ORDER BY d.id LIMIT ");
         q.push_bind(limit.map_or(-1, i64::from));
         q.push(" ON CONFLICT DO NOTHING RETURNING event_id");
         let event_ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
@@ -223,16 +216,8 @@ impl SqliteStore {
                     .await?;
             }
         }
-        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT COUNT(*) FROM deliveries d WHERE d.status = 'dead' \
-             AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.redelivery_of = d.id) \
-             AND d.endpoint_id IN (",
-        );
-        let mut sep = count.separated(", ");
-        for endpoint in endpoints {
-            sep.push_bind(endpoint.as_str());
-        }
-        count.push(")");
+        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM deliveries d WHERE ");
+        push_not_redelivered_dead(&mut count, endpoints);
         let remaining: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Ok(BulkRedelivery {
@@ -240,4 +225,18 @@ impl SqliteStore {
             remaining: u64::try_from(remaining).unwrap_or(0),
         })
     }
+}
+
+/// The condition for `deliveries d` that bulk redelivery picks: dead, not
+/// redelivered yet, to one of `endpoints` (those still configured).
+fn push_not_redelivered_dead(q: &mut QueryBuilder<'_, Sqlite>, endpoints: &[EndpointId]) {
+    q.push(
+        "d.status = 'dead' AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.redelivery_of = d.id) \
+         AND d.endpoint_id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for endpoint in endpoints {
+        sep.push_bind(endpoint.as_str().to_owned());
+    }
+    q.push(")");
 }

@@ -236,10 +236,14 @@ fn attempt_params(rec: &AttemptRecord) -> [Param<'_>; 8] {
     ]
 }
 
-const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, \
+const INSERT_ATTEMPTS: &str =
+    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, \
                                http_status, error, response_excerpt) VALUES ";
 
-pub(super) fn record_many(conn: &Connection, recs: &[&AttemptRecord]) -> Result<Vec<RecordOutcome>, StoreError> {
+pub(super) fn record_many(
+    conn: &Connection,
+    recs: &[&AttemptRecord],
+) -> Result<Vec<RecordOutcome>, StoreError> {
     let distinct: HashSet<i64> = recs.iter().map(|r| r.delivery_id).collect();
     if distinct.len() != recs.len() {
         // Two attempts at one job in a batch (a lease ran out meanwhile):
@@ -344,7 +348,9 @@ pub(super) fn claim_in(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJo
         }
         sql.push(')');
     }
-    sql.push_str(" ORDER BY next_attempt_at LIMIT ?) RETURNING id, event_id, endpoint_id, attempts, next_attempt_at");
+    sql.push_str(
+        " ORDER BY next_attempt_at LIMIT ?) RETURNING id, event_id, endpoint_id, attempts, next_attempt_at",
+    );
     params.push(int(i64::try_from(limit).unwrap_or(i64::MAX)));
     let mut leased: Vec<(i64, i64, String, String, i64)> = Vec::new();
     {
