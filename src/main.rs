@@ -8,13 +8,6 @@ use payhook::cli::{simulate, Cli, Command, KeysCommand};
 use payhook::config::Config;
 use payhook::store::Store;
 
-/// mimalloc instead of glibc's malloc: the relay allocates per request on
-/// several threads (tokio workers and the SQLite writer), and glibc's arenas
-/// showed up in profiles as lock waits and free-list consolidation (~15 % of
-/// the relay's CPU under load). See BENCHMARKS.md.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
