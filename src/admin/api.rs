@@ -283,6 +283,8 @@ struct AttemptJson {
     outcome: String,
     http_status: Option<u16>,
     error: Option<String>,
+    /// The start of the merchant's answer, as read (bounded).
+    response_excerpt: Option<String>,
 }
 
 impl DeliveryJson {
@@ -313,6 +315,7 @@ impl DeliveryJson {
                         outcome: a.outcome,
                         http_status: a.http_status,
                         error: a.error,
+                        response_excerpt: a.response_excerpt,
                     })
                     .collect()
             }),

@@ -111,6 +111,8 @@ pub struct StoredAttempt {
     pub outcome: String,
     pub http_status: Option<u16>,
     pub error: Option<String>,
+    /// The start of the merchant's response body (a few hundred bytes at most).
+    pub response_excerpt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -192,7 +192,7 @@ impl PostgresStore {
 
     pub async fn attempts_for_delivery(&self, delivery_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
         let rows = sqlx::query(
-            "SELECT attempt, started_at, duration_ms, outcome, http_status, error \
+            "SELECT attempt, started_at, duration_ms, outcome, http_status, error, response_excerpt \
              FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
         )
         .bind(delivery_id)
@@ -209,6 +209,7 @@ impl PostgresStore {
                         .try_get::<Option<i64>, _>("http_status")?
                         .and_then(|s| u16::try_from(s).ok()),
                     error: r.try_get("error")?,
+                    response_excerpt: r.try_get("response_excerpt")?,
                 })
             })
             .collect()

@@ -391,6 +391,9 @@ async fn an_event_is_shown_with_its_deliveries_and_attempts(backend: Backend) {
         summary,
         [(1, "http_error", Some(500)), (2, "delivered", Some(200))]
     );
+    // The merchant's answer to each attempt, as read.
+    assert_eq!(attempts[0]["response_excerpt"], "not now");
+    assert_eq!(attempts[1]["response_excerpt"], "ok");
     for a in attempts {
         let started = a["started_at"].as_str().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(started).is_ok(), "{started}");

@@ -271,6 +271,18 @@ async fn console_in_a_real_browser_lists_shows_and_redelivers() {
         )
         .await;
     assert_eq!(failed, serde_json::json!(["500", "500", "500", "500"]));
+    // Each attempt shows the start of the merchant's answer, as text.
+    let answers = browser
+        .wait_for(
+            "the dead delivery's response excerpts",
+            &format!(
+                "const d = document.querySelector('{detail} [data-testid=delivery][data-status=dead]'); \
+                 return d && [...d.querySelectorAll('[data-testid=attempt-response]')].map(c => c.textContent)"
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(answers, serde_json::json!(["down", "down", "down", "down"]));
     browser.screenshot("console-dead-event").await;
 
     // Redeliver it from the dead-deliveries view, with the merchant back up:

@@ -341,7 +341,7 @@
       el(
         'table',
         { className: 'attempts' },
-        el('thead', {}, el('tr', {}, ['#', 'Started', 'Outcome', 'HTTP', 'Duration', 'Error'].map((h) => el('th', {}, h)))),
+        el('thead', {}, el('tr', {}, ['#', 'Started', 'Outcome', 'HTTP', 'Duration', 'Error', 'Response'].map((h) => el('th', {}, h)))),
         el(
           'tbody',
           {},
@@ -361,6 +361,7 @@
               el('td', { className: 'num', dataset: { testid: 'attempt-http' } }, orDash(a.http_status)),
               el('td', { className: 'num' }, a.duration_ms === undefined ? '—' : `${a.duration_ms} ms`),
               el('td', { className: 'wrap' }, orDash(a.error)),
+              el('td', { className: 'wrap', dataset: { testid: 'attempt-response' } }, orDash(a.response_excerpt)),
             ),
           ),
         ),
