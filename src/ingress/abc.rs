@@ -338,19 +338,16 @@ impl SampleSigner for AbcSandbox {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
 
-    use axum::http::{HeaderMap, HeaderValue};
+    use axum::http::HeaderMap;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::{AccountId, Event, EventId};
-    use crate::ingress::provider::tests_support::{request_of, sample_spec};
-
-    fn vectors_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
-    }
+    use crate::ingress::tests_support::{
+        assert_no_headers, check_shared_vectors_with, request_of, sample_spec, vector_body,
+        vector_public_key, vectors_dir, verify_and_parse,
+    };
 
     fn abc() -> Abc {
         let key = RsaPublicKey::load(&vectors_dir().join("keys/abc_trustpay_cert.pem"), 1024).unwrap();
@@ -359,17 +356,6 @@ mod tests {
 
     fn signing_key() -> RsaSigningKey {
         RsaSigningKey::load(&vectors_dir().join("keys/abc_sandbox_priv.pem")).unwrap()
-    }
-
-    fn check(
-        provider: &Abc,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<Notification, Rejection> {
-        let req = RawRequest::new(headers, body);
-        provider.verify(&req, now)?;
-        provider.parse(&req)
     }
 
     /// A request body for `message`, signed over its bytes as given.
@@ -387,60 +373,10 @@ mod tests {
         encode_form(&[("MSG", b64.encode(doc).as_str())]).into_bytes()
     }
 
-    fn vector_body(name: &str) -> String {
-        let text = std::fs::read_to_string(vectors_dir().join("vectors.json")).unwrap();
-        let all: Vec<Value> = serde_json::from_str(&text).unwrap();
-        all.iter().find(|v| v["name"] == name).unwrap()["request"]["body"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
     #[test]
     fn vectors() {
-        let text = std::fs::read_to_string(vectors_dir().join("vectors.json")).unwrap();
-        let all: Vec<Value> = serde_json::from_str(&text).unwrap();
-        let mut seen = 0;
-        for v in all.iter().filter(|v| v["provider"] == "abc") {
-            seen += 1;
-            let name = v["name"].as_str().unwrap();
-            let key_file = vectors_dir().join(v["account"]["certificate_file"].as_str().unwrap());
-            let provider = Abc::new(RsaPublicKey::load(&key_file, 1024).unwrap());
-            let now: DateTime<Utc> = v["now"].as_str().unwrap().parse().unwrap();
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_str(v["request"]["content_type"].as_str().unwrap()).unwrap(),
-            );
-            assert!(v["request"]["headers"].as_object().unwrap().is_empty(), "{name}");
-            let body = v["request"]["body"].as_str().unwrap().as_bytes();
-            let result = check(&provider, &headers, body, now);
-            let expect = &v["expect"];
-            match expect["outcome"].as_str().unwrap() {
-                "accepted" => {
-                    let n = result.unwrap_or_else(|e| panic!("{name}: {e}"));
-                    let account = AccountId::parse("abc-test").unwrap();
-                    let event = Event::new(EventId::generate(), ProviderKind::Abc, account, n, now);
-                    let got = serde_json::to_value(&event).unwrap();
-                    for (k, want) in expect["event"].as_object().unwrap() {
-                        assert_eq!(&got[k], want, "{name}: field {k}");
-                    }
-                }
-                "bad_signature" => {
-                    assert!(
-                        matches!(result, Err(Rejection::BadSignature(_))),
-                        "{name}: {result:?}"
-                    )
-                }
-                "bad_request" => {
-                    assert!(
-                        matches!(result, Err(Rejection::BadRequest(_))),
-                        "{name}: {result:?}"
-                    )
-                }
-                other => panic!("{name}: unexpected outcome {other}"),
-            }
-        }
+        let provider = |account: &Value| Abc::new(vector_public_key(account, "certificate_file", 1024));
+        let seen = check_shared_vectors_with("abc", provider, assert_no_headers);
         assert_eq!(seen, 5, "abc vectors");
     }
 
@@ -449,14 +385,14 @@ mod tests {
         let headers = HeaderMap::new();
         let now = Utc::now();
         let gb = vector_body("abc-paid-gb18030");
-        let n = check(&abc(), &headers, gb.as_bytes(), now).unwrap();
+        let n = verify_and_parse(&abc(), &headers, gb.as_bytes(), now).unwrap();
         assert_eq!(n.raw["ErrorMessage"], "交易成功");
         assert_eq!(n.provider_trade_no, "ABCGB1");
         assert_eq!(n.dedup_extra, "0000");
         assert_eq!(n.raw["MerchantID"], "103881636900016");
 
         let failed = vector_body("abc-failed");
-        let n = check(&abc(), &headers, failed.as_bytes(), now).unwrap();
+        let n = verify_and_parse(&abc(), &headers, failed.as_bytes(), now).unwrap();
         assert_eq!(n.raw["ErrorMessage"], "商户无可用支付方式");
         assert_eq!(n.dedup_extra, "2308");
         assert_eq!(n.amount.fen(), 10000);
@@ -470,7 +406,7 @@ mod tests {
         let signed = sandbox.sign_sample(&spec).unwrap();
         assert_eq!(signed.content_type, "application/x-www-form-urlencoded");
         let (headers, body) = request_of(&signed);
-        let n = check(&abc(), &headers, &body, spec.now).unwrap();
+        let n = verify_and_parse(&abc(), &headers, &body, spec.now).unwrap();
         assert_eq!(n.event_type, EventType::PaymentSucceeded);
         assert_eq!(n.amount.fen(), 12345);
         assert_eq!(n.provider_trade_no, spec.trade_no);
@@ -504,7 +440,7 @@ mod tests {
               <HostTime>23:59:59</HostTime></TrxResponse>",
         );
         let body = signed_body(&message, "SHA256withRSA", RsaAlgorithm::Sha256Legacy1024);
-        let n = check(&abc(), &HeaderMap::new(), &body, Utc::now()).unwrap();
+        let n = verify_and_parse(&abc(), &HeaderMap::new(), &body, Utc::now()).unwrap();
         assert_eq!(n.event_type, EventType::PaymentFailed);
         assert_eq!(n.provider_trade_no, "O-1");
         assert_eq!(n.merchant_order_no.as_deref(), Some("O-1"));
@@ -561,7 +497,7 @@ mod tests {
             .unwrap()
             .replace("%2B", "+")
             .replace("%2F", "/");
-        assert!(check(&abc(), &HeaderMap::new(), careless.as_bytes(), Utc::now()).is_ok());
+        assert!(verify_and_parse(&abc(), &HeaderMap::new(), careless.as_bytes(), Utc::now()).is_ok());
     }
 
     #[test]
@@ -606,7 +542,7 @@ mod tests {
         SIGNED.get_or_init(|| {
             let spec = sample_spec(SampleKind::Payment, 10001);
             let (headers, body) = request_of(&AbcSandbox::new(signing_key()).sign_sample(&spec).unwrap());
-            let n = check(&abc(), &headers, &body, spec.now).unwrap();
+            let n = verify_and_parse(&abc(), &headers, &body, spec.now).unwrap();
             (spec, body, n)
         })
     }
@@ -625,7 +561,7 @@ mod tests {
             let mut body = body.clone();
             let i = index % body.len();
             body[i] ^= flip;
-            match check(&abc(), &HeaderMap::new(), &body, spec.now) {
+            match verify_and_parse(&abc(), &HeaderMap::new(), &body, spec.now) {
                 Err(Rejection::BadSignature(_)) | Err(Rejection::BadRequest(_)) => {}
                 // bytes outside <Message> (e.g. the `<MSG>` wrapper) are not
                 // signed; changing them must not change what we read
@@ -645,7 +581,7 @@ mod tests {
             doc[i] ^= flip;
             let b64 = base64::engine::general_purpose::STANDARD;
             let tampered = encode_form(&[("MSG", b64.encode(doc).as_str())]);
-            let result = check(&abc(), &HeaderMap::new(), tampered.as_bytes(), spec.now);
+            let result = verify_and_parse(&abc(), &HeaderMap::new(), tampered.as_bytes(), spec.now);
             prop_assert!(
                 matches!(result, Err(Rejection::BadSignature(_)) | Err(Rejection::BadRequest(_))),
                 "accepted: {:?}", result
@@ -692,7 +628,7 @@ mod tests {
         fn amounts_round_trip(fen in 1i64..=9_999_999_999) {
             let spec = sample_spec(SampleKind::Payment, fen);
             let (headers, body) = request_of(&sandbox().sign_sample(&spec).unwrap());
-            let n = check(&abc(), &headers, &body, spec.now).unwrap();
+            let n = verify_and_parse(&abc(), &headers, &body, spec.now).unwrap();
             prop_assert_eq!(n.amount.fen(), fen);
         }
     }

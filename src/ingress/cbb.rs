@@ -212,19 +212,16 @@ impl SampleSigner for CbbSandbox {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
 
-    use axum::http::{HeaderMap, HeaderValue};
+    use axum::http::HeaderMap;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::{AccountId, Event, EventId};
-    use crate::ingress::provider::tests_support::{request_of, sample_spec};
-
-    fn vectors_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
-    }
+    use crate::ingress::tests_support::{
+        assert_no_headers, check_shared_vectors_with, request_of, sample_spec, vector_body,
+        vector_public_key, vectors_dir, verify_and_parse,
+    };
 
     fn cbb() -> Cbb {
         let key = RsaPublicKey::load(&vectors_dir().join("keys/cbb_platform_pub.pem"), 2048).unwrap();
@@ -238,80 +235,20 @@ mod tests {
         })
     }
 
-    fn check(
-        provider: &Cbb,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<Notification, Rejection> {
-        let req = RawRequest::new(headers, body);
-        provider.verify(&req, now)?;
-        provider.parse(&req)
-    }
-
     #[test]
     fn vectors() {
-        let text = std::fs::read_to_string(vectors_dir().join("vectors.json")).unwrap();
-        let all: Vec<Value> = serde_json::from_str(&text).unwrap();
-        let mut seen = 0;
-        for v in all.iter().filter(|v| v["provider"] == "cbb") {
-            seen += 1;
-            let name = v["name"].as_str().unwrap();
-            let key_file = vectors_dir().join(v["account"]["public_key_file"].as_str().unwrap());
-            let provider = Cbb::new(RsaPublicKey::load(&key_file, 2048).unwrap());
-            let now: DateTime<Utc> = v["now"].as_str().unwrap().parse().unwrap();
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_str(v["request"]["content_type"].as_str().unwrap()).unwrap(),
-            );
-            assert!(v["request"]["headers"].as_object().unwrap().is_empty(), "{name}");
-            let body = v["request"]["body"].as_str().unwrap().as_bytes();
-            let result = check(&provider, &headers, body, now);
-            let expect = &v["expect"];
-            match expect["outcome"].as_str().unwrap() {
-                "accepted" => {
-                    let n = result.unwrap_or_else(|e| panic!("{name}: {e}"));
-                    let account = AccountId::parse("cbb-test").unwrap();
-                    let event = Event::new(EventId::generate(), ProviderKind::Cbb, account, n, now);
-                    let got = serde_json::to_value(&event).unwrap();
-                    for (k, want) in expect["event"].as_object().unwrap() {
-                        assert_eq!(&got[k], want, "{name}: field {k}");
-                    }
-                }
-                "bad_signature" => {
-                    assert!(
-                        matches!(result, Err(Rejection::BadSignature(_))),
-                        "{name}: {result:?}"
-                    )
-                }
-                "bad_request" => {
-                    assert!(
-                        matches!(result, Err(Rejection::BadRequest(_))),
-                        "{name}: {result:?}"
-                    )
-                }
-                other => panic!("{name}: unexpected outcome {other}"),
-            }
-        }
+        let provider = |account: &Value| Cbb::new(vector_public_key(account, "public_key_file", 2048));
+        let seen = check_shared_vectors_with("cbb", provider, assert_no_headers);
         assert_eq!(seen, 8, "cbb vectors");
     }
 
     #[test]
     fn vector_details_not_in_expect() {
-        let text = std::fs::read_to_string(vectors_dir().join("vectors.json")).unwrap();
-        let all: Vec<Value> = serde_json::from_str(&text).unwrap();
-        let body_of = |name: &str| {
-            all.iter().find(|v| v["name"] == name).unwrap()["request"]["body"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        };
         let headers = HeaderMap::new();
         let now = Utc::now();
 
-        let refund = body_of("cbb-refund-ok");
-        let n = check(&cbb(), &headers, refund.as_bytes(), now).unwrap();
+        let refund = vector_body("cbb-refund-ok");
+        let n = verify_and_parse(&cbb(), &headers, refund.as_bytes(), now).unwrap();
         assert_eq!(n.event_type, EventType::RefundSucceeded);
         assert_eq!(n.amount.fen(), 5000);
         assert_eq!(n.dedup_extra, "refund001");
@@ -319,8 +256,8 @@ mod tests {
         assert!(n.raw.get("sign").is_none());
         assert_eq!(n.raw["outRequestNo"], "refund001");
 
-        let empty = body_of("cbb-payment-empty-field-dropped");
-        let n = check(&cbb(), &headers, empty.as_bytes(), now).unwrap();
+        let empty = vector_body("cbb-payment-empty-field-dropped");
+        let n = verify_and_parse(&cbb(), &headers, empty.as_bytes(), now).unwrap();
         assert_eq!(n.business_params, None);
         assert_eq!(n.dedup_extra, "");
         assert!(n.raw.get("businessParams").is_none());
@@ -333,7 +270,7 @@ mod tests {
             let signed = sandbox().sign_sample(&spec).unwrap();
             assert_eq!(signed.content_type, "application/x-www-form-urlencoded");
             let (headers, body) = request_of(&signed);
-            let n = check(&cbb(), &headers, &body, spec.now).unwrap();
+            let n = verify_and_parse(&cbb(), &headers, &body, spec.now).unwrap();
             assert_eq!(n.provider_trade_no, spec.trade_no);
             assert_eq!(
                 n.merchant_order_no.as_deref(),
@@ -439,7 +376,7 @@ mod tests {
             spec.trade_no = "T202601151430".into();
             spec.merchant_order_no = "ORD-1".into();
             let (headers, body) = request_of(&sandbox().sign_sample(&spec).unwrap());
-            let n = check(&cbb(), &headers, &body, spec.now).unwrap();
+            let n = verify_and_parse(&cbb(), &headers, &body, spec.now).unwrap();
             (spec, body, n)
         })
     }
@@ -453,7 +390,7 @@ mod tests {
             let mut body = body.clone();
             let i = index % body.len();
             body[i] ^= flip;
-            match check(&cbb(), &HeaderMap::new(), &body, spec.now) {
+            match verify_and_parse(&cbb(), &HeaderMap::new(), &body, spec.now) {
                 Err(Rejection::BadSignature(_)) | Err(Rejection::BadRequest(_)) => {}
                 // e.g. `%2B` -> `%2b` decodes to the very same fields
                 Ok(n) => prop_assert_eq!(&n, original, "accepted with changed content"),
@@ -471,7 +408,7 @@ mod tests {
             pairs[i].1 = value;
             let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let tampered = encode_form(&refs);
-            let result = check(&cbb(), &HeaderMap::new(), tampered.as_bytes(), spec.now);
+            let result = verify_and_parse(&cbb(), &HeaderMap::new(), tampered.as_bytes(), spec.now);
             prop_assert!(
                 matches!(result, Err(Rejection::BadSignature(_)) | Err(Rejection::BadRequest(_))),
                 "accepted: {:?}", result
@@ -514,7 +451,7 @@ mod tests {
             let kind = if refund { SampleKind::Refund } else { SampleKind::Payment };
             let spec = sample_spec(kind, fen);
             let (headers, body) = request_of(&sandbox().sign_sample(&spec).unwrap());
-            let n = check(&cbb(), &headers, &body, spec.now).unwrap();
+            let n = verify_and_parse(&cbb(), &headers, &body, spec.now).unwrap();
             prop_assert_eq!(n.amount.fen(), fen);
             if refund {
                 prop_assert_eq!(n.refund_amount.map(AmountFen::fen), Some(fen));

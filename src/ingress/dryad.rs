@@ -161,7 +161,7 @@ impl SampleSigner for DryadSandbox {
 mod tests {
     use super::*;
     use crate::domain::AmountFen;
-    use crate::ingress::provider::tests_support::{request_of, sample_spec};
+    use crate::ingress::tests_support::{request_of, sample_spec};
 
     fn dryad() -> Dryad {
         Dryad::new(b"secret".to_vec(), Duration::from_secs(300))

@@ -14,6 +14,8 @@ pub mod json;
 pub mod provider;
 pub mod registry;
 pub mod shouqianba;
+#[cfg(test)]
+mod tests_support;
 
 pub use provider::{
     Dialect, Provider, RawRequest, Rejection, ReplayNonce, SampleKind, SampleSigner, SampleSpec, SignError,

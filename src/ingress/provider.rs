@@ -128,39 +128,3 @@ pub enum SignError {
     #[error("this provider sends no {0} notices")]
     Unsupported(&'static str),
 }
-
-/// Helpers for provider unit tests.
-#[cfg(test)]
-pub(crate) mod tests_support {
-    use super::*;
-    use axum::http::{HeaderName, HeaderValue};
-
-    /// A spec at a fixed instant (2026-01-15T06:30:00Z) with unique ids.
-    pub fn sample_spec(kind: SampleKind, fen: i64) -> SampleSpec {
-        let id = ulid::Ulid::new().to_string();
-        SampleSpec {
-            kind,
-            amount: AmountFen::from_fen(fen).expect("test amount"),
-            trade_no: format!("T{id}"),
-            merchant_order_no: format!("O{id}"),
-            now: DateTime::from_timestamp(1_768_458_600, 0).expect("fixed instant"),
-            forge: false,
-        }
-    }
-
-    /// The header map and body a server would see for `signed`.
-    pub fn request_of(signed: &SignedRequest) -> (HeaderMap, Vec<u8>) {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static(signed.content_type),
-        );
-        for (k, v) in &signed.headers {
-            headers.insert(
-                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-                HeaderValue::from_str(v).expect("header value"),
-            );
-        }
-        (headers, signed.body.clone())
-    }
-}

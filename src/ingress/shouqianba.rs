@@ -268,22 +268,18 @@ impl SampleSigner for ShouqianbaSandbox {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
 
     use axum::http::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::format_time;
-    use crate::ingress::provider::tests_support::{request_of, sample_spec};
+    use crate::ingress::tests_support::{
+        check_shared_vectors, request_of, sample_spec, vector_public_key, vectors_dir, verify_and_parse,
+    };
 
     const TERMINAL: &str = "100111220054389553";
     const KEY: &[u8] = b"96bfaf401367d934cb10a1cbe9773647";
-
-    fn vectors_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
-    }
 
     fn public_key() -> RsaPublicKey {
         RsaPublicKey::load(&vectors_dir().join("keys/sqb_pub.pem"), 2048).unwrap()
@@ -319,34 +315,6 @@ mod tests {
         ShouqianbaSandbox::new(TERMINAL.into(), SqbSandboxMode::Rsa { key: signing_key() })
     }
 
-    fn verify_and_parse(
-        p: &Shouqianba,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<Notification, Rejection> {
-        let req = RawRequest::new(headers, body);
-        p.verify(&req, now)?;
-        p.parse(&req)
-    }
-
-    /// The notification's fields under the names `vectors.json` uses.
-    fn event_view(n: &Notification) -> Value {
-        serde_json::json!({
-            "type": n.event_type.as_str(),
-            "provider_trade_no": n.provider_trade_no,
-            "merchant_order_no": n.merchant_order_no,
-            "refund_no": n.refund_no,
-            "amount": n.amount.fen(),
-            "refund_amount": n.refund_amount.map(AmountFen::fen),
-            "currency": n.currency,
-            "channel": n.channel,
-            "channel_trade_no": n.channel_trade_no,
-            "business_params": n.business_params,
-            "occurred_at": n.occurred_at.as_ref().map(format_time),
-        })
-    }
-
     fn provider_for(account: &Value) -> Shouqianba {
         let terminal = account["terminal_sn"].as_str().unwrap().to_owned();
         match account["sign_mode"].as_str().unwrap() {
@@ -355,8 +323,7 @@ mod tests {
                 Shouqianba::new(terminal, SqbSignMode::Md5 { terminal_key: key })
             }
             "rsa" => {
-                let path = vectors_dir().join(account["public_key_file"].as_str().unwrap());
-                let key = RsaPublicKey::load(&path, 2048).unwrap();
+                let key = vector_public_key(account, "public_key_file", 2048);
                 Shouqianba::new(terminal, SqbSignMode::Rsa { key })
             }
             other => panic!("unknown sign_mode {other}"),
@@ -365,73 +332,7 @@ mod tests {
 
     #[test]
     fn shared_vectors() {
-        let text = std::fs::read_to_string(vectors_dir().join("vectors.json")).unwrap();
-        let vectors: Vec<Value> = serde_json::from_str(&text).unwrap();
-        let mut seen: Vec<(String, EventType, String, String)> = Vec::new();
-        let mut count = 0;
-        for v in vectors.iter().filter(|v| v["provider"] == "shouqianba") {
-            count += 1;
-            let name = v["name"].as_str().unwrap();
-            let provider = provider_for(&v["account"]);
-            let now = DateTime::parse_from_rfc3339(v["now"].as_str().unwrap())
-                .unwrap()
-                .with_timezone(&Utc);
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                "content-type",
-                HeaderValue::from_str(v["request"]["content_type"].as_str().unwrap()).unwrap(),
-            );
-            for (k, value) in v["request"]["headers"].as_object().unwrap() {
-                headers.insert(
-                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(value.as_str().unwrap()).unwrap(),
-                );
-            }
-            let body = v["request"]["body"].as_str().unwrap().as_bytes();
-            let result = verify_and_parse(&provider, &headers, body, now);
-            let account = v["account"]["id"].as_str().unwrap().to_owned();
-            match v["expect"]["outcome"].as_str().unwrap() {
-                outcome @ ("accepted" | "duplicate") => {
-                    let n = result.unwrap_or_else(|e| panic!("{name}: refused: {e}"));
-                    let view = event_view(&n);
-                    for (field, want) in v["expect"]["event"].as_object().unwrap() {
-                        let got = view
-                            .get(field)
-                            .unwrap_or_else(|| panic!("{name}: unknown field {field}"));
-                        assert_eq!(got, want, "{name}: field {field}");
-                    }
-                    let identity = (
-                        account,
-                        n.event_type,
-                        n.provider_trade_no.clone(),
-                        n.dedup_extra.clone(),
-                    );
-                    if outcome == "duplicate" {
-                        assert!(
-                            seen.contains(&identity),
-                            "{name}: not a duplicate of an earlier vector"
-                        );
-                    } else {
-                        assert!(!seen.contains(&identity), "{name}: unexpectedly a duplicate");
-                        seen.push(identity);
-                    }
-                }
-                "bad_signature" => {
-                    assert!(
-                        matches!(result, Err(Rejection::BadSignature(_))),
-                        "{name}: {result:?}"
-                    )
-                }
-                "stale" => assert!(matches!(result, Err(Rejection::Stale(_))), "{name}: {result:?}"),
-                "bad_request" => {
-                    assert!(
-                        matches!(result, Err(Rejection::BadRequest(_))),
-                        "{name}: {result:?}"
-                    )
-                }
-                other => panic!("{name}: unexpected outcome {other}"),
-            }
-        }
+        let count = check_shared_vectors("shouqianba", provider_for);
         assert!(count >= 6, "only {count} shouqianba vectors found");
     }
 
