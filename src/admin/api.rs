@@ -491,6 +491,7 @@ async fn redeliver_dead(
     // that the CLI can go page by page and show progress.
     let batch = match present(q.limit) {
         None => None,
+        // `limit` caps it at MAX_LIMIT, so it fits a u32.
         Some(text) => Some(u32::try_from(limit(Some(text))?).unwrap_or(u32::MAX)),
     };
     // Only to endpoints that still exist: a removed endpoint has no URL.

@@ -516,7 +516,7 @@ impl Store {
 }
 
 /// What one bulk redelivery did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BulkRedelivery {
     /// New pending deliveries created by this call.
     pub redelivered: u64,

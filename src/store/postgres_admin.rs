@@ -185,10 +185,7 @@ impl PostgresStore {
         limit: Option<u32>,
     ) -> Result<BulkRedelivery, StoreError> {
         if endpoints.is_empty() {
-            return Ok(BulkRedelivery {
-                redelivered: 0,
-                remaining: 0,
-            });
+            return Ok(BulkRedelivery::default());
         }
         let now = now_ms();
         let endpoints: Vec<&str> = endpoints.iter().map(|e| e.as_str()).collect();

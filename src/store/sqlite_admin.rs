@@ -181,10 +181,7 @@ impl SqliteStore {
         limit: Option<u32>,
     ) -> Result<BulkRedelivery, StoreError> {
         if endpoints.is_empty() {
-            return Ok(BulkRedelivery {
-                redelivered: 0,
-                remaining: 0,
-            });
+            return Ok(BulkRedelivery::default());
         }
         let now = now_ms();
         let mut tx = self.write.begin().await?;
@@ -229,14 +226,14 @@ impl SqliteStore {
 
 /// The condition for `deliveries d` that bulk redelivery picks: dead, not
 /// redelivered yet, to one of `endpoints` (those still configured).
-fn push_not_redelivered_dead(q: &mut QueryBuilder<'_, Sqlite>, endpoints: &[EndpointId]) {
+fn push_not_redelivered_dead<'a>(q: &mut QueryBuilder<'a, Sqlite>, endpoints: &'a [EndpointId]) {
     q.push(
         "d.status = 'dead' AND NOT EXISTS (SELECT 1 FROM deliveries n WHERE n.redelivery_of = d.id) \
          AND d.endpoint_id IN (",
     );
     let mut sep = q.separated(", ");
     for endpoint in endpoints {
-        sep.push_bind(endpoint.as_str().to_owned());
+        sep.push_bind(endpoint.as_str());
     }
     q.push(")");
 }

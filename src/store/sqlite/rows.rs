@@ -50,20 +50,29 @@ fn multi_row(head: &str, row: &str, rows: usize, tail: &str) -> String {
     sql
 }
 
-/// Runs a statement (cached per SQL text) and collects the first column of
-/// every returned row.
-fn returning<T: rusqlite::types::FromSql>(
+/// Runs a statement (cached per SQL text) and maps every returned row.
+fn query_rows<T>(
     conn: &Connection,
     sql: &str,
     params: &[Param<'_>],
+    mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> Result<Vec<T>, StoreError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params_from_iter(params.iter()))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(row.get(0)?);
+        out.push(map(row)?);
     }
     Ok(out)
+}
+
+/// The first column of every returned row.
+fn returning<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<T>, StoreError> {
+    query_rows(conn, sql, params, |row| row.get(0))
 }
 
 fn execute(conn: &Connection, sql: &str, params: &[Param<'_>]) -> Result<usize, StoreError> {
@@ -98,11 +107,9 @@ pub(super) fn ingest_many(conn: &Connection, news: &[&NewEvent]) -> Result<Vec<I
         for (_, account, nonce) in chunk {
             params.extend([text(account), text(nonce), int(now)]);
         }
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params_from_iter(params.iter()))?;
-        while let Some(row) = rows.next()? {
-            fresh.insert((row.get(0)?, row.get(1)?));
-        }
+        fresh.extend(query_rows(conn, &sql, &params, |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?);
     }
     for (i, account, nonce) in &with_nonce {
         if !fresh.remove(&((*account).to_owned(), (*nonce).to_owned())) {
@@ -352,19 +359,10 @@ pub(super) fn claim_in(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJo
         " ORDER BY next_attempt_at LIMIT ?) RETURNING id, event_id, endpoint_id, attempts, next_attempt_at",
     );
     params.push(int(i64::try_from(limit).unwrap_or(i64::MAX)));
-    let mut leased: Vec<(i64, i64, String, String, i64)> = Vec::new();
-    {
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params_from_iter(params.iter()))?;
-        while let Some(row) = rows.next()? {
-            let delivery_id: i64 = row.get(0)?;
-            let event_id: String = row.get(1)?;
-            let endpoint_id: String = row.get(2)?;
-            let attempts: i64 = row.get(3)?;
-            let due: i64 = row.get(4)?;
-            leased.push((due, delivery_id, event_id, endpoint_id, attempts));
-        }
-    }
+    // (due, delivery id, event id, endpoint id, attempts so far)
+    let mut leased: Vec<(i64, i64, String, String, i64)> = query_rows(conn, &sql, &params, |row| {
+        Ok((row.get(4)?, row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    })?;
     if leased.is_empty() {
         return Ok(Vec::new());
     }
@@ -377,19 +375,14 @@ pub(super) fn claim_in(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJo
         .map(|(_, _, event_id, ..)| event_id.as_str())
         .collect();
     let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut events = HashMap::new();
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, payload, received_at FROM events WHERE id IN (SELECT value FROM json_each(?1))",
-        )?;
-        let mut rows = stmt.query([ids])?;
-        while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
-            let payload: String = row.get(1)?;
-            let received_at: i64 = row.get(2)?;
-            events.insert(id, (payload, received_at));
-        }
-    }
+    let events: HashMap<String, (String, i64)> = query_rows(
+        conn,
+        "SELECT id, payload, received_at FROM events WHERE id IN (SELECT value FROM json_each(?1))",
+        &[text(&ids)],
+        |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))),
+    )?
+    .into_iter()
+    .collect();
     leased
         .into_iter()
         .map(|(_, delivery_id, event_id, endpoint_id, attempts)| {
