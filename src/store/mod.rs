@@ -11,6 +11,8 @@ mod sqlite_admin;
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
+
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -324,6 +326,40 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.count_outbox().await,
             Store::Postgres(s) => s.count_outbox().await,
+        }
+    }
+
+    /// Ingests `batch` as if one after another, in order, but sharing
+    /// commits (and, in PostgreSQL, statements) as concurrent ingests do
+    /// under group commit: the batching made deterministic, so that its
+    /// rules can be checked (a later request sees every earlier one).
+    pub async fn ingest_all(&self, batch: Vec<NewEvent>) -> Vec<Result<IngestOutcome, StoreError>> {
+        match self {
+            // The writer takes its queue in order.
+            Store::Sqlite(s) => join_all(batch.into_iter().map(|new| s.ingest(new))).await,
+            Store::Postgres(s) => s.ingest_all(batch).await,
+        }
+    }
+
+    /// `record_attempt` for each of `records`, as `ingest_all` does.
+    pub async fn record_all(&self, records: Vec<AttemptRecord>) -> Vec<Result<RecordOutcome, StoreError>> {
+        match self {
+            Store::Sqlite(s) => join_all(records.into_iter().map(|rec| s.record_attempt(rec))).await,
+            Store::Postgres(s) => s.record_all(records).await,
+        }
+    }
+
+    /// `claim_job` for each of `jobs`, as `ingest_all` does.
+    pub async fn claim_all(&self, jobs: &[JobRef], lease: Duration) -> Vec<Result<JobClaim, StoreError>> {
+        match self {
+            Store::Sqlite(s) => {
+                let mut claims = Vec::with_capacity(jobs.len());
+                for &job in jobs {
+                    claims.push(s.claim_job(job, lease).await);
+                }
+                claims
+            }
+            Store::Postgres(s) => s.claim_all(jobs, lease).await,
         }
     }
 

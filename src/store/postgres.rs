@@ -19,6 +19,16 @@ use super::{
 };
 use crate::domain::EventId;
 
+mod batched;
+mod batcher;
+
+use batched::ClaimRequest;
+use batcher::Batcher;
+
+/// Concurrent batches per kind of write, and the most requests in one.
+const BATCH_LANES: usize = 2;
+const MAX_BATCH: usize = 256;
+
 /// Connections per process. Ingress transactions and dispatcher claims are
 /// short, so a few connections serve many concurrent requests; many processes
 /// share one server, whose `max_connections` (100 by default) bounds the sum.
@@ -27,6 +37,9 @@ const MAX_CONNECTIONS: u32 = 16;
 #[derive(Clone)]
 pub struct PostgresStore {
     pub(super) pool: PgPool,
+    ingests: Batcher<NewEvent>,
+    records: Batcher<AttemptRecord>,
+    claims: Batcher<ClaimRequest>,
 }
 
 fn limit_param(limit: usize) -> i64 {
@@ -71,7 +84,12 @@ impl PostgresStore {
             .await?;
         // Takes an advisory lock, so processes starting together migrate once.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            ingests: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
+            records: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
+            claims: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
+            pool,
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -85,14 +103,15 @@ impl PostgresStore {
 
     /// One statement, so one round trip and its own transaction: the nonce,
     /// the event, its delivery jobs and the outbox row are written together
-    /// or not at all, and committed before the result comes back.
+    /// or not at all, and committed before the result comes back. Concurrent
+    /// ingests share that statement (`postgres/batcher.rs`).
     pub async fn ingest(&self, new: NewEvent) -> Result<IngestOutcome, StoreError> {
-        ingest_in(&self.pool, &new).await
+        self.ingests.run(new).await
     }
 
     /// One statement, as `ingest`: the attempt and the job's next step.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<RecordOutcome, StoreError> {
-        record_in(&self.pool, &record).await
+        self.records.run(record).await
     }
 
     pub async fn claim_due(
@@ -293,47 +312,25 @@ impl PostgresStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// `requests` as one batch, in order (`Store::ingest_all`).
+    pub async fn ingest_all(&self, requests: Vec<NewEvent>) -> Vec<Result<IngestOutcome, StoreError>> {
+        batcher::run_batched(&self.pool, &requests).await
+    }
+
+    /// `records` as one batch, in order (`Store::record_all`).
+    pub async fn record_all(&self, records: Vec<AttemptRecord>) -> Vec<Result<RecordOutcome, StoreError>> {
+        batcher::run_batched(&self.pool, &records).await
+    }
+
+    /// `jobs` claimed as one batch, in order (`Store::claim_all`).
+    pub async fn claim_all(&self, jobs: &[JobRef], lease: Duration) -> Vec<Result<JobClaim, StoreError>> {
+        let requests: Vec<ClaimRequest> = jobs.iter().map(|&job| ClaimRequest { job, lease }).collect();
+        batcher::run_batched(&self.pool, &requests).await
+    }
+
+    /// Concurrent claims share one statement (`postgres/batcher.rs`).
     pub async fn claim_job(&self, job: JobRef, lease: Duration) -> Result<JobClaim, StoreError> {
-        let now = now_ms();
-        // A concurrent claim of the same row waits for the first to commit,
-        // then re-checks the conditions against the leased row and fails.
-        let row = sqlx::query(
-            "WITH upd AS ( \
-                 UPDATE deliveries SET lease_until = $1 \
-                 WHERE id = $2 AND status = 'pending' AND attempts = $3 AND lease_until <= $4 \
-                 AND next_attempt_at <= $5 \
-                 RETURNING id, event_id, endpoint_id, attempts \
-             ) \
-             SELECT upd.id, upd.event_id, upd.endpoint_id, upd.attempts, e.payload, e.received_at \
-             FROM upd JOIN events e ON e.id = upd.event_id",
-        )
-        .bind(now.saturating_add(millis(lease)))
-        .bind(job.delivery_id)
-        .bind(i64::from(job.attempt) - 1)
-        .bind(now)
-        .bind(now.saturating_add(DUE_TOLERANCE_MS))
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = row {
-            return Ok(JobClaim::Claimed(claimed_job(&row)?));
-        }
-        let state = sqlx::query(
-            "SELECT status, attempts, next_attempt_at, lease_until FROM deliveries WHERE id = $1",
-        )
-        .bind(job.delivery_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match state {
-            None => JobClaim::Stale,
-            Some(r) => classify_unclaimed(
-                job,
-                now,
-                &r.try_get::<String, _>("status")?,
-                r.try_get("attempts")?,
-                r.try_get("next_attempt_at")?,
-                r.try_get("lease_until")?,
-            ),
-        })
+        self.claims.run(ClaimRequest { job, lease }).await
     }
 
     pub async fn requeue_overdue(&self, due_before_ms: i64, limit: usize) -> Result<Vec<JobRef>, StoreError> {
@@ -355,6 +352,50 @@ impl PostgresStore {
         .await?;
         rows.iter().map(job_ref).collect()
     }
+}
+
+/// Takes one specific job: the single-row path, and the batch's fallback
+/// for a job the batch did not take (which says why).
+async fn claim_one(pool: &PgPool, job: JobRef, lease: Duration) -> Result<JobClaim, StoreError> {
+    let now = now_ms();
+    // A concurrent claim of the same row waits for the first to commit,
+    // then re-checks the conditions against the leased row and fails.
+    let row = sqlx::query(
+        "WITH upd AS ( \
+             UPDATE deliveries SET lease_until = $1 \
+             WHERE id = $2 AND status = 'pending' AND attempts = $3 AND lease_until <= $4 \
+             AND next_attempt_at <= $5 \
+             RETURNING id, event_id, endpoint_id, attempts \
+         ) \
+         SELECT upd.id, upd.event_id, upd.endpoint_id, upd.attempts, e.payload, e.received_at \
+         FROM upd JOIN events e ON e.id = upd.event_id",
+    )
+    .bind(now.saturating_add(millis(lease)))
+    .bind(job.delivery_id)
+    .bind(i64::from(job.attempt) - 1)
+    .bind(now)
+    .bind(now.saturating_add(DUE_TOLERANCE_MS))
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = row {
+        return Ok(JobClaim::Claimed(claimed_job(&row)?));
+    }
+    let state =
+        sqlx::query("SELECT status, attempts, next_attempt_at, lease_until FROM deliveries WHERE id = $1")
+            .bind(job.delivery_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match state {
+        None => JobClaim::Stale,
+        Some(r) => classify_unclaimed(
+            job,
+            now,
+            &r.try_get::<String, _>("status")?,
+            r.try_get("attempts")?,
+            r.try_get("next_attempt_at")?,
+            r.try_get("lease_until")?,
+        ),
+    })
 }
 
 /// The ingest as data-modifying CTEs (every one of them runs to completion,
@@ -420,8 +461,15 @@ async fn ingest_in(pool: &PgPool, new: &NewEvent) -> Result<IngestOutcome, Store
             jobs: new.endpoints.len(),
         });
     }
-    // READ COMMITTED: this statement sees the row the conflicting
-    // transaction committed.
+    Ok(IngestOutcome::Duplicate {
+        existing: existing_event(pool, new).await?,
+    })
+}
+
+/// The stored event with `new`'s dedup identity. READ COMMITTED: this
+/// statement sees the row the conflicting transaction committed.
+async fn existing_event(pool: &PgPool, new: &NewEvent) -> Result<Option<EventId>, StoreError> {
+    let ev = &new.event;
     let existing: Option<String> = sqlx::query_scalar(
         "SELECT id FROM events WHERE account = $1 AND event_type = $2 AND provider_trade_no = $3 \
          AND dedup_extra = $4",
@@ -432,9 +480,7 @@ async fn ingest_in(pool: &PgPool, new: &NewEvent) -> Result<IngestOutcome, Store
     .bind(&new.dedup_extra)
     .fetch_optional(pool)
     .await?;
-    Ok(IngestOutcome::Duplicate {
-        existing: existing.and_then(|id| EventId::parse(&id).ok()),
-    })
+    Ok(existing.and_then(|id| EventId::parse(&id).ok()))
 }
 
 /// The attempt and the job's next step, as data-modifying CTEs. The update
@@ -454,11 +500,7 @@ const RECORD: &str = "\
 
 async fn record_in(pool: &PgPool, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
     let now = now_ms();
-    let (status, next_at) = match rec.next {
-        NextStep::Delivered => ("delivered", now),
-        NextStep::RetryAt(at) => ("pending", at),
-        NextStep::Dead => ("dead", now),
-    };
+    let (status, next_at) = record_step(rec, now);
     let applied: i64 = sqlx::query_scalar(RECORD)
         .bind(rec.delivery_id)
         .bind(i64::from(rec.attempt))
@@ -479,4 +521,13 @@ async fn record_in(pool: &PgPool, rec: &AttemptRecord) -> Result<RecordOutcome, 
     } else {
         RecordOutcome::Superseded
     })
+}
+
+/// The job's status and next due time after `rec`.
+fn record_step(rec: &AttemptRecord, now: i64) -> (&'static str, i64) {
+    match rec.next {
+        NextStep::Delivered => ("delivered", now),
+        NextStep::RetryAt(at) => ("pending", at),
+        NextStep::Dead => ("dead", now),
+    }
 }

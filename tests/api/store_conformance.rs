@@ -82,6 +82,8 @@ conformance!(
     check_concurrent_ingest_of_one_event,
     check_requeue_overdue,
     check_prune_nonces,
+    check_batched_ingests_follow_the_sequential_rules,
+    check_batched_claims_and_records_follow_the_sequential_rules,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -363,6 +365,134 @@ async fn check_concurrent_ingest_of_one_event(store: Store) {
         "duplicates name the stored id"
     );
     assert_eq!(store.count_pending().await.unwrap(), 2);
+}
+
+/// Group commit (one writer batch in SQLite, one statement in PostgreSQL)
+/// must give each request what it would have got alone, in order.
+async fn check_batched_ingests_follow_the_sequential_rules(store: Store) {
+    let a = with_nonce(new_event("a", "T1", &["e1", "e2"]), "n1");
+    let b = with_nonce(new_event("a", "T2", &["e1"]), "n1");
+    let a_again = with_nonce(repeat_of(&a), "n2");
+    // B was a replay, so its identity is still free.
+    let d = with_nonce(new_event("a", "T2", &["e1"]), "n3");
+    let mut d_again = repeat_of(&d);
+    d_again.nonce = None;
+    let other_account = with_nonce(new_event("b", "T1", &["e1"]), "n1");
+    // n2 was remembered by A's duplicate.
+    let n2_again = with_nonce(new_event("a", "T3", &["e1"]), "n2");
+    let no_endpoints = new_event("a", "T4", &[]);
+    let batch = vec![
+        a.clone(),
+        b.clone(),
+        a_again,
+        d.clone(),
+        d_again,
+        other_account,
+        n2_again.clone(),
+        no_endpoints,
+    ];
+    let outcomes: Vec<IngestOutcome> = store
+        .ingest_all(batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            IngestOutcome::Accepted { jobs: 2 },
+            IngestOutcome::Replayed,
+            IngestOutcome::Duplicate {
+                existing: Some(a.event.id.clone())
+            },
+            IngestOutcome::Accepted { jobs: 1 },
+            IngestOutcome::Duplicate {
+                existing: Some(d.event.id.clone())
+            },
+            IngestOutcome::Accepted { jobs: 1 },
+            IngestOutcome::Replayed,
+            IngestOutcome::Accepted { jobs: 0 },
+        ]
+    );
+    assert_eq!(store.count_pending().await.unwrap(), 4);
+    let a_jobs = store.deliveries_for_event(a.event.id.as_str()).await.unwrap();
+    let endpoints: Vec<&str> = a_jobs.iter().map(|j| j.endpoint_id.as_str()).collect();
+    assert_eq!(endpoints, ["e1", "e2"], "jobs in endpoint order");
+    for refused in [&b, &n2_again] {
+        let stored = store
+            .deliveries_for_event(refused.event.id.as_str())
+            .await
+            .unwrap();
+        assert!(stored.is_empty(), "a replay stores nothing");
+    }
+    // A later batch sees the earlier one's rows.
+    let again = store
+        .ingest_all(vec![
+            with_nonce(repeat_of(&a), "n4"),
+            with_nonce(new_event("a", "T5", &[]), "n3"),
+        ])
+        .await;
+    let again: Vec<IngestOutcome> = again.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        again,
+        vec![
+            IngestOutcome::Duplicate {
+                existing: Some(a.event.id.clone())
+            },
+            IngestOutcome::Replayed,
+        ]
+    );
+}
+
+async fn check_batched_claims_and_records_follow_the_sequential_rules(store: Store) {
+    let first = new_event("a", "T1", &["e1"]);
+    let second = new_event("a", "T2", &["e1"]);
+    accept(&store, &first).await;
+    accept(&store, &second).await;
+    let d1 = delivery_ids(&store, &first).await[0];
+    let d2 = delivery_ids(&store, &second).await[0];
+    let job = |delivery_id, attempt| JobRef { delivery_id, attempt };
+    let kinds: Vec<&str> = store
+        .claim_all(&[job(d1, 1), job(d1, 1), job(d2, 1), job(d2, 2)], LEASE)
+        .await
+        .into_iter()
+        .map(|c| c.unwrap().kind())
+        .collect();
+    assert_eq!(kinds, ["claimed", "taken", "claimed", "stale"]);
+
+    let retry_at = now_ms() + 60_000;
+    let records: Vec<RecordOutcome> = store
+        .record_all(vec![
+            record(d1, 1, NextStep::RetryAt(retry_at)),
+            // The same attempt again: the first one moved the job on.
+            record(d1, 1, NextStep::Delivered),
+            record(d2, 1, NextStep::Delivered),
+            // The attempt after the first one applies.
+            record(d1, 2, NextStep::Dead),
+        ])
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        records,
+        [
+            RecordOutcome::Applied,
+            RecordOutcome::Superseded,
+            RecordOutcome::Applied,
+            RecordOutcome::Applied
+        ]
+    );
+    assert_eq!(status_of(&store, &first, d1).await, ("dead".to_owned(), 2));
+    assert_eq!(status_of(&store, &second, d2).await, ("delivered".to_owned(), 1));
+    let attempts = store.attempts_for_delivery(d1).await.unwrap();
+    let numbers: Vec<u32> = attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(
+        numbers,
+        [1, 2],
+        "one row per attempt; the superseded repeat adds none"
+    );
+    assert_eq!(attempts[0].outcome, "http_error");
 }
 
 // ---------------------------------------------------------------- claiming
@@ -1025,4 +1155,34 @@ async fn postgresql_scheme_selects_postgres() {
 #[tokio::test]
 async fn unknown_scheme_is_refused() {
     assert!(Store::connect("mysql://localhost/payhook").await.is_err());
+}
+
+/// A row PostgreSQL refuses (text cannot hold NUL) fails its batch's
+/// statement; the batch then runs each request alone, so only that request
+/// gets the error and its neighbours are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_batch_with_a_bad_row_fails_only_that_row() {
+    let (store, _db) = postgres_store().await;
+    let good = with_nonce(new_event("a", "T1", &["e1"]), "n1");
+    let mut bad = with_nonce(new_event("a", "T2", &["e1"]), "n2");
+    bad.raw_headers = "{\"x\":\"\u{0}\"}".to_owned();
+    let also_good = with_nonce(new_event("a", "T3", &["e1"]), "n3");
+    let outcomes = store.ingest_all(vec![good, bad.clone(), also_good]).await;
+    assert!(
+        matches!(outcomes[0], Ok(IngestOutcome::Accepted { jobs: 1 })),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[1].is_err(), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], Ok(IngestOutcome::Accepted { jobs: 1 })),
+        "{outcomes:?}"
+    );
+    assert_eq!(store.count_pending().await.unwrap(), 2);
+    // Nothing of the refused request was kept: not even its nonce.
+    bad.raw_headers = "{}".to_owned();
+    assert_eq!(
+        store.ingest(bad).await.unwrap(),
+        IngestOutcome::Accepted { jobs: 1 }
+    );
+    store.close().await;
 }

@@ -1,0 +1,336 @@
+//! The three writes that happen once per event or more (ingest, job claim,
+//! attempt record) as multi-row statements, for the batcher. Each is the
+//! single-row statement of `postgres.rs` over `unnest`ed arrays, so the rules
+//! (replays, duplicates, the attempt order, lease checks) are the same SQL.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Row};
+
+use super::batcher::{rounds, Batched};
+use super::{claim_one, claimed_job, existing_event, ingest_in, record_in, record_step};
+use crate::store::{
+    millis, now_ms, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, RecordOutcome,
+    StoreError, DUE_TOLERANCE_MS,
+};
+
+/// `INGEST` over arrays; `$15`/`$16` list the delivery jobs as (1-based
+/// index of the event in the batch, endpoint), in order. Returns, per input
+/// row in order, whether its nonce was fresh and whether its event was
+/// inserted. The caller keeps requests that share a nonce or a dedup
+/// identity in different statements, so each row's `RETURNING` is its own.
+const INGEST_MANY: &str = "\
+    WITH input AS MATERIALIZED ( \
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+            $7::text[], $8::text[], $9::bytea[], $10::text[], $11::int8[], $12::text[], $14::bool[]) \
+            WITH ORDINALITY AS i (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+                merchant_order_no, payload, raw_body, raw_headers, received_at, nonce, outbox, ord) \
+    ), nonce AS ( \
+        INSERT INTO nonces (account, nonce, seen_at) \
+        SELECT account, nonce, $13 FROM input WHERE nonce IS NOT NULL ORDER BY ord \
+        ON CONFLICT DO NOTHING RETURNING account, nonce \
+    ), fresh AS MATERIALIZED ( \
+        SELECT i.ord, (i.nonce IS NULL OR EXISTS ( \
+            SELECT 1 FROM nonce n WHERE n.account = i.account AND n.nonce = i.nonce)) AS fresh \
+        FROM input i \
+    ), ev AS ( \
+        INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+            merchant_order_no, payload, raw_body, raw_headers, received_at) \
+        SELECT i.id, i.account, i.provider, i.event_type, i.provider_trade_no, i.dedup_extra, \
+            i.merchant_order_no, i.payload, i.raw_body, i.raw_headers, i.received_at \
+        FROM input i JOIN fresh f ON f.ord = i.ord WHERE f.fresh ORDER BY i.ord \
+        ON CONFLICT DO NOTHING RETURNING id \
+    ), dl AS ( \
+        INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
+            created_at, updated_at) \
+        SELECT i.id, d.endpoint_id, 'pending', 0, $13, 0, $13, $13 \
+        FROM unnest($15::int8[], $16::text[]) WITH ORDINALITY AS d (idx, endpoint_id, ord) \
+        JOIN input i ON i.ord = d.idx JOIN ev ON ev.id = i.id ORDER BY d.ord \
+    ), ob AS ( \
+        INSERT INTO outbox (event_id, created_at) \
+        SELECT i.id, $13 FROM input i JOIN ev ON ev.id = i.id WHERE i.outbox ORDER BY i.ord \
+    ) \
+    SELECT f.fresh, EXISTS (SELECT 1 FROM ev WHERE ev.id = i.id) AS inserted \
+    FROM input i JOIN fresh f ON f.ord = i.ord ORDER BY i.ord";
+
+impl Batched for NewEvent {
+    type Output = IngestOutcome;
+
+    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<IngestOutcome>, StoreError> {
+        let plan = rounds(batch, |new| {
+            let ev = &new.event;
+            let dedup = format!(
+                "e\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+                ev.account.as_str(),
+                ev.event_type.as_str(),
+                ev.provider_trade_no,
+                new.dedup_extra
+            );
+            let nonce = new
+                .nonce
+                .as_ref()
+                .map(|n| format!("n\u{1f}{}\u{1f}{n}", ev.account.as_str()));
+            std::iter::once(dedup).chain(nonce)
+        });
+        let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; batch.len()];
+        for round in plan {
+            let items: Vec<&NewEvent> = round.iter().map(|&i| &batch[i]).collect();
+            let flags = ingest_round(pool, &items).await?;
+            for ((&index, new), (fresh, inserted)) in round.iter().zip(&items).zip(flags) {
+                outcomes[index] = Some(if !fresh {
+                    IngestOutcome::Replayed
+                } else if inserted {
+                    IngestOutcome::Accepted {
+                        jobs: new.endpoints.len(),
+                    }
+                } else {
+                    IngestOutcome::Duplicate {
+                        existing: existing_event(pool, new).await?,
+                    }
+                });
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| StoreError::Corrupt("missing ingest result".into())))
+            .collect()
+    }
+
+    async fn run_one(pool: &PgPool, one: &Self) -> Result<IngestOutcome, StoreError> {
+        ingest_in(pool, one).await
+    }
+}
+
+/// One statement for requests with no key in common: (fresh, inserted) each.
+async fn ingest_round(pool: &PgPool, items: &[&NewEvent]) -> Result<Vec<(bool, bool)>, StoreError> {
+    let now = now_ms();
+    let n = items.len();
+    let mut cols = IngestColumns::with_capacity(n);
+    for (index, new) in items.iter().enumerate() {
+        let ev = &new.event;
+        cols.ids.push(ev.id.as_str());
+        cols.accounts.push(ev.account.as_str());
+        cols.providers.push(ev.provider.as_str());
+        cols.event_types.push(ev.event_type.as_str());
+        cols.trade_nos.push(&ev.provider_trade_no);
+        cols.dedup_extras.push(&new.dedup_extra);
+        cols.merchant_order_nos.push(ev.merchant_order_no.as_deref());
+        cols.payloads.push(&new.payload);
+        cols.raw_bodies.push(&new.raw_body);
+        cols.raw_headers.push(&new.raw_headers);
+        cols.received_ats.push(ev.received_at.timestamp_millis());
+        cols.nonces.push(new.nonce.as_deref());
+        cols.outbox.push(new.outbox);
+        let ordinal = i64::try_from(index + 1).map_err(|_| StoreError::Corrupt("batch size".into()))?;
+        for endpoint in &new.endpoints {
+            cols.job_events.push(ordinal);
+            cols.job_endpoints.push(endpoint.as_str());
+        }
+    }
+    let rows = sqlx::query(INGEST_MANY)
+        .bind(cols.ids)
+        .bind(cols.accounts)
+        .bind(cols.providers)
+        .bind(cols.event_types)
+        .bind(cols.trade_nos)
+        .bind(cols.dedup_extras)
+        .bind(cols.merchant_order_nos)
+        .bind(cols.payloads)
+        .bind(cols.raw_bodies)
+        .bind(cols.raw_headers)
+        .bind(cols.received_ats)
+        .bind(cols.nonces)
+        .bind(now)
+        .bind(cols.outbox)
+        .bind(cols.job_events)
+        .bind(cols.job_endpoints)
+        .fetch_all(pool)
+        .await?;
+    if rows.len() != n {
+        return Err(StoreError::Corrupt("ingest batch result".into()));
+    }
+    rows.iter()
+        .map(|r| Ok((r.try_get("fresh")?, r.try_get("inserted")?)))
+        .collect()
+}
+
+/// The ingest statement's arrays, one element per event (jobs: per job).
+struct IngestColumns<'a> {
+    ids: Vec<&'a str>,
+    accounts: Vec<&'a str>,
+    providers: Vec<&'a str>,
+    event_types: Vec<&'a str>,
+    trade_nos: Vec<&'a str>,
+    dedup_extras: Vec<&'a str>,
+    merchant_order_nos: Vec<Option<&'a str>>,
+    payloads: Vec<&'a str>,
+    raw_bodies: Vec<&'a [u8]>,
+    raw_headers: Vec<&'a str>,
+    received_ats: Vec<i64>,
+    nonces: Vec<Option<&'a str>>,
+    outbox: Vec<bool>,
+    job_events: Vec<i64>,
+    job_endpoints: Vec<&'a str>,
+}
+
+impl IngestColumns<'_> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            accounts: Vec::with_capacity(n),
+            providers: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            trade_nos: Vec::with_capacity(n),
+            dedup_extras: Vec::with_capacity(n),
+            merchant_order_nos: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            raw_bodies: Vec::with_capacity(n),
+            raw_headers: Vec::with_capacity(n),
+            received_ats: Vec::with_capacity(n),
+            nonces: Vec::with_capacity(n),
+            outbox: Vec::with_capacity(n),
+            job_events: Vec::with_capacity(n),
+            job_endpoints: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// `RECORD` over arrays: per input row in order, whether its update applied.
+const RECORD_MANY: &str = "\
+    WITH input AS MATERIALIZED ( \
+        SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
+            $7::text[], $8::text[], $9::text[], $10::int8[]) \
+            WITH ORDINALITY AS r (delivery_id, attempt, started_at, duration_ms, outcome, http_status, \
+                error, response_excerpt, status, next_at, ord) \
+    ), a AS ( \
+        INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, \
+            response_excerpt) \
+        SELECT delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, response_excerpt \
+        FROM input ORDER BY ord ON CONFLICT DO NOTHING \
+    ), u AS ( \
+        UPDATE deliveries d SET status = r.status, attempts = r.attempt, next_attempt_at = r.next_at, \
+            lease_until = 0, updated_at = $11, last_error = r.error \
+        FROM input r \
+        WHERE d.id = r.delivery_id AND d.status = 'pending' AND d.attempts = r.attempt - 1 \
+        RETURNING d.id \
+    ) \
+    SELECT EXISTS (SELECT 1 FROM u WHERE u.id = r.delivery_id) AS applied FROM input r ORDER BY r.ord";
+
+impl Batched for AttemptRecord {
+    type Output = RecordOutcome;
+
+    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<RecordOutcome>, StoreError> {
+        let mut outcomes = vec![RecordOutcome::Superseded; batch.len()];
+        for round in rounds(batch, |rec| [rec.delivery_id]) {
+            let now = now_ms();
+            let items: Vec<&AttemptRecord> = round.iter().map(|&i| &batch[i]).collect();
+            let steps: Vec<(&str, i64)> = items.iter().map(|rec| record_step(rec, now)).collect();
+            let rows = sqlx::query(RECORD_MANY)
+                .bind(items.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
+                .bind(items.iter().map(|r| i64::from(r.attempt)).collect::<Vec<_>>())
+                .bind(items.iter().map(|r| r.started_at_ms).collect::<Vec<_>>())
+                .bind(items.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+                .bind(items.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+                .bind(
+                    items
+                        .iter()
+                        .map(|r| r.http_status.map(i64::from))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(items.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+                .bind(
+                    items
+                        .iter()
+                        .map(|r| r.response_excerpt.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(steps.iter().map(|s| s.0).collect::<Vec<_>>())
+                .bind(steps.iter().map(|s| s.1).collect::<Vec<_>>())
+                .bind(now)
+                .fetch_all(pool)
+                .await?;
+            if rows.len() != items.len() {
+                return Err(StoreError::Corrupt("record batch result".into()));
+            }
+            for (&index, row) in round.iter().zip(&rows) {
+                if row.try_get::<bool, _>("applied")? {
+                    outcomes[index] = RecordOutcome::Applied;
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn run_one(pool: &PgPool, one: &Self) -> Result<RecordOutcome, StoreError> {
+        record_in(pool, one).await
+    }
+}
+
+/// A request to take one specific job (`PostgresStore::claim_job`).
+pub(super) struct ClaimRequest {
+    pub job: JobRef,
+    pub lease: Duration,
+}
+
+/// `claim_job`'s lease over arrays: the jobs it took (any order). A job not
+/// taken here goes through `claim_one`, which tries once more and says why.
+const CLAIM_MANY: &str = "\
+    WITH input AS ( \
+        SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS j (id, attempts, lease_until) \
+    ), upd AS ( \
+        UPDATE deliveries d SET lease_until = j.lease_until FROM input j \
+        WHERE d.id = j.id AND d.status = 'pending' AND d.attempts = j.attempts AND d.lease_until <= $4 \
+        AND d.next_attempt_at <= $5 \
+        RETURNING d.id, d.event_id, d.endpoint_id, d.attempts \
+    ) \
+    SELECT upd.id, upd.event_id, upd.endpoint_id, upd.attempts, e.payload, e.received_at \
+    FROM upd JOIN events e ON e.id = upd.event_id";
+
+impl Batched for ClaimRequest {
+    type Output = JobClaim;
+
+    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<JobClaim>, StoreError> {
+        let mut outcomes: Vec<Option<JobClaim>> = vec![None; batch.len()];
+        for round in rounds(batch, |c| [c.job.delivery_id]) {
+            let now = now_ms();
+            let items: Vec<&ClaimRequest> = round.iter().map(|&i| &batch[i]).collect();
+            let rows = sqlx::query(CLAIM_MANY)
+                .bind(items.iter().map(|c| c.job.delivery_id).collect::<Vec<_>>())
+                .bind(
+                    items
+                        .iter()
+                        .map(|c| i64::from(c.job.attempt) - 1)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    items
+                        .iter()
+                        .map(|c| now.saturating_add(millis(c.lease)))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(now)
+                .bind(now.saturating_add(DUE_TOLERANCE_MS))
+                .fetch_all(pool)
+                .await?;
+            let mut claimed: std::collections::HashMap<i64, ClaimedJob> = rows
+                .iter()
+                .map(|row| claimed_job(row).map(|job| (job.delivery_id, job)))
+                .collect::<Result<_, _>>()?;
+            for (&index, item) in round.iter().zip(&items) {
+                outcomes[index] = match claimed.remove(&item.job.delivery_id) {
+                    Some(job) => Some(JobClaim::Claimed(job)),
+                    // Not taken: why is the single path's business.
+                    None => Some(claim_one(pool, item.job, item.lease).await?),
+                };
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| StoreError::Corrupt("missing claim result".into())))
+            .collect()
+    }
+
+    async fn run_one(pool: &PgPool, one: &Self) -> Result<JobClaim, StoreError> {
+        claim_one(pool, one.job, one.lease).await
+    }
+}
