@@ -136,6 +136,13 @@ impl EmbeddedWorker {
             if claimed == limit && over_limit.is_empty() {
                 continue;
             }
+            if claimed > over_limit.len() {
+                // Attempts were started: each one wakes this loop when it
+                // ends, and so does the next ingest. Looking up the next due
+                // time now would be a read per claim for nothing.
+                self.idle(MAX_IDLE).await;
+                continue;
+            }
             let wait = match self.deliverer.store.next_due_at().await {
                 Ok(Some(due)) => {
                     let ms = due.saturating_sub(now_ms());
