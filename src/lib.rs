@@ -17,7 +17,8 @@
 //!   event merchants receive.
 //! - [`store`]: events, delivery jobs, attempts, nonces. SQLite (embedded
 //!   default, group-committed writes by one writer thread) and PostgreSQL
-//!   behind one `Store` type. The ingress
+//!   (concurrent writes batched into multi-row statements) behind one
+//!   `Store` type. The ingress
 //!   writes the event and its delivery jobs in one transaction and answers
 //!   the provider only after the commit.
 //! - [`dispatch`]: takes due jobs, signs and POSTs them (`dispatch::sign`,

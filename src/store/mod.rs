@@ -2,7 +2,9 @@
 //!
 //! One `Store` type fronts both backends. SQLite (embedded default) funnels
 //! writes through a single group-committing writer; PostgreSQL uses a pool and
-//! `FOR UPDATE SKIP LOCKED`. Both keep the same tables and the same rules.
+//! `FOR UPDATE SKIP LOCKED`, and batches a process's concurrent ingests,
+//! claims and attempt records into shared statements (`postgres/batcher.rs`).
+//! Both keep the same tables and the same rules.
 
 mod postgres;
 mod postgres_admin;
