@@ -18,7 +18,9 @@ use crate::store::{
 /// index of the event in the batch, endpoint), in order. Returns, per input
 /// row in order, whether its nonce was fresh and whether its event was
 /// inserted. The caller keeps requests that share a nonce or a dedup
-/// identity in different statements, so each row's `RETURNING` is its own.
+/// identity in different statements, so each row's `RETURNING` is its own
+/// and the joins back to `input` match at most one row. (Joins, not
+/// `EXISTS` in the select list: that would scan the CTE once per row.)
 const INGEST_MANY: &str = "\
     WITH input AS MATERIALIZED ( \
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
@@ -30,9 +32,8 @@ const INGEST_MANY: &str = "\
         SELECT account, nonce, $13 FROM input WHERE nonce IS NOT NULL ORDER BY ord \
         ON CONFLICT DO NOTHING RETURNING account, nonce \
     ), fresh AS MATERIALIZED ( \
-        SELECT i.ord, (i.nonce IS NULL OR EXISTS ( \
-            SELECT 1 FROM nonce n WHERE n.account = i.account AND n.nonce = i.nonce)) AS fresh \
-        FROM input i \
+        SELECT i.ord, (i.nonce IS NULL OR n.nonce IS NOT NULL) AS fresh \
+        FROM input i LEFT JOIN nonce n ON n.account = i.account AND n.nonce = i.nonce \
     ), ev AS ( \
         INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
             merchant_order_no, payload, raw_body, raw_headers, received_at) \
@@ -50,8 +51,8 @@ const INGEST_MANY: &str = "\
         INSERT INTO outbox (event_id, created_at) \
         SELECT i.id, $13 FROM input i JOIN ev ON ev.id = i.id WHERE i.outbox ORDER BY i.ord \
     ) \
-    SELECT f.fresh, EXISTS (SELECT 1 FROM ev WHERE ev.id = i.id) AS inserted \
-    FROM input i JOIN fresh f ON f.ord = i.ord ORDER BY i.ord";
+    SELECT f.fresh, ev.id IS NOT NULL AS inserted \
+    FROM input i JOIN fresh f ON f.ord = i.ord LEFT JOIN ev ON ev.id = i.id ORDER BY i.ord";
 
 impl Batched for NewEvent {
     type Output = IngestOutcome;
@@ -214,7 +215,7 @@ const RECORD_MANY: &str = "\
         WHERE d.id = r.delivery_id AND d.status = 'pending' AND d.attempts = r.attempt - 1 \
         RETURNING d.id \
     ) \
-    SELECT EXISTS (SELECT 1 FROM u WHERE u.id = r.delivery_id) AS applied FROM input r ORDER BY r.ord";
+    SELECT u.id IS NOT NULL AS applied FROM input r LEFT JOIN u ON u.id = r.delivery_id ORDER BY r.ord";
 
 impl Batched for AttemptRecord {
     type Output = RecordOutcome;
