@@ -1,8 +1,10 @@
 //! PostgreSQL backend ("Scaled" mode). Any number of ingress and dispatcher
-//! processes share one database, so there is no single writer: every ingest
-//! and every recorded attempt is one transaction on a pooled connection, and
-//! jobs are leased with `FOR UPDATE SKIP LOCKED`, so that concurrent
-//! dispatchers never take the same job and never wait on each other's rows.
+//! processes share one database, so there is no single writer: each process
+//! sends its concurrent ingests, job claims and attempt records as shared
+//! multi-row statements, one transaction each, on a pooled connection
+//! (`postgres/batcher.rs`), and jobs are leased with `FOR UPDATE SKIP
+//! LOCKED`, so that concurrent dispatchers never take the same job and never
+//! wait on each other's rows.
 //!
 //! Semantics are those of the SQLite backend, statement for statement; only
 //! the way rows are picked under concurrency differs.
