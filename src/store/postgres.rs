@@ -453,18 +453,28 @@ async fn ingest_in(pool: &PgPool, new: &NewEvent) -> Result<IngestOutcome, Store
         .bind(new.outbox)
         .fetch_one(pool)
         .await?;
-    let fresh: bool = row.try_get("fresh")?;
     let inserted: i64 = row.try_get("inserted")?;
-    if !fresh {
-        return Ok(IngestOutcome::Replayed);
-    }
-    if inserted == 1 {
-        return Ok(IngestOutcome::Accepted {
+    ingest_outcome(pool, new, row.try_get("fresh")?, inserted == 1).await
+}
+
+/// What an ingest statement's two flags mean for `new` (a duplicate also
+/// names the stored event, which takes one more read).
+async fn ingest_outcome(
+    pool: &PgPool,
+    new: &NewEvent,
+    fresh: bool,
+    inserted: bool,
+) -> Result<IngestOutcome, StoreError> {
+    Ok(if !fresh {
+        IngestOutcome::Replayed
+    } else if inserted {
+        IngestOutcome::Accepted {
             jobs: new.endpoints.len(),
-        });
-    }
-    Ok(IngestOutcome::Duplicate {
-        existing: existing_event(pool, new).await?,
+        }
+    } else {
+        IngestOutcome::Duplicate {
+            existing: existing_event(pool, new).await?,
+        }
     })
 }
 

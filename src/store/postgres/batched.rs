@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 
 use super::batcher::{rounds, Batched};
-use super::{claim_one, claimed_job, existing_event, ingest_in, record_in, record_step};
+use super::{claim_one, claimed_job, ingest_in, ingest_outcome, record_in, record_step};
 use crate::store::{
     millis, now_ms, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, RecordOutcome,
     StoreError, DUE_TOLERANCE_MS,
@@ -54,23 +54,31 @@ const INGEST_MANY: &str = "\
     SELECT f.fresh, ev.id IS NOT NULL AS inserted \
     FROM input i JOIN fresh f ON f.ord = i.ord LEFT JOIN ev ON ev.id = i.id ORDER BY i.ord";
 
+/// What two ingests may share, which keeps them out of one statement.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum IngestKey<'a> {
+    /// Account, event type, provider trade number, dedup extra.
+    Dedup(&'a str, &'a str, &'a str, &'a str),
+    /// Account, nonce.
+    Nonce(&'a str, &'a str),
+}
+
 impl Batched for NewEvent {
     type Output = IngestOutcome;
 
     async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<IngestOutcome>, StoreError> {
         let plan = rounds(batch, |new| {
             let ev = &new.event;
-            let dedup = format!(
-                "e\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            let dedup = IngestKey::Dedup(
                 ev.account.as_str(),
                 ev.event_type.as_str(),
-                ev.provider_trade_no,
-                new.dedup_extra
+                &ev.provider_trade_no,
+                &new.dedup_extra,
             );
             let nonce = new
                 .nonce
-                .as_ref()
-                .map(|n| format!("n\u{1f}{}\u{1f}{n}", ev.account.as_str()));
+                .as_deref()
+                .map(|n| IngestKey::Nonce(ev.account.as_str(), n));
             std::iter::once(dedup).chain(nonce)
         });
         let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; batch.len()];
@@ -78,17 +86,7 @@ impl Batched for NewEvent {
             let items: Vec<&NewEvent> = round.iter().map(|&i| &batch[i]).collect();
             let flags = ingest_round(pool, &items).await?;
             for ((&index, new), (fresh, inserted)) in round.iter().zip(&items).zip(flags) {
-                outcomes[index] = Some(if !fresh {
-                    IngestOutcome::Replayed
-                } else if inserted {
-                    IngestOutcome::Accepted {
-                        jobs: new.endpoints.len(),
-                    }
-                } else {
-                    IngestOutcome::Duplicate {
-                        existing: existing_event(pool, new).await?,
-                    }
-                });
+                outcomes[index] = Some(ingest_outcome(pool, new, fresh, inserted).await?);
             }
         }
         outcomes

@@ -127,21 +127,22 @@ pub(super) async fn run_batched<T: Batched>(
 /// into the round after the last one holding any of its keys, so no round
 /// holds two items with a key in common, and for any key the items holding
 /// it run in their original order. Without shared keys there is one round.
-pub(super) fn rounds<T, K, I>(items: &[T], keys: impl Fn(&T) -> I) -> Vec<Vec<usize>>
+///
+/// `keys` is called twice per item, so it should be cheap (borrowed keys).
+pub(super) fn rounds<'a, T, K, I>(items: &'a [T], keys: impl Fn(&'a T) -> I) -> Vec<Vec<usize>>
 where
     K: Hash + Eq,
     I: IntoIterator<Item = K>,
 {
-    let mut last_round: HashMap<K, usize> = HashMap::new();
+    let mut last_round: HashMap<K, usize> = HashMap::with_capacity(items.len());
     let mut rounds: Vec<Vec<usize>> = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        let item_keys: Vec<K> = keys(item).into_iter().collect();
-        let round = item_keys
-            .iter()
-            .filter_map(|k| last_round.get(k))
+        let round = keys(item)
+            .into_iter()
+            .filter_map(|k| last_round.get(&k).copied())
             .max()
             .map_or(0, |r| r + 1);
-        for k in item_keys {
+        for k in keys(item) {
             last_round.insert(k, round);
         }
         if rounds.len() <= round {
