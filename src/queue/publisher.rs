@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel};
-use tokio::sync::Notify;
+use lapin::{BasicProperties, Channel, PublisherConfirm};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::connection::Broker;
 use super::QueueTask;
@@ -24,6 +25,11 @@ const BATCH: usize = 256;
 /// A claimed row comes back to any publisher after this, if never confirmed.
 const LEASE: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_millis(200);
+/// Batches sent and waiting for their confirms at once.
+const IN_FLIGHT: usize = 4;
+/// A batch not confirmed within this is given up (and the channel reopened)
+/// before its rows' leases run out.
+const CONFIRM_WAIT: Duration = Duration::from_secs(8);
 
 pub struct OutboxPublisher {
     pub broker: Broker,
@@ -64,14 +70,31 @@ pub async fn publish_confirmed(
 impl OutboxPublisher {
     pub async fn run(self) {
         self.broker.status.register(COMPONENT);
+        // Confirm waits of earlier batches; on shutdown they get a moment to
+        // finish, so that confirmed rows are forgotten rather than republished.
+        let confirms = TaskTracker::new();
         'connect: while !self.shutdown.is_cancelled() {
             let Some(session) = self.broker.open(COMPONENT, &self.shutdown).await else {
                 break;
             };
+            // Cancelled by a confirm wait that failed: this session's channel
+            // is unusable, and the loop reconnects.
+            let failed = CancellationToken::new();
+            let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
             let mut store_backoff = Duration::from_millis(100);
             loop {
-                if self.shutdown.is_cancelled() {
-                    break 'connect;
+                let permit = tokio::select! {
+                    permit = in_flight.clone().acquire_owned() => permit.ok(),
+                    _ = failed.cancelled() => None,
+                    _ = self.shutdown.cancelled() => break 'connect,
+                };
+                let Some(permit) = permit else {
+                    self.broker.mark_down(COMPONENT);
+                    continue 'connect;
+                };
+                if failed.is_cancelled() {
+                    self.broker.mark_down(COMPONENT);
+                    continue 'connect;
                 }
                 let items = match self.store.outbox_claim(BATCH, LEASE).await {
                     Ok(items) => {
@@ -80,46 +103,76 @@ impl OutboxPublisher {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the outbox; retrying");
-                        self.idle(store_backoff).await;
+                        drop(permit);
+                        self.idle(store_backoff, &failed).await;
                         store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 };
                 if items.is_empty() {
+                    drop(permit);
                     if let Ok(n) = self.store.count_outbox().await {
                         self.metrics.set_outbox_pending(n);
                     }
-                    self.idle(IDLE).await;
+                    self.idle(IDLE, &failed).await;
                     continue;
                 }
-                match self.publish_batch(&session.channel, &items).await {
-                    Ok(confirmed) => {
-                        // Redelivery rows publish jobs only, not their event.
-                        let count = items
-                            .iter()
-                            .filter(|i| i.publish_event && confirmed.contains(&i.outbox_id))
-                            .count() as u64;
-                        if let Err(e) = self.store.outbox_done(&confirmed).await {
-                            // Published but not marked: published again later
-                            // (a duplicate, which consumers tolerate by id).
-                            tracing::warn!(error = %e, "cannot mark outbox rows published");
-                        }
-                        self.metrics.events_published(count);
-                    }
+                let pending = match self.send_batch(&session.channel, &items).await {
+                    Ok(pending) => pending,
                     Err(e) => {
                         tracing::warn!(error = %e, "publishing failed; reconnecting");
                         self.broker.mark_down(COMPONENT);
                         continue 'connect;
                     }
-                }
+                };
+                // The next batch is claimed and sent while this one waits for
+                // its confirms (a quorum queue's confirm waits for its log to
+                // reach disk on a majority): the round trips overlap instead
+                // of adding up.
+                let store = self.store.clone();
+                let metrics = self.metrics.clone();
+                let failed = failed.clone();
+                confirms.spawn(async move {
+                    match tokio::time::timeout(CONFIRM_WAIT, confirmed_ids(&items, pending)).await {
+                        Ok(Ok(confirmed)) => {
+                            // Redelivery rows publish jobs only, not their event.
+                            let count = items
+                                .iter()
+                                .filter(|i| i.publish_event && confirmed.contains(&i.outbox_id))
+                                .count() as u64;
+                            if let Err(e) = store.outbox_done(&confirmed).await {
+                                // Published but not marked: published again later
+                                // (a duplicate, which consumers tolerate by id).
+                                tracing::warn!(error = %e, "cannot mark outbox rows published");
+                            }
+                            metrics.events_published(count);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "waiting for publisher confirms failed; reconnecting");
+                            failed.cancel();
+                        }
+                        Err(_) => {
+                            // Left unconfirmed, the rows' leases would run out
+                            // and another claim publish them beside these.
+                            tracing::warn!("no publisher confirms within the outbox lease; reconnecting");
+                            failed.cancel();
+                        }
+                    }
+                    drop(permit);
+                });
             }
         }
+        confirms.close();
+        let _ = tokio::time::timeout(CONFIRM_WAIT, confirms.wait()).await;
         self.broker.mark_down(COMPONENT);
     }
 
-    /// Publishes every message of `items`, then waits for all confirms.
-    /// Returns the outbox ids whose messages were all acknowledged.
-    async fn publish_batch(&self, channel: &Channel, items: &[OutboxItem]) -> Result<Vec<i64>, lapin::Error> {
+    /// Publishes every message of `items` without waiting for the broker.
+    async fn send_batch(
+        &self,
+        channel: &Channel,
+        items: &[OutboxItem],
+    ) -> Result<PendingConfirms, lapin::Error> {
         let topology = &self.broker.topology;
         let exchange = ShortString::from(topology.events_exchange());
         let deliveries = ShortString::from(topology.deliveries_queue());
@@ -153,30 +206,40 @@ impl OutboxPublisher {
                 pending.push((item.outbox_id, confirm));
             }
         }
-        let mut refused = HashSet::new();
-        for (id, confirm) in pending {
-            if !confirm.await?.is_ack() {
-                refused.insert(id);
-            }
-        }
-        if !refused.is_empty() {
-            tracing::warn!(
-                count = refused.len(),
-                "broker refused some publishes; they will be retried"
-            );
-        }
-        Ok(items
-            .iter()
-            .map(|i| i.outbox_id)
-            .filter(|id| !refused.contains(id))
-            .collect())
+        Ok(pending)
     }
 
-    async fn idle(&self, wait: Duration) {
+    async fn idle(&self, wait: Duration, failed: &CancellationToken) {
         tokio::select! {
             _ = self.wake.notified() => {}
+            _ = failed.cancelled() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = self.shutdown.cancelled() => {}
         }
     }
+}
+
+/// The confirms a sent batch waits for, each with its outbox row.
+type PendingConfirms = Vec<(i64, PublisherConfirm)>;
+
+/// Waits for every confirm of a batch. Returns the outbox ids whose messages
+/// were all acknowledged.
+async fn confirmed_ids(items: &[OutboxItem], pending: PendingConfirms) -> Result<Vec<i64>, lapin::Error> {
+    let mut refused = HashSet::new();
+    for (id, confirm) in pending {
+        if !confirm.await?.is_ack() {
+            refused.insert(id);
+        }
+    }
+    if !refused.is_empty() {
+        tracing::warn!(
+            count = refused.len(),
+            "broker refused some publishes; they will be retried"
+        );
+    }
+    Ok(items
+        .iter()
+        .map(|i| i.outbox_id)
+        .filter(|id| !refused.contains(id))
+        .collect())
 }
