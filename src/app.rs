@@ -161,6 +161,7 @@ impl Application {
                 store: store.clone(),
                 metrics: metrics.clone(),
                 wake: jobs_committed.clone(),
+                handoff: store.outbox_handoff(),
                 shutdown: options.shutdown.clone(),
             };
             workers.push(publisher.run().boxed());

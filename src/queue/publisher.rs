@@ -6,29 +6,29 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, PublisherConfirm};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::Broker;
 use super::QueueTask;
-use crate::store::{OutboxItem, Store};
+use crate::store::{OutboxItem, Store, OUTBOX_LEASE};
 use crate::telemetry::Metrics;
 
 const COMPONENT: &str = "outbox-publisher";
 const BATCH: usize = 256;
-/// A claimed row comes back to any publisher after this, if never confirmed.
-const LEASE: Duration = Duration::from_secs(10);
+/// The outbox is scanned at least this often while rows are handed over.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_millis(200);
 /// Batches sent and waiting for their confirms at once.
 const IN_FLIGHT: usize = 4;
 /// A batch not confirmed within this is given up (and the channel reopened)
-/// before its rows' leases run out.
+/// before its rows' leases (`OUTBOX_LEASE`) run out.
 const CONFIRM_WAIT: Duration = Duration::from_secs(8);
 
 pub struct OutboxPublisher {
@@ -37,6 +37,9 @@ pub struct OutboxPublisher {
     pub metrics: Arc<Metrics>,
     /// Notified by the ingress after each commit.
     pub wake: Arc<Notify>,
+    /// This process's committed outbox rows, handed over in memory
+    /// (`Store::outbox_handoff`), already leased to this publisher.
+    pub handoff: Option<mpsc::Receiver<OutboxItem>>,
     pub shutdown: CancellationToken,
 }
 
@@ -68,8 +71,11 @@ pub async fn publish_confirmed(
 }
 
 impl OutboxPublisher {
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         self.broker.status.register(COMPONENT);
+        let mut handoff = self.handoff.take();
+        // When the outbox was last scanned; the first pass scans.
+        let mut last_scan: Option<Instant> = None;
         // Confirm waits of earlier batches; on shutdown they get a moment to
         // finish, so that confirmed rows are forgotten rather than republished.
         let confirms = TaskTracker::new();
@@ -96,25 +102,51 @@ impl OutboxPublisher {
                     self.broker.mark_down(COMPONENT);
                     continue 'connect;
                 }
-                let items = match self.store.outbox_claim(BATCH, LEASE).await {
-                    Ok(items) => {
-                        store_backoff = Duration::from_millis(100);
-                        items
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the outbox; retrying");
-                        drop(permit);
-                        self.idle(store_backoff, &failed).await;
-                        store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
+                // Rows this process just committed come in memory. The scan
+                // finds the rest (other processes' rows whose lease ran out,
+                // redeliveries): without a hand-off queue whenever nothing is
+                // at hand, with one at least every `SCAN_EVERY`.
+                let mut items = take_handed_off(handoff.as_mut(), BATCH);
+                let scan_due = match (&handoff, last_scan) {
+                    (_, None) => true,
+                    (None, Some(_)) => items.is_empty(),
+                    (Some(_), Some(at)) => at.elapsed() >= SCAN_EVERY,
                 };
+                if scan_due && items.len() < BATCH {
+                    match self.store.outbox_claim(BATCH - items.len(), OUTBOX_LEASE).await {
+                        Ok(scanned) => {
+                            store_backoff = Duration::from_millis(100);
+                            last_scan = Some(Instant::now());
+                            if scanned.is_empty() {
+                                // Nothing left behind: a moment to update the gauge.
+                                if let Ok(n) = self.store.count_outbox().await {
+                                    self.metrics.set_outbox_pending(n);
+                                }
+                            }
+                            items.extend(scanned);
+                        }
+                        Err(e) if items.is_empty() => {
+                            tracing::warn!(error = %e, "cannot read the outbox; retrying");
+                            drop(permit);
+                            self.idle(store_backoff, &failed).await;
+                            store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                        Err(e) => {
+                            // The handed-off rows are published all the same.
+                            tracing::warn!(error = %e, "cannot read the outbox; retrying");
+                        }
+                    }
+                }
                 if items.is_empty() {
                     drop(permit);
-                    if let Ok(n) = self.store.count_outbox().await {
-                        self.metrics.set_outbox_pending(n);
-                    }
-                    self.idle(IDLE, &failed).await;
+                    // Each commit wakes this loop; otherwise it sleeps until
+                    // the next scan is due.
+                    let wait = match (&handoff, last_scan) {
+                        (Some(_), Some(at)) => SCAN_EVERY.saturating_sub(at.elapsed()),
+                        _ => IDLE,
+                    };
+                    self.idle(wait, &failed).await;
                     continue;
                 }
                 let pending = match self.send_batch(&session.channel, &items).await {
@@ -217,6 +249,20 @@ impl OutboxPublisher {
             _ = self.shutdown.cancelled() => {}
         }
     }
+}
+
+/// Up to `limit` rows waiting in the hand-off queue, without waiting.
+fn take_handed_off(handoff: Option<&mut mpsc::Receiver<OutboxItem>>, limit: usize) -> Vec<OutboxItem> {
+    let mut items = Vec::new();
+    if let Some(rx) = handoff {
+        while items.len() < limit {
+            match rx.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+    }
+    items
 }
 
 /// The confirms a sent batch waits for, each with its outbox row.

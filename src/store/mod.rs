@@ -179,6 +179,10 @@ fn classify_unclaimed(
     }
 }
 
+/// How long a claimed outbox row belongs to its publisher. A row handed to
+/// the publisher in memory at ingest is leased for as long from its commit.
+pub const OUTBOX_LEASE: Duration = Duration::from_secs(10);
+
 /// A stored event waiting to be published to RabbitMQ, with the delivery jobs
 /// it created.
 #[derive(Debug, Clone)]
@@ -313,6 +317,16 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.outbox_claim(limit, lease).await,
             Store::Postgres(s) => s.outbox_claim(limit, lease).await,
+        }
+    }
+
+    /// Committed outbox rows of this process, handed to its publisher in
+    /// memory (PostgreSQL only; SQLite's rows are all found by the scan).
+    /// Once per store.
+    pub fn outbox_handoff(&self) -> Option<tokio::sync::mpsc::Receiver<OutboxItem>> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => s.outbox_handoff(),
         }
     }
 

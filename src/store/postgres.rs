@@ -10,10 +10,12 @@
 //! the way rows are picked under concurrency differs.
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
 
 use super::{
     classify_unclaimed, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
@@ -24,12 +26,15 @@ use crate::domain::EventId;
 mod batched;
 mod batcher;
 
-use batched::ClaimRequest;
+use batched::{ClaimRequest, IngestRequest, Ingested};
 use batcher::Batcher;
 
 /// Concurrent batches per kind of write, and the most requests in one.
 const BATCH_LANES: usize = 2;
 const MAX_BATCH: usize = 256;
+/// Committed outbox rows waiting for this process's publisher in memory;
+/// past this the rest wait for their lease to run out (about 5 MB of events).
+const HANDOFF_QUEUE: usize = 8192;
 
 /// Connections per process. Ingress transactions and dispatcher claims are
 /// short, so a few connections serve many concurrent requests; many processes
@@ -39,7 +44,10 @@ const MAX_CONNECTIONS: u32 = 16;
 #[derive(Clone)]
 pub struct PostgresStore {
     pub(super) pool: PgPool,
-    ingests: Batcher<NewEvent>,
+    ingests: Batcher<IngestRequest>,
+    /// Where committed outbox rows go to this process's publisher, once it
+    /// asked for them ([`PostgresStore::outbox_handoff`]).
+    handoff: Arc<OnceLock<mpsc::Sender<OutboxItem>>>,
     records: Batcher<AttemptRecord>,
     claims: Batcher<ClaimRequest>,
 }
@@ -90,6 +98,7 @@ impl PostgresStore {
             ingests: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
             records: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
             claims: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
+            handoff: Arc::default(),
             pool,
         })
     }
@@ -107,8 +116,35 @@ impl PostgresStore {
     /// the event, its delivery jobs and the outbox row are written together
     /// or not at all, and committed before the result comes back. Concurrent
     /// ingests share that statement (`postgres/batcher.rs`).
+    ///
+    /// Once the publisher asked for hand-offs, a new outbox row is written
+    /// leased to it and passed to it in memory after the commit, so that it
+    /// publishes without reading the row back. The row stays the record: if
+    /// the process dies (or the hand-off queue is full) the lease runs out
+    /// and any publisher's scan takes it.
     pub async fn ingest(&self, new: NewEvent) -> Result<IngestOutcome, StoreError> {
-        self.ingests.run(new).await
+        let handoff = self.handoff.get();
+        let request = IngestRequest {
+            handoff: handoff.is_some() && new.outbox,
+            new,
+        };
+        let Ingested {
+            outcome,
+            handoff: item,
+        } = self.ingests.run(request).await?;
+        if let (Some(item), Some(publisher)) = (item, handoff) {
+            // Full or closed: the row waits out its lease for the scan.
+            let _ = publisher.try_send(item);
+        }
+        Ok(outcome)
+    }
+
+    /// Hands every outbox row this process commits from now on to the
+    /// returned queue (see `ingest`). Once per store: a second call gets
+    /// `None`.
+    pub fn outbox_handoff(&self) -> Option<mpsc::Receiver<OutboxItem>> {
+        let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+        self.handoff.set(tx).ok().map(|()| rx)
     }
 
     /// One statement, as `ingest`: the attempt and the job's next step.
@@ -316,7 +352,15 @@ impl PostgresStore {
 
     /// `requests` as one batch, in order (`Store::ingest_all`).
     pub async fn ingest_all(&self, requests: Vec<NewEvent>) -> Vec<Result<IngestOutcome, StoreError>> {
-        batcher::run_batched(&self.pool, &requests).await
+        let requests: Vec<IngestRequest> = requests
+            .into_iter()
+            .map(|new| IngestRequest { new, handoff: false })
+            .collect();
+        batcher::run_batched(&self.pool, &requests)
+            .await
+            .into_iter()
+            .map(|r| r.map(|ingested| ingested.outcome))
+            .collect()
     }
 
     /// `records` as one batch, in order (`Store::record_all`).
@@ -398,63 +442,6 @@ async fn claim_one(pool: &PgPool, job: JobRef, lease: Duration) -> Result<JobCla
             r.try_get("lease_until")?,
         ),
     })
-}
-
-/// The ingest as data-modifying CTEs (every one of them runs to completion,
-/// in one snapshot):
-/// - `nonce`: a nonce already stored is a replay. A concurrent insert of the
-///   same nonce waits for the other statement, then does nothing: exactly one
-///   of them is accepted;
-/// - `ev`: only for a fresh nonce (or none); a dedup identity already stored
-///   makes it a duplicate (which still remembers its nonce, as in SQLite);
-/// - `dl`, `ob`: the delivery jobs, in endpoint order, and the outbox row, only
-///   for an event actually inserted.
-const INGEST: &str = "\
-    WITH nonce AS ( \
-        INSERT INTO nonces (account, nonce, seen_at) \
-        SELECT $2, $12::text, $13 WHERE $12::text IS NOT NULL \
-        ON CONFLICT DO NOTHING RETURNING 1 \
-    ), ok AS ( \
-        SELECT ($12::text IS NULL OR EXISTS (SELECT 1 FROM nonce)) AS fresh \
-    ), ev AS ( \
-        INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
-            merchant_order_no, payload, raw_body, raw_headers, received_at) \
-        SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM ok WHERE ok.fresh \
-        ON CONFLICT DO NOTHING RETURNING id \
-    ), dl AS ( \
-        INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
-            created_at, updated_at) \
-        SELECT ev.id, ep.endpoint_id, 'pending', 0, $13, 0, $13, $13 \
-        FROM ev CROSS JOIN UNNEST($14::text[]) WITH ORDINALITY AS ep (endpoint_id, ord) ORDER BY ep.ord \
-    ), ob AS ( \
-        INSERT INTO outbox (event_id, created_at) SELECT ev.id, $13 FROM ev WHERE $15 \
-    ) \
-    SELECT (SELECT fresh FROM ok) AS fresh, (SELECT count(*) FROM ev) AS inserted";
-
-async fn ingest_in(pool: &PgPool, new: &NewEvent) -> Result<IngestOutcome, StoreError> {
-    let now = now_ms();
-    let ev = &new.event;
-    let endpoints: Vec<&str> = new.endpoints.iter().map(|e| e.as_str()).collect();
-    let row = sqlx::query(INGEST)
-        .bind(ev.id.as_str())
-        .bind(ev.account.as_str())
-        .bind(ev.provider.as_str())
-        .bind(ev.event_type.as_str())
-        .bind(&ev.provider_trade_no)
-        .bind(&new.dedup_extra)
-        .bind(ev.merchant_order_no.as_deref())
-        .bind(&new.payload)
-        .bind(&new.raw_body)
-        .bind(&new.raw_headers)
-        .bind(ev.received_at.timestamp_millis())
-        .bind(new.nonce.as_deref())
-        .bind(now)
-        .bind(endpoints)
-        .bind(new.outbox)
-        .fetch_one(pool)
-        .await?;
-    let inserted: i64 = row.try_get("inserted")?;
-    ingest_outcome(pool, new, row.try_get("fresh")?, inserted == 1).await
 }
 
 /// What an ingest statement's two flags mean for `new` (a duplicate also

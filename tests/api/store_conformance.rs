@@ -1186,3 +1186,92 @@ async fn postgres_batch_with_a_bad_row_fails_only_that_row() {
     );
     store.close().await;
 }
+
+/// Once the publisher asked for them, the rows an ingest writes to the outbox
+/// reach it in memory, leased to it, as the scan would have read them. The
+/// row stays the record: when its lease runs out (here expired by hand, as
+/// if this process had died before publishing) any publisher's scan finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_committed_outbox_rows_are_handed_over_and_stay_recoverable() {
+    let (store, db) = postgres_store().await;
+    let mut handoff = store.outbox_handoff().expect("PostgreSQL hands outbox rows over");
+    assert!(store.outbox_handoff().is_none(), "one publisher per store");
+
+    let mut a = new_event("a", "T1", &["e1", "e2"]);
+    a.outbox = true;
+    let before = now_ms();
+    accept(&store, &a).await;
+    // No outbox row, nothing handed over; a duplicate writes no row either.
+    accept(&store, &new_event("a", "T2", &["e1"])).await;
+    assert!(matches!(
+        store.ingest(repeat_of(&a)).await.unwrap(),
+        IngestOutcome::Duplicate { .. }
+    ));
+
+    let item = handoff.try_recv().expect("the committed row is handed over");
+    assert!(handoff.try_recv().is_err(), "one row, handed over once");
+    assert_eq!(item.event_id, a.event.id.as_str());
+    assert_eq!(item.routing_key, "dryad.payment.succeeded");
+    assert_eq!(item.payload, a.payload);
+    assert!(item.publish_event);
+    let expected: Vec<JobRef> = delivery_ids(&store, &a)
+        .await
+        .into_iter()
+        .map(|delivery_id| JobRef {
+            delivery_id,
+            attempt: 1,
+        })
+        .collect();
+    assert_eq!(expected.len(), 2);
+    assert_eq!(item.jobs, expected);
+
+    // Leased to this publisher for the outbox lease: no scan takes it now.
+    assert!(store.outbox_claim(10, LEASE).await.unwrap().is_empty());
+    assert_eq!(store.count_outbox().await.unwrap(), 1);
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let lease_until: i64 = sqlx::query_scalar("SELECT lease_until FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let lease_ms = i64::try_from(payhook::store::OUTBOX_LEASE.as_millis()).unwrap();
+    assert!(
+        (before + lease_ms..=now_ms() + lease_ms).contains(&lease_until),
+        "{lease_until}"
+    );
+
+    sqlx::query("UPDATE outbox SET lease_until = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let scanned = store.outbox_claim(10, LEASE).await.unwrap();
+    assert_eq!(scanned.len(), 1);
+    let again = &scanned[0];
+    assert_eq!(again.outbox_id, item.outbox_id);
+    assert_eq!(again.event_id, item.event_id);
+    assert_eq!(again.routing_key, item.routing_key);
+    assert_eq!(again.payload, item.payload);
+    assert_eq!(again.jobs, item.jobs);
+    assert_eq!(again.publish_event, item.publish_event);
+
+    // Concurrent ingests (one batched statement) are handed over each.
+    let events: Vec<NewEvent> = (0..8)
+        .map(|i| {
+            let mut new = new_event("b", &format!("T{i}"), &["e1"]);
+            new.outbox = true;
+            new
+        })
+        .collect();
+    let outcomes = futures_util::future::join_all(events.iter().map(|e| store.ingest(e.clone()))).await;
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, Ok(IngestOutcome::Accepted { jobs: 1 }))));
+    let mut handed = HashSet::new();
+    while let Ok(item) = handoff.try_recv() {
+        assert_eq!(item.jobs.len(), 1);
+        assert!(handed.insert(item.event_id));
+    }
+    let ids: HashSet<String> = events.iter().map(|e| e.event.id.as_str().to_owned()).collect();
+    assert_eq!(handed, ids);
+    pool.close().await;
+    store.close().await;
+}

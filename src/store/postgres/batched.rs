@@ -8,16 +8,27 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 
 use super::batcher::{rounds, Batched};
-use super::{claim_one, claimed_job, ingest_in, ingest_outcome, record_in, record_step};
+use super::{claim_one, claimed_job, ingest_outcome, record_in, record_step};
 use crate::store::{
-    millis, now_ms, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, RecordOutcome,
-    StoreError, DUE_TOLERANCE_MS,
+    millis, now_ms, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, OutboxItem,
+    RecordOutcome, StoreError, DUE_TOLERANCE_MS, OUTBOX_LEASE,
 };
 
-/// `INGEST` over arrays; `$15`/`$16` list the delivery jobs as (1-based
-/// index of the event in the batch, endpoint), in order. Returns, per input
-/// row in order, whether its nonce was fresh and whether its event was
-/// inserted. The caller keeps requests that share a nonce or a dedup
+/// The ingest as data-modifying CTEs over arrays (every one of them runs to
+/// completion, in one snapshot):
+/// - `nonce`: a nonce already stored is a replay. A concurrent insert of the
+///   same nonce waits for the other statement, then does nothing: exactly one
+///   of them is accepted;
+/// - `ev`: only for a fresh nonce (or none); a dedup identity already stored
+///   makes it a duplicate (which still remembers its nonce, as in SQLite);
+/// - `dl`, `ob`: the delivery jobs, in endpoint order, and the outbox row
+///   (leased until `$17`: 0 for any publisher's scan, later when it is handed
+///   to this process's publisher in memory), only for an event inserted.
+///
+/// `$15`/`$16` list the delivery jobs as (1-based index of the event in the
+/// batch, endpoint), in order. Returns, per input row in order, whether its
+/// nonce was fresh, whether its event was inserted, and its outbox row and
+/// job ids. The caller keeps requests that share a nonce or a dedup
 /// identity in different statements, so each row's `RETURNING` is its own
 /// and the joins back to `input` match at most one row. (Joins, not
 /// `EXISTS` in the select list: that would scan the CTE once per row.)
@@ -47,12 +58,40 @@ const INGEST_MANY: &str = "\
         SELECT i.id, d.endpoint_id, 'pending', 0, $13, 0, $13, $13 \
         FROM unnest($15::int8[], $16::text[]) WITH ORDINALITY AS d (idx, endpoint_id, ord) \
         JOIN input i ON i.ord = d.idx JOIN ev ON ev.id = i.id ORDER BY d.ord \
+        RETURNING id, event_id \
     ), ob AS ( \
-        INSERT INTO outbox (event_id, created_at) \
-        SELECT i.id, $13 FROM input i JOIN ev ON ev.id = i.id WHERE i.outbox ORDER BY i.ord \
+        INSERT INTO outbox (event_id, created_at, lease_until) \
+        SELECT i.id, $13, $17 FROM input i JOIN ev ON ev.id = i.id WHERE i.outbox ORDER BY i.ord \
+        RETURNING id, event_id \
+    ), jobs AS ( \
+        SELECT event_id, array_agg(id ORDER BY id) AS ids FROM dl GROUP BY event_id \
     ) \
-    SELECT f.fresh, ev.id IS NOT NULL AS inserted \
-    FROM input i JOIN fresh f ON f.ord = i.ord LEFT JOIN ev ON ev.id = i.id ORDER BY i.ord";
+    SELECT f.fresh, ev.id IS NOT NULL AS inserted, ob.id AS outbox_id, jobs.ids AS job_ids \
+    FROM input i JOIN fresh f ON f.ord = i.ord LEFT JOIN ev ON ev.id = i.id \
+    LEFT JOIN ob ON ob.event_id = i.id LEFT JOIN jobs ON jobs.event_id = i.id ORDER BY i.ord";
+
+/// An ingest as the batcher runs it.
+pub(in crate::store) struct IngestRequest {
+    pub new: NewEvent,
+    /// Lease the outbox row to this process's publisher, and hand it over in
+    /// memory ([`Ingested::handoff`]) instead of leaving it to the scan.
+    pub handoff: bool,
+}
+
+pub(in crate::store) struct Ingested {
+    pub outcome: IngestOutcome,
+    /// The outbox row as the publisher needs it, for a handed-off ingest
+    /// that wrote one.
+    pub handoff: Option<OutboxItem>,
+}
+
+/// What the ingest statement says about one event.
+struct IngestRow {
+    fresh: bool,
+    inserted: bool,
+    outbox_id: Option<i64>,
+    job_ids: Option<Vec<i64>>,
+}
 
 /// What two ingests may share, which keeps them out of one statement.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,11 +102,12 @@ enum IngestKey<'a> {
     Nonce(&'a str, &'a str),
 }
 
-impl Batched for NewEvent {
-    type Output = IngestOutcome;
+impl Batched for IngestRequest {
+    type Output = Ingested;
 
-    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<IngestOutcome>, StoreError> {
-        let plan = rounds(batch, |new| {
+    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<Ingested>, StoreError> {
+        let plan = rounds(batch, |req| {
+            let new = &req.new;
             let ev = &new.event;
             let dedup = IngestKey::Dedup(
                 ev.account.as_str(),
@@ -81,31 +121,73 @@ impl Batched for NewEvent {
                 .map(|n| IngestKey::Nonce(ev.account.as_str(), n));
             std::iter::once(dedup).chain(nonce)
         });
-        let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; batch.len()];
+        let mut outputs: Vec<Option<Ingested>> = std::iter::repeat_with(|| None).take(batch.len()).collect();
         for round in plan {
-            let items: Vec<&NewEvent> = round.iter().map(|&i| &batch[i]).collect();
-            let flags = ingest_round(pool, &items).await?;
-            for ((&index, new), (fresh, inserted)) in round.iter().zip(&items).zip(flags) {
-                outcomes[index] = Some(ingest_outcome(pool, new, fresh, inserted).await?);
+            let items: Vec<&IngestRequest> = round.iter().map(|&i| &batch[i]).collect();
+            let rows = ingest_round(pool, &items).await?;
+            for ((&index, req), row) in round.iter().zip(&items).zip(rows) {
+                outputs[index] = Some(ingested(pool, req, row).await?);
             }
         }
-        outcomes
+        outputs
             .into_iter()
             .map(|o| o.ok_or_else(|| StoreError::Corrupt("missing ingest result".into())))
             .collect()
     }
 
-    async fn run_one(pool: &PgPool, one: &Self) -> Result<IngestOutcome, StoreError> {
-        ingest_in(pool, one).await
+    async fn run_one(pool: &PgPool, one: &Self) -> Result<Ingested, StoreError> {
+        let rows = ingest_round(pool, &[one]).await?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("missing ingest result".into()))?;
+        ingested(pool, one, row).await
     }
 }
 
-/// One statement for requests with no key in common: (fresh, inserted) each.
-async fn ingest_round(pool: &PgPool, items: &[&NewEvent]) -> Result<Vec<(bool, bool)>, StoreError> {
+/// The outcome of `req`, and its outbox row for the publisher if handed off.
+async fn ingested(pool: &PgPool, req: &IngestRequest, row: IngestRow) -> Result<Ingested, StoreError> {
+    let outcome = ingest_outcome(pool, &req.new, row.fresh, row.inserted).await?;
+    let handoff = match (req.handoff, row.outbox_id) {
+        (true, Some(outbox_id)) => {
+            let ev = &req.new.event;
+            Some(OutboxItem {
+                outbox_id,
+                event_id: ev.id.as_str().to_owned(),
+                routing_key: format!("{}.{}", ev.provider.as_str(), ev.event_type.as_str()),
+                payload: req.new.payload.clone(),
+                // Fresh jobs: their first attempt.
+                jobs: row
+                    .job_ids
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|delivery_id| JobRef {
+                        delivery_id,
+                        attempt: 1,
+                    })
+                    .collect(),
+                publish_event: true,
+            })
+        }
+        _ => None,
+    };
+    Ok(Ingested { outcome, handoff })
+}
+
+/// One statement for requests with no key in common.
+async fn ingest_round(pool: &PgPool, items: &[&IngestRequest]) -> Result<Vec<IngestRow>, StoreError> {
     let now = now_ms();
     let n = items.len();
+    // One lease for the batch: all its requests come from one store, which
+    // hands off all or none.
+    let lease_until = if items.iter().any(|r| r.handoff) {
+        now.saturating_add(millis(OUTBOX_LEASE))
+    } else {
+        0
+    };
     let mut cols = IngestColumns::with_capacity(n);
-    for (index, new) in items.iter().enumerate() {
+    for (index, req) in items.iter().enumerate() {
+        let new = &req.new;
         let ev = &new.event;
         cols.ids.push(ev.id.as_str());
         cols.accounts.push(ev.account.as_str());
@@ -143,13 +225,21 @@ async fn ingest_round(pool: &PgPool, items: &[&NewEvent]) -> Result<Vec<(bool, b
         .bind(cols.outbox)
         .bind(cols.job_events)
         .bind(cols.job_endpoints)
+        .bind(lease_until)
         .fetch_all(pool)
         .await?;
     if rows.len() != n {
         return Err(StoreError::Corrupt("ingest batch result".into()));
     }
     rows.iter()
-        .map(|r| Ok((r.try_get("fresh")?, r.try_get("inserted")?)))
+        .map(|r| {
+            Ok(IngestRow {
+                fresh: r.try_get("fresh")?,
+                inserted: r.try_get("inserted")?,
+                outbox_id: r.try_get("outbox_id")?,
+                job_ids: r.try_get("job_ids")?,
+            })
+        })
         .collect()
 }
 
@@ -195,6 +285,8 @@ impl IngestColumns<'_> {
 }
 
 /// `RECORD` over arrays: per input row in order, whether its update applied.
+/// `d.id = ANY($1)` repeats the join so that the rows are found by id (see
+/// `CLAIM_MANY`).
 const RECORD_MANY: &str = "\
     WITH input AS MATERIALIZED ( \
         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
@@ -210,7 +302,8 @@ const RECORD_MANY: &str = "\
         UPDATE deliveries d SET status = r.status, attempts = r.attempt, next_attempt_at = r.next_at, \
             lease_until = 0, updated_at = $11, last_error = r.error \
         FROM input r \
-        WHERE d.id = r.delivery_id AND d.status = 'pending' AND d.attempts = r.attempt - 1 \
+        WHERE d.id = ANY($1) AND d.id = r.delivery_id AND d.status = 'pending' \
+        AND d.attempts = r.attempt - 1 \
         RETURNING d.id \
     ) \
     SELECT u.id IS NOT NULL AS applied FROM input r LEFT JOIN u ON u.id = r.delivery_id ORDER BY r.ord";
@@ -273,12 +366,18 @@ pub(super) struct ClaimRequest {
 
 /// `claim_job`'s lease over arrays: the jobs it took (any order). A job not
 /// taken here goes through `claim_one`, which tries once more and says why.
+/// `d.id = ANY($1)` repeats the join on purpose: with the join alone,
+/// PostgreSQL could scan the partial index of every due job and hash-join it
+/// (seen in the generic plan of the prepared statement: thousands of entries
+/// per claim under load, dead ones included); by id it reads only the
+/// requested rows.
 const CLAIM_MANY: &str = "\
     WITH input AS ( \
         SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS j (id, attempts, lease_until) \
     ), upd AS ( \
         UPDATE deliveries d SET lease_until = j.lease_until FROM input j \
-        WHERE d.id = j.id AND d.status = 'pending' AND d.attempts = j.attempts AND d.lease_until <= $4 \
+        WHERE d.id = ANY($1) AND d.id = j.id AND d.status = 'pending' AND d.attempts = j.attempts \
+        AND d.lease_until <= $4 \
         AND d.next_attempt_at <= $5 \
         RETURNING d.id, d.event_id, d.endpoint_id, d.attempts \
     ) \
