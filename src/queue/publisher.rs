@@ -28,7 +28,10 @@ const IDLE: Duration = Duration::from_millis(200);
 /// Batches sent and waiting for their confirms at once.
 const IN_FLIGHT: usize = 4;
 /// A batch not confirmed within this is given up (and the channel reopened)
-/// before its rows' leases (`OUTBOX_LEASE`) run out.
+/// before its rows' leases (`OUTBOX_LEASE`) run out. A handed-off row's lease
+/// started at its commit, so one that waited long in the hand-off queue may
+/// be scanned and published again meanwhile: a duplicate, which consumers
+/// tolerate by id, never a loss.
 const CONFIRM_WAIT: Duration = Duration::from_secs(8);
 
 pub struct OutboxPublisher {
@@ -165,31 +168,7 @@ impl OutboxPublisher {
                 let metrics = self.metrics.clone();
                 let failed = failed.clone();
                 confirms.spawn(async move {
-                    match tokio::time::timeout(CONFIRM_WAIT, confirmed_ids(&items, pending)).await {
-                        Ok(Ok(confirmed)) => {
-                            // Redelivery rows publish jobs only, not their event.
-                            let count = items
-                                .iter()
-                                .filter(|i| i.publish_event && confirmed.contains(&i.outbox_id))
-                                .count() as u64;
-                            if let Err(e) = store.outbox_done(&confirmed).await {
-                                // Published but not marked: published again later
-                                // (a duplicate, which consumers tolerate by id).
-                                tracing::warn!(error = %e, "cannot mark outbox rows published");
-                            }
-                            metrics.events_published(count);
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "waiting for publisher confirms failed; reconnecting");
-                            failed.cancel();
-                        }
-                        Err(_) => {
-                            // Left unconfirmed, the rows' leases would run out
-                            // and another claim publish them beside these.
-                            tracing::warn!("no publisher confirms within the outbox lease; reconnecting");
-                            failed.cancel();
-                        }
-                    }
+                    settle_batch(&store, &metrics, &items, pending, &failed).await;
                     drop(permit);
                 });
             }
@@ -247,6 +226,43 @@ impl OutboxPublisher {
             _ = failed.cancelled() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = self.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Waits for a sent batch's confirms and forgets the rows they cover; if they
+/// do not come, cancels `failed` so that the publisher reconnects (the rows
+/// stay, and are published again when their leases run out).
+async fn settle_batch(
+    store: &Store,
+    metrics: &Metrics,
+    items: &[OutboxItem],
+    pending: PendingConfirms,
+    failed: &CancellationToken,
+) {
+    match tokio::time::timeout(CONFIRM_WAIT, confirmed_ids(items, pending)).await {
+        Ok(Ok(confirmed)) => {
+            // Redelivery rows publish jobs only, not their event.
+            let count = items
+                .iter()
+                .filter(|i| i.publish_event && confirmed.contains(&i.outbox_id))
+                .count() as u64;
+            if let Err(e) = store.outbox_done(&confirmed).await {
+                // Published but not marked: published again later
+                // (a duplicate, which consumers tolerate by id).
+                tracing::warn!(error = %e, "cannot mark outbox rows published");
+            }
+            metrics.events_published(count);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "waiting for publisher confirms failed; reconnecting");
+            failed.cancel();
+        }
+        Err(_) => {
+            // Left unconfirmed, the rows' leases would run out and another
+            // claim publish them beside these.
+            tracing::warn!("no publisher confirms within the outbox lease; reconnecting");
+            failed.cancel();
         }
     }
 }
