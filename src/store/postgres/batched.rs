@@ -1,7 +1,9 @@
 //! The three writes that happen once per event or more (ingest, job claim,
-//! attempt record) as multi-row statements, for the batcher. Each is the
-//! single-row statement of `postgres.rs` over `unnest`ed arrays, so the rules
-//! (replays, duplicates, the attempt order, lease checks) are the same SQL.
+//! attempt record) as multi-row statements, for the batcher. The claim and
+//! the record are the single-row statements of `postgres.rs` over
+//! `unnest`ed arrays, so the rules (the attempt order, lease checks) are the
+//! same SQL; the ingest exists only here, and a lone ingest is a batch of
+//! one.
 
 use std::time::Duration;
 
