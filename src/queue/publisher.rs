@@ -120,12 +120,8 @@ impl OutboxPublisher {
                         Ok(scanned) => {
                             store_backoff = Duration::from_millis(100);
                             last_scan = Some(Instant::now());
-                            if scanned.is_empty() {
-                                // Nothing left behind: a moment to update the gauge.
-                                if let Ok(n) = self.store.count_outbox().await {
-                                    self.metrics.set_outbox_pending(n);
-                                }
-                            }
+                            // (The outbox gauge is refreshed by the relay's
+                            // upkeep timer, broker up or down.)
                             items.extend(scanned);
                         }
                         Err(e) if items.is_empty() => {

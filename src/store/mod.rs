@@ -156,6 +156,28 @@ pub enum JobClaim {
 /// message that arrives a little early is parked again for the rest).
 pub const DUE_TOLERANCE_MS: i64 = 0;
 
+/// Why a job that was not claimed was not, from its row as read by
+/// `SELECT status, attempts, next_attempt_at, lease_until` (no row: gone).
+fn classify_unclaimed_row<R>(job: JobRef, now: i64, row: Option<R>) -> Result<JobClaim, StoreError>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let Some(r) = row else {
+        return Ok(JobClaim::Stale);
+    };
+    Ok(classify_unclaimed(
+        job,
+        now,
+        &r.try_get::<String, _>("status")?,
+        r.try_get("attempts")?,
+        r.try_get("next_attempt_at")?,
+        r.try_get("lease_until")?,
+    ))
+}
+
 /// Why a job that was not claimed was not: read from its row.
 fn classify_unclaimed(
     job: JobRef,

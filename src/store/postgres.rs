@@ -18,7 +18,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
 use super::{
-    classify_unclaimed, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
+    classify_unclaimed_row, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
     JobRef, NewEvent, NextStep, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
 };
 use crate::domain::EventId;
@@ -431,17 +431,7 @@ async fn claim_one(pool: &PgPool, job: JobRef, lease: Duration) -> Result<JobCla
             .bind(job.delivery_id)
             .fetch_optional(pool)
             .await?;
-    Ok(match state {
-        None => JobClaim::Stale,
-        Some(r) => classify_unclaimed(
-            job,
-            now,
-            &r.try_get::<String, _>("status")?,
-            r.try_get("attempts")?,
-            r.try_get("next_attempt_at")?,
-            r.try_get("lease_until")?,
-        ),
-    })
+    classify_unclaimed_row(job, now, state)
 }
 
 /// What an ingest statement's two flags mean for `new` (a duplicate also

@@ -15,7 +15,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    classify_unclaimed, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
+    classify_unclaimed_row, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
     JobRef, NewEvent, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
 };
 
@@ -304,17 +304,7 @@ impl SqliteStore {
             .bind(job.delivery_id)
             .fetch_optional(&self.write)
             .await?;
-            return Ok(match state {
-                None => JobClaim::Stale,
-                Some(r) => classify_unclaimed(
-                    job,
-                    now,
-                    &r.try_get::<String, _>("status")?,
-                    r.try_get("attempts")?,
-                    r.try_get("next_attempt_at")?,
-                    r.try_get("lease_until")?,
-                ),
-            });
+            return classify_unclaimed_row(job, now, state);
         };
         let event_id: String = row.try_get("event_id")?;
         let event = sqlx::query("SELECT payload, received_at FROM events WHERE id = ?1")
