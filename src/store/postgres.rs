@@ -202,7 +202,12 @@ impl PostgresStore {
         if delivery_ids.is_empty() {
             return Ok(());
         }
-        sqlx::query("UPDATE deliveries SET lease_until = 0 WHERE status = 'pending' AND id = ANY($1)")
+        // The status compared through a subquery, not with a literal, so that
+        // the rows are found by id whatever the statistics (see `CLAIM_MANY`).
+        sqlx::query(
+            "UPDATE deliveries d SET lease_until = 0 FROM (SELECT 'pending'::text AS status OFFSET 0) AS open \
+             WHERE d.id = ANY($1) AND d.status = open.status",
+        )
             .bind(delivery_ids)
             .execute(&self.pool)
             .await?;

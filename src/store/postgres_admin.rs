@@ -84,7 +84,9 @@ impl PostgresStore {
         }
         if let Some(before) = &filter.before {
             // `COLLATE "C"`: byte order, as in SQLite, whatever the
-            // database's collation (ULIDs sort by time in byte order).
+            // database's collation (ULIDs sort by time in byte order). The
+            // primary key is in that collation (migration 0005), so its
+            // index serves this order.
             q.push(" AND id COLLATE \"C\" < ");
             q.push_bind(before.as_str());
         }
