@@ -30,7 +30,14 @@ use batched::{ClaimRequest, IngestRequest, Ingested};
 use batcher::Batcher;
 
 /// Concurrent batches per kind of write, and the most requests in one.
-const BATCH_LANES: usize = 2;
+///
+/// One lane: while its statement runs, the next batch gathers. Two lanes
+/// halved the batches (more statements, each with its fixed cost) and ran
+/// two ingests at once against the same index pages; measured in scaled mode
+/// on two cores, one lane cut the ingest's statement time per event by a
+/// quarter and e2e p99 at 1,500-2,500 callbacks/s by a third, with the same
+/// or better throughput flat out (BENCHMARKS.md, session 5).
+const BATCH_LANES: usize = 1;
 const MAX_BATCH: usize = 256;
 /// Committed outbox rows waiting for this process's publisher in memory;
 /// past this the rest wait for their lease to run out (about 5 MB of events).
