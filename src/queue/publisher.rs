@@ -5,7 +5,7 @@
 //! again: at-least-once, never lost.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::BasicPublishOptions;
@@ -33,6 +33,13 @@ const IN_FLIGHT: usize = 4;
 /// be scanned and published again meanwhile: a duplicate, which consumers
 /// tolerate by id, never a loss.
 const CONFIRM_WAIT: Duration = Duration::from_secs(8);
+
+/// Rows sent in a session that failed before their confirms came. The next
+/// session sends them first, so that a dropped connection delays them by a
+/// reconnect rather than by the rest of their lease (`OUTBOX_LEASE`, after
+/// which any scan would take them). Some of them may have reached the broker:
+/// sending them again is a duplicate, which consumers tolerate by id.
+type Unsettled = Arc<Mutex<Vec<OutboxItem>>>;
 
 pub struct OutboxPublisher {
     pub broker: Broker,
@@ -82,6 +89,7 @@ impl OutboxPublisher {
         // Confirm waits of earlier batches; on shutdown they get a moment to
         // finish, so that confirmed rows are forgotten rather than republished.
         let confirms = TaskTracker::new();
+        let unsettled = Unsettled::default();
         'connect: while !self.shutdown.is_cancelled() {
             let Some(session) = self.broker.open(COMPONENT, &self.shutdown).await else {
                 break;
@@ -109,7 +117,8 @@ impl OutboxPublisher {
                 // finds the rest (other processes' rows whose lease ran out,
                 // redeliveries): without a hand-off queue whenever nothing is
                 // at hand, with one at least every `SCAN_EVERY`.
-                let mut items = take_handed_off(handoff.as_mut(), BATCH);
+                let mut items = take_unsettled(&unsettled, BATCH);
+                items.extend(take_handed_off(handoff.as_mut(), BATCH - items.len()));
                 let scan_due = match (&handoff, last_scan) {
                     (_, None) => true,
                     (None, Some(_)) => items.is_empty(),
@@ -122,7 +131,10 @@ impl OutboxPublisher {
                             last_scan = Some(Instant::now());
                             // (The outbox gauge is refreshed by the relay's
                             // upkeep timer, broker up or down.)
-                            items.extend(scanned);
+                            // A row sent again may be scanned too, once its
+                            // lease ran out: once in a batch is enough.
+                            let held: HashSet<i64> = items.iter().map(|i| i.outbox_id).collect();
+                            items.extend(scanned.into_iter().filter(|s| !held.contains(&s.outbox_id)));
                         }
                         Err(e) if items.is_empty() => {
                             tracing::warn!(error = %e, "cannot read the outbox; retrying");
@@ -152,6 +164,7 @@ impl OutboxPublisher {
                     Ok(pending) => pending,
                     Err(e) => {
                         tracing::warn!(error = %e, "publishing failed; reconnecting");
+                        requeue(&unsettled, items);
                         self.broker.mark_down(COMPONENT);
                         continue 'connect;
                     }
@@ -163,8 +176,14 @@ impl OutboxPublisher {
                 let store = self.store.clone();
                 let metrics = self.metrics.clone();
                 let failed = failed.clone();
+                let unsettled = unsettled.clone();
                 confirms.spawn(async move {
-                    settle_batch(&store, &metrics, &items, pending, &failed).await;
+                    if !settle_batch(&store, &metrics, &items, pending).await {
+                        // Requeued before the cancel, so that the next
+                        // session finds them.
+                        requeue(&unsettled, items);
+                        failed.cancel();
+                    }
                     drop(permit);
                 });
             }
@@ -226,16 +245,15 @@ impl OutboxPublisher {
     }
 }
 
-/// Waits for a sent batch's confirms and forgets the rows they cover; if they
-/// do not come, cancels `failed` so that the publisher reconnects (the rows
-/// stay, and are published again when their leases run out).
+/// Waits for a sent batch's confirms and forgets the rows they cover. False
+/// if they did not come: the channel is unusable, and the rows are to be
+/// sent again (they stay in the outbox meanwhile).
 async fn settle_batch(
     store: &Store,
     metrics: &Metrics,
     items: &[OutboxItem],
     pending: PendingConfirms,
-    failed: &CancellationToken,
-) {
+) -> bool {
     match tokio::time::timeout(CONFIRM_WAIT, confirmed_ids(items, pending)).await {
         Ok(Ok(confirmed)) => {
             // Redelivery rows publish jobs only, not their event.
@@ -249,18 +267,34 @@ async fn settle_batch(
                 tracing::warn!(error = %e, "cannot mark outbox rows published");
             }
             metrics.events_published(count);
+            true
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "waiting for publisher confirms failed; reconnecting");
-            failed.cancel();
+            false
         }
         Err(_) => {
             // Left unconfirmed, the rows' leases would run out and another
             // claim publish them beside these.
             tracing::warn!("no publisher confirms within the outbox lease; reconnecting");
-            failed.cancel();
+            false
         }
     }
+}
+
+/// Keeps a failed batch's rows for the next session.
+fn requeue(unsettled: &Unsettled, items: Vec<OutboxItem>) {
+    // A poisoned lock only means a panic elsewhere while it was held; the
+    // vector itself is still whole.
+    let mut held = unsettled.lock().unwrap_or_else(|e| e.into_inner());
+    held.extend(items);
+}
+
+/// Up to `limit` rows of failed batches, oldest first.
+fn take_unsettled(unsettled: &Unsettled, limit: usize) -> Vec<OutboxItem> {
+    let mut held = unsettled.lock().unwrap_or_else(|e| e.into_inner());
+    let n = held.len().min(limit);
+    held.drain(..n).collect()
 }
 
 /// Up to `limit` rows waiting in the hand-off queue, without waiting.
