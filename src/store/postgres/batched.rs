@@ -442,3 +442,106 @@ impl Batched for ClaimRequest {
         claim_one(pool, one.job, one.lease).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The hot statements' plans, on a real PostgreSQL (the server of
+    //! `PAYHOOK_TEST_POSTGRES_URL`, as for the API tests).
+
+    use sqlx::{Connection, Executor, PgConnection};
+
+    use super::{CLAIM_MANY, RECORD_MANY};
+
+    /// Jobs in the table, all pending: what the planner should not read.
+    const PENDING: i64 = 20_000;
+
+    /// The plans of `EXPLAIN (FORMAT JSON)` for `sql`, as the prepared
+    /// statement would get them: a custom plan, then the generic one.
+    async fn plans(conn: &mut PgConnection, sql: &str, bind: fn(&str) -> String) -> Vec<String> {
+        let mut out = Vec::new();
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            conn.execute(format!("SET plan_cache_mode = {mode}").as_str())
+                .await
+                .expect("set plan_cache_mode");
+            let name = format!("probe_{}", out.len());
+            conn.execute(format!("PREPARE {name} AS {sql}").as_str())
+                .await
+                .expect("prepare");
+            let plan: serde_json::Value =
+                sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) EXECUTE {name}{}", bind(mode)))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .expect("explain");
+            conn.execute(format!("DEALLOCATE {name}").as_str())
+                .await
+                .expect("deallocate");
+            out.push(plan.to_string());
+        }
+        out
+    }
+
+    /// Without statistics (never analyzed, as under `autovacuum = off`, or
+    /// stale ones) the planner guesses that few jobs are pending. With the
+    /// status compared to a literal, it could then read the whole partial
+    /// index of pending jobs for a batch of three; the claim and the record
+    /// must find their rows by id.
+    #[tokio::test]
+    async fn claims_and_records_never_scan_every_pending_job() {
+        let admin_url = std::env::var("PAYHOOK_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin_url}: {e}"));
+        let name = format!("payhook_unit_{}", ulid::Ulid::new().to_string().to_lowercase());
+        admin
+            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .await
+            .expect("create database");
+        let mut url = url::Url::parse(&admin_url).expect("a URL");
+        url.set_path(&format!("/{name}"));
+        let mut conn = PgConnection::connect(url.as_str()).await.expect("connect");
+        sqlx::migrate!("./migrations/postgres")
+            .run(&mut conn)
+            .await
+            .expect("migrate");
+        conn.execute(
+            format!(
+                "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+                     payload, raw_body, raw_headers, received_at) \
+                 SELECT 'evt_' || g, 'a', 'dryad', 'payment.succeeded', g::text, '', '{{}}', '', '{{}}', 0 \
+                 FROM generate_series(1, {PENDING}) g; \
+                 INSERT INTO deliveries (event_id, endpoint_id, status, next_attempt_at, created_at, updated_at) \
+                 SELECT 'evt_' || g, 'e', 'pending', 0, 0, 0 FROM generate_series(1, {PENDING}) g"
+            )
+            .as_str(),
+        )
+        .await
+        .expect("seed");
+
+        let claim = plans(&mut conn, CLAIM_MANY, |_| {
+            "('{1,2,3}', '{0,0,0}', '{9,9,9}', 1, 1)".to_owned()
+        })
+        .await;
+        let record = plans(&mut conn, RECORD_MANY, |_| {
+            "('{1,2,3}', '{1,1,1}', '{0,0,0}', '{5,5,5}', '{delivered,delivered,delivered}', \
+              '{200,200,200}', '{NULL,NULL,NULL}', '{NULL,NULL,NULL}', \
+              '{delivered,delivered,delivered}', '{0,0,0}', 1)"
+                .to_owned()
+        })
+        .await;
+        let _ = conn.close().await;
+        admin
+            .execute(format!("DROP DATABASE \"{name}\" WITH (FORCE)").as_str())
+            .await
+            .expect("drop database");
+
+        for (statement, plans) in [("claim", claim), ("record", record)] {
+            for plan in plans {
+                assert!(
+                    !plan.contains("deliveries_due") && !plan.contains("\"Seq Scan\""),
+                    "the {statement} reads more than its rows: {plan}"
+                );
+            }
+        }
+    }
+}
