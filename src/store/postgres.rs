@@ -43,6 +43,12 @@ const MAX_BATCH: usize = 256;
 /// past this the rest wait for their lease to run out (about 5 MB of events).
 const HANDOFF_QUEUE: usize = 8192;
 
+/// Gives back the leases of `$1`'s jobs that are still pending. Unlike the
+/// claim and the record (`batched::CLAIM_MANY`), a literal status is safe
+/// here: `deliveries_status (status, id)` matches both conditions, so no
+/// plan prefers reading every pending job (the plan test checks it).
+const RELEASE: &str = "UPDATE deliveries SET lease_until = 0 WHERE status = 'pending' AND id = ANY($1)";
+
 /// Connections per process. Ingress transactions and dispatcher claims are
 /// short, so a few connections serve many concurrent requests; many processes
 /// share one server, whose `max_connections` (100 by default) bounds the sum.
@@ -209,12 +215,7 @@ impl PostgresStore {
         if delivery_ids.is_empty() {
             return Ok(());
         }
-        // The status compared through a subquery, not with a literal, so that
-        // the rows are found by id whatever the statistics (see `CLAIM_MANY`).
-        sqlx::query(
-            "UPDATE deliveries d SET lease_until = 0 FROM (SELECT 'pending'::text AS status OFFSET 0) AS open \
-             WHERE d.id = ANY($1) AND d.status = open.status",
-        )
+        sqlx::query(RELEASE)
             .bind(delivery_ids)
             .execute(&self.pool)
             .await?;

@@ -291,7 +291,8 @@ impl IngestColumns<'_> {
 /// statistics (`d.id = ANY($1)`, and the status compared with `r.open`).
 const RECORD_MANY: &str = "\
     WITH input AS MATERIALIZED ( \
-        SELECT *, 'pending'::text AS open FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
+        SELECT *, 'pending'::text AS open \
+        FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
             $7::text[], $8::text[], $9::text[], $10::int8[]) \
             WITH ORDINALITY AS r (delivery_id, attempt, started_at, duration_ms, outcome, http_status, \
                 error, response_excerpt, status, next_at, ord) \
@@ -450,6 +451,7 @@ mod tests {
 
     use sqlx::{Connection, Executor, PgConnection};
 
+    use super::super::RELEASE;
     use super::{CLAIM_MANY, RECORD_MANY};
 
     /// Jobs in the table, all pending: what the planner should not read.
@@ -483,10 +485,10 @@ mod tests {
     /// Without statistics (never analyzed, as under `autovacuum = off`, or
     /// stale ones) the planner guesses that few jobs are pending. With the
     /// status compared to a literal, it could then read the whole partial
-    /// index of pending jobs for a batch of three; the claim and the record
-    /// must find their rows by id.
+    /// index of pending jobs for a batch of three; the claim, the record and
+    /// the lease release must find their rows by id.
     #[tokio::test]
-    async fn claims_and_records_never_scan_every_pending_job() {
+    async fn claims_records_and_releases_never_scan_every_pending_job() {
         let admin_url = std::env::var("PAYHOOK_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let mut admin = PgConnection::connect(&admin_url)
@@ -529,13 +531,14 @@ mod tests {
                 .to_owned()
         })
         .await;
+        let release = plans(&mut conn, RELEASE, |_| "('{1,2,3}')".to_owned()).await;
         let _ = conn.close().await;
         admin
             .execute(format!("DROP DATABASE \"{name}\" WITH (FORCE)").as_str())
             .await
             .expect("drop database");
 
-        for (statement, plans) in [("claim", claim), ("record", record)] {
+        for (statement, plans) in [("claim", claim), ("record", record), ("release", release)] {
             for plan in plans {
                 assert!(
                     !plan.contains("deliveries_due") && !plan.contains("\"Seq Scan\""),
