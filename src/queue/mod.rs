@@ -26,18 +26,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::JobRef;
 
+/// The most delivery jobs one message carries. The outbox publisher groups
+/// the first jobs of a batch of events into messages of up to this many: a
+/// message costs the broker a quorum-log write, a delivery and an ack (and
+/// the relay a publish, a confirm and an ack crossing to the client's I/O
+/// thread) whatever it holds, which per job was the larger part of RabbitMQ's
+/// and a good part of the relay's work in scaled mode (BENCHMARKS.md,
+/// session 6). Small enough that one message does not take much more than
+/// its share of a dispatcher's slots.
+pub const MAX_JOBS_PER_MESSAGE: usize = 32;
+
 /// What travels on the deliveries, retry and dead queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
 pub enum QueueTask {
     /// Make attempt `attempt` of delivery `delivery_id`.
     Deliver(JobRef),
+    /// Each of these jobs, independently (first attempts grouped by the
+    /// outbox publisher). The message is acked once every job's outcome is
+    /// stored; a copy delivered again finds the finished ones stale.
+    DeliverMany { jobs: Vec<JobRef> },
 }
 
 impl QueueTask {
-    pub fn to_bytes(self) -> Vec<u8> {
-        // Serializing two integers and a tag cannot fail.
-        serde_json::to_vec(&self).unwrap_or_default()
+    /// One message for `jobs`: `Deliver` for a single job, so that a lone
+    /// job reads as it always has.
+    pub fn for_jobs(jobs: &[JobRef]) -> Self {
+        match jobs {
+            [job] => QueueTask::Deliver(*job),
+            _ => QueueTask::DeliverMany { jobs: jobs.to_vec() },
+        }
+    }
+
+    /// The jobs this message asks for.
+    pub fn jobs(&self) -> &[JobRef] {
+        match self {
+            QueueTask::Deliver(job) => std::slice::from_ref(job),
+            QueueTask::DeliverMany { jobs } => jobs,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing integers and a tag cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
@@ -60,7 +91,39 @@ mod tests {
             std::str::from_utf8(&bytes).unwrap(),
             r#"{"task":"deliver","delivery_id":7,"attempt":2}"#
         );
-        assert_eq!(QueueTask::from_bytes(&bytes), Some(task));
+        assert_eq!(QueueTask::from_bytes(&bytes), Some(task.clone()));
         assert_eq!(QueueTask::from_bytes(b"garbage"), None);
+        assert_eq!(
+            QueueTask::for_jobs(&[JobRef {
+                delivery_id: 7,
+                attempt: 2
+            }]),
+            task
+        );
+    }
+
+    #[test]
+    fn grouped_jobs_round_trip() {
+        let jobs = [
+            JobRef {
+                delivery_id: 7,
+                attempt: 1,
+            },
+            JobRef {
+                delivery_id: 9,
+                attempt: 1,
+            },
+        ];
+        let task = QueueTask::for_jobs(&jobs);
+        let bytes = task.to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"task":"deliver_many","jobs":[{"delivery_id":7,"attempt":1},{"delivery_id":9,"attempt":1}]}"#
+        );
+        let read = QueueTask::from_bytes(&bytes).unwrap();
+        assert_eq!(read.jobs(), &jobs);
+        // A message with no jobs reads, and asks for nothing.
+        let empty = QueueTask::from_bytes(br#"{"task":"deliver_many","jobs":[]}"#).unwrap();
+        assert!(empty.jobs().is_empty());
     }
 }

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::Broker;
-use super::QueueTask;
-use crate::store::{OutboxItem, Store, OUTBOX_LEASE};
+use super::{QueueTask, MAX_JOBS_PER_MESSAGE};
+use crate::store::{JobRef, OutboxItem, Store, OUTBOX_LEASE};
 use crate::telemetry::Metrics;
 
 const COMPONENT: &str = "outbox-publisher";
@@ -217,20 +217,30 @@ impl OutboxPublisher {
                         props,
                     )
                     .await?;
-                pending.push((item.outbox_id, confirm));
+                pending.push((vec![item.outbox_id], confirm));
             }
-            for job in &item.jobs {
-                let confirm = channel
-                    .basic_publish(
-                        ShortString::from(""),
-                        deliveries.clone(),
-                        BasicPublishOptions::default(),
-                        &QueueTask::Deliver(*job).to_bytes(),
-                        persistent("application/json"),
-                    )
-                    .await?;
-                pending.push((item.outbox_id, confirm));
-            }
+        }
+        // The batch's delivery jobs travel together, up to
+        // `MAX_JOBS_PER_MESSAGE` a message; a message's confirm covers the
+        // rows of every job in it.
+        let jobs: Vec<(i64, JobRef)> = items
+            .iter()
+            .flat_map(|item| item.jobs.iter().map(|job| (item.outbox_id, *job)))
+            .collect();
+        for chunk in jobs.chunks(MAX_JOBS_PER_MESSAGE) {
+            let refs: Vec<JobRef> = chunk.iter().map(|(_, job)| *job).collect();
+            let mut rows: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+            rows.dedup();
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(""),
+                    deliveries.clone(),
+                    BasicPublishOptions::default(),
+                    &QueueTask::for_jobs(&refs).to_bytes(),
+                    persistent("application/json"),
+                )
+                .await?;
+            pending.push((rows, confirm));
         }
         Ok(pending)
     }
@@ -311,16 +321,16 @@ fn take_handed_off(handoff: Option<&mut mpsc::Receiver<OutboxItem>>, limit: usiz
     items
 }
 
-/// The confirms a sent batch waits for, each with its outbox row.
-type PendingConfirms = Vec<(i64, PublisherConfirm)>;
+/// The confirms a sent batch waits for, each with the outbox rows it covers.
+type PendingConfirms = Vec<(Vec<i64>, PublisherConfirm)>;
 
 /// Waits for every confirm of a batch. Returns the outbox ids whose messages
 /// were all acknowledged.
 async fn confirmed_ids(items: &[OutboxItem], pending: PendingConfirms) -> Result<Vec<i64>, lapin::Error> {
     let mut refused = HashSet::new();
-    for (id, confirm) in pending {
+    for (ids, confirm) in pending {
         if !confirm.await?.is_ack() {
-            refused.insert(id);
+            refused.extend(ids);
         }
     }
     if !refused.is_empty() {

@@ -332,8 +332,14 @@ impl TestApp {
     }
 
     pub async fn restart(&mut self) {
+        self.restart_as(Role::All).await;
+    }
+
+    /// Graceful stop, then the same relay (database, prefix, config) again
+    /// in `role`.
+    pub async fn restart_as(&mut self, role: Role) {
         self.stop().await;
-        self.start(Role::All).await;
+        self.start(role).await;
     }
 
     /// Scaled backend: the test database's name.

@@ -384,3 +384,120 @@ async fn two_ingress_and_two_dispatcher_processes_deliver_everything_once() {
     assert!(repeats.is_empty(), "delivered more than once: {repeats:?}");
     drop(processes);
 }
+
+/// The outbox publisher sends a batch's first delivery jobs in few messages
+/// (`MAX_JOBS_PER_MESSAGE` jobs each); a dispatcher runs every job of such a
+/// message, acks it once all are stored, and a copy of it delivered again
+/// (a republished batch, a redelivery after a crash) repeats none of them.
+#[tokio::test]
+async fn grouped_delivery_jobs_are_each_delivered_once() {
+    use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+    use payhook::app::Role;
+    use payhook::queue::{QueueTask, MAX_JOBS_PER_MESSAGE};
+    use payhook::store::IngestOutcome;
+
+    const EVENTS: usize = 40;
+    // No publisher runs in a dispatcher: the events' outbox rows wait, as
+    // during a broker outage, and the next publisher's first scan takes them
+    // all in one batch.
+    let mut app = spawn_app_with(TestOptions {
+        backend: Backend::Scaled,
+        role: Role::Dispatcher,
+        ..TestOptions::default()
+    })
+    .await;
+    let mut stored = HashSet::new();
+    for i in 0..EVENTS {
+        let mut new =
+            crate::store_conformance::new_event("dryad-main", &format!("grouped-{i}"), &["merchant"]);
+        new.outbox = true;
+        stored.insert(new.event.id.to_string());
+        let outcome = app.store().ingest(new).await.unwrap();
+        assert_eq!(outcome, IngestOutcome::Accepted { jobs: 1 });
+    }
+    app.restart_as(Role::Ingress).await;
+
+    let p = app.prefix.clone().unwrap();
+    let conn = broker().await;
+    let channel = conn.create_channel().await.unwrap();
+    let deliveries = format!("{p}.deliveries");
+    let mut messages = Vec::new();
+    let mut jobs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while jobs.len() < EVENTS && Instant::now() < deadline {
+        let got = channel
+            .basic_get(deliveries.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        let Some(message) = got else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let task = QueueTask::from_bytes(&message.delivery.data).expect("a readable task");
+        jobs.extend_from_slice(task.jobs());
+        messages.push(message.delivery.data.clone());
+    }
+    let distinct: HashSet<i64> = jobs.iter().map(|j| j.delivery_id).collect();
+    assert_eq!(jobs.len(), EVENTS, "every first job published once");
+    assert_eq!(distinct.len(), EVENTS);
+    assert!(jobs.iter().all(|j| j.attempt == 1), "first attempts: {jobs:?}");
+    assert_eq!(
+        messages.len(),
+        EVENTS.div_ceil(MAX_JOBS_PER_MESSAGE),
+        "one batch's jobs travel in as few messages as the cap allows"
+    );
+
+    // Every message twice: the second copies must find their jobs done.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for body in messages.iter().chain(messages.iter()) {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                deliveries.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+    app.restart_as(Role::Dispatcher).await;
+    let got = app.merchant.wait_for(EVENTS, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), EVENTS, "every grouped job delivered");
+    // Every message must end acked. A stop returns the ones still unacked
+    // (copies whose jobs were parked a moment, originals whose last record
+    // was in flight) to the queue, and the next dispatcher finds their jobs
+    // stale and acks them.
+    let mut ready = u32::MAX;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        app.stop().await;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        ready = channel
+            .queue_declare(deliveries.as_str().into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count();
+        if ready == 0 {
+            break;
+        }
+        app.restart_as(Role::Dispatcher).await;
+    }
+    assert_eq!(ready, 0, "every message acked");
+    let received = app.merchant.received();
+    let per_event: HashSet<String> = received
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(received.len(), EVENTS, "no job delivered twice");
+    assert_eq!(per_event, stored, "each stored event delivered");
+}

@@ -111,7 +111,9 @@ impl ClaimExt for JobClaim {
     }
 }
 
-fn new_event(account: &str, trade_no: &str, endpoints: &[&str]) -> NewEvent {
+/// An event of `account` for `endpoints`, as the ingress would store it
+/// (no outbox row, no nonce).
+pub(crate) fn new_event(account: &str, trade_no: &str, endpoints: &[&str]) -> NewEvent {
     let notification = Notification::new(
         EventType::PaymentSucceeded,
         trade_no.to_owned(),
