@@ -451,7 +451,7 @@ mod tests {
 
     use sqlx::{Connection, Executor, PgConnection};
 
-    use super::super::RELEASE;
+    use super::super::{RECORD, RELEASE};
     use super::{CLAIM_MANY, RECORD_MANY};
 
     /// Jobs in the table, all pending: what the planner should not read.
@@ -532,13 +532,22 @@ mod tests {
         })
         .await;
         let release = plans(&mut conn, RELEASE, |_| "('{1,2,3}')".to_owned()).await;
+        let record_one = plans(&mut conn, RECORD, |_| {
+            "(2, 1, 0, 5, 'delivered', 200, NULL, NULL, 'delivered', 0, 1, 0)".to_owned()
+        })
+        .await;
         let _ = conn.close().await;
         admin
             .execute(format!("DROP DATABASE \"{name}\" WITH (FORCE)").as_str())
             .await
             .expect("drop database");
 
-        for (statement, plans) in [("claim", claim), ("record", record), ("release", release)] {
+        for (statement, plans) in [
+            ("claim", claim),
+            ("record", record),
+            ("release", release),
+            ("single record", record_one),
+        ] {
             for plan in plans {
                 assert!(
                     !plan.contains("deliveries_due") && !plan.contains("\"Seq Scan\""),
