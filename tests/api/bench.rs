@@ -103,3 +103,44 @@ fn bench_has_help_for_every_flag() {
         "internal flag shown:\n{help}"
     );
 }
+
+/// `scripts/bench-suite.sh`, the BENCHMARKS.md suite, tiny: it runs a
+/// configuration once per round and binary, and keeps each report.
+#[test]
+fn the_suite_script_runs_its_configurations_and_keeps_every_report() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench-suite.sh");
+    let list = Command::new(script)
+        .arg("--list")
+        .output()
+        .expect("run the suite script");
+    assert!(list.status.success());
+    let names = String::from_utf8_lossy(&list.stdout).to_string();
+    for name in ["sqlite-dryad-64", "pg-dryad-2500", "pg-backlog-1m"] {
+        assert!(names.lines().any(|l| l == name), "{name} missing from {names}");
+    }
+
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(script)
+        .args(["--only", "^sqlite-dryad-ingress$", "--requests", "100", "--out"])
+        .arg(out.path())
+        .arg(env!("CARGO_BIN_EXE_payhook"))
+        .output()
+        .expect("run the suite script");
+    assert!(
+        run.status.success(),
+        "suite failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for round in [1, 2] {
+        let path = out.path().join(format!("sqlite-dryad-ingress.a.{round}.json"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(report["setup"]["requests"], 100, "{report:#}");
+        assert_eq!(report["setup"]["ingress_only"], true);
+        assert_eq!(report["relay"]["accepted"], 100, "{report:#}");
+    }
+    assert!(
+        !out.path().join("sqlite-dryad-64.a.1.json").exists(),
+        "--only runs nothing else"
+    );
+}
