@@ -33,6 +33,12 @@ const IN_FLIGHT: usize = 4;
 /// be scanned and published again meanwhile: a duplicate, which consumers
 /// tolerate by id, never a loss.
 const CONFIRM_WAIT: Duration = Duration::from_secs(8);
+/// Confirmed rows are deleted together, at most this long after their
+/// confirms: one statement (and commit) for all the batches confirmed
+/// meanwhile, where there was one per batch, which made deletes the most
+/// numerous statement in scaled mode (BENCHMARKS.md, session 6). Far below
+/// `OUTBOX_LEASE`, so no scan takes a confirmed row meanwhile.
+const FORGET_AFTER: Duration = Duration::from_millis(50);
 
 /// Rows sent in a session that failed before their confirms came. The next
 /// session sends them first, so that a dropped connection delays them by a
@@ -90,6 +96,8 @@ impl OutboxPublisher {
         // finish, so that confirmed rows are forgotten rather than republished.
         let confirms = TaskTracker::new();
         let unsettled = Unsettled::default();
+        let (forget, confirmed) = mpsc::unbounded_channel();
+        let forgetter = tokio::spawn(forget_confirmed(self.store.clone(), confirmed));
         'connect: while !self.shutdown.is_cancelled() {
             let Some(session) = self.broker.open(COMPONENT, &self.shutdown).await else {
                 break;
@@ -173,12 +181,12 @@ impl OutboxPublisher {
                 // its confirms (a quorum queue's confirm waits for its log to
                 // reach disk on a majority): the round trips overlap instead
                 // of adding up.
-                let store = self.store.clone();
+                let forget = forget.clone();
                 let metrics = self.metrics.clone();
                 let failed = failed.clone();
                 let unsettled = unsettled.clone();
                 confirms.spawn(async move {
-                    if !settle_batch(&store, &metrics, &items, pending).await {
+                    if !settle_batch(&forget, &metrics, &items, pending).await {
                         // Requeued before the cancel, so that the next
                         // session finds them.
                         requeue(&unsettled, items);
@@ -190,6 +198,11 @@ impl OutboxPublisher {
         }
         confirms.close();
         let _ = tokio::time::timeout(CONFIRM_WAIT, confirms.wait()).await;
+        // The last confirmed rows are deleted before the publisher ends (a
+        // confirm wait still running keeps the channel open: its rows are
+        // then published again after a restart, a tolerated duplicate).
+        drop(forget);
+        let _ = tokio::time::timeout(FORGET_AFTER + Duration::from_secs(5), forgetter).await;
         self.broker.mark_down(COMPONENT);
     }
 
@@ -255,11 +268,11 @@ impl OutboxPublisher {
     }
 }
 
-/// Waits for a sent batch's confirms and forgets the rows they cover. False
-/// if they did not come: the channel is unusable, and the rows are to be
-/// sent again (they stay in the outbox meanwhile).
+/// Waits for a sent batch's confirms and has the rows they cover forgotten.
+/// False if they did not come: the channel is unusable, and the rows are to
+/// be sent again (they stay in the outbox meanwhile).
 async fn settle_batch(
-    store: &Store,
+    forget: &mpsc::UnboundedSender<Vec<i64>>,
     metrics: &Metrics,
     items: &[OutboxItem],
     pending: PendingConfirms,
@@ -271,10 +284,10 @@ async fn settle_batch(
                 .iter()
                 .filter(|i| i.publish_event && confirmed.contains(&i.outbox_id))
                 .count() as u64;
-            if let Err(e) = store.outbox_done(&confirmed).await {
-                // Published but not marked: published again later
+            if forget.send(confirmed).is_err() {
+                // Published but not forgotten: published again later
                 // (a duplicate, which consumers tolerate by id).
-                tracing::warn!(error = %e, "cannot mark outbox rows published");
+                tracing::warn!("outbox rows published but not forgotten: the publisher is stopping");
             }
             metrics.events_published(count);
             true
@@ -288,6 +301,30 @@ async fn settle_batch(
             // claim publish them beside these.
             tracing::warn!("no publisher confirms within the outbox lease; reconnecting");
             false
+        }
+    }
+}
+
+/// Deletes confirmed outbox rows: those of every batch confirmed within
+/// `FORGET_AFTER` of the first, in one statement. Ends when every sender is
+/// gone, after deleting what it was given.
+async fn forget_confirmed(store: Store, mut confirmed: mpsc::UnboundedReceiver<Vec<i64>>) {
+    while let Some(mut ids) = confirmed.recv().await {
+        let gather = tokio::time::sleep(FORGET_AFTER);
+        tokio::pin!(gather);
+        loop {
+            tokio::select! {
+                more = confirmed.recv() => match more {
+                    Some(more) => ids.extend(more),
+                    None => break,
+                },
+                _ = &mut gather => break,
+            }
+        }
+        if let Err(e) = store.outbox_done(&ids).await {
+            // Published but not deleted: published again once their lease
+            // runs out (a duplicate, which consumers tolerate by id).
+            tracing::warn!(error = %e, count = ids.len(), "cannot mark outbox rows published");
         }
     }
 }
