@@ -76,6 +76,16 @@ impl DeliveryConsumer {
                     continue;
                 }
             };
+            // What every message of this session needs, shared.
+            let handling = Arc::new(Handling {
+                broker: self.broker.clone(),
+                deliverer: self.deliverer.clone(),
+                per_endpoint: per_endpoint.clone(),
+                channel: session.channel.clone(),
+                slots: slots.clone(),
+                tasks: tasks.clone(),
+                shutdown: self.shutdown.clone(),
+            });
             loop {
                 let next = tokio::select! {
                     next = consumer.next() => next,
@@ -86,16 +96,7 @@ impl DeliveryConsumer {
                 };
                 match next {
                     Some(Ok(delivery)) => {
-                        let message = Message {
-                            broker: self.broker.clone(),
-                            deliverer: self.deliverer.clone(),
-                            per_endpoint: per_endpoint.clone(),
-                            channel: session.channel.clone(),
-                            slots: slots.clone(),
-                            tasks: tasks.clone(),
-                            shutdown: self.shutdown.clone(),
-                        };
-                        tasks.spawn(message.handle(delivery));
+                        tasks.spawn(handle_message(handling.clone(), delivery));
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "consumer failed; reconnecting");
@@ -216,9 +217,10 @@ impl Drop for EndpointSlot {
 /// spin through the queue).
 const BUSY_ENDPOINT_PAUSE: Duration = Duration::from_millis(50);
 
-/// What handling one message needs: the slots it takes attempts from, and
-/// where its jobs run.
-struct Message {
+/// What handling the messages of one broker session needs: the slots
+/// attempts take, where jobs run, and the channel their acks and parked jobs
+/// go through.
+struct Handling {
     broker: Broker,
     deliverer: Deliverer,
     per_endpoint: EndpointSlots,
@@ -229,55 +231,39 @@ struct Message {
     shutdown: CancellationToken,
 }
 
-impl Message {
-    /// Runs every job of the message, each in a slot of its own, and acks the
-    /// message once all their outcomes are stored; if one could not be, the
-    /// whole message returns to the queue (its finished jobs are stale there).
-    async fn handle(self, delivery: Delivery) {
-        let Some(task) = QueueTask::from_bytes(&delivery.data) else {
-            tracing::warn!("unreadable message on the deliveries queue dropped");
-            ack(&delivery).await;
+/// Runs every job of a message, each in a slot and task of its own, and
+/// acks the message once all their outcomes are stored; if one could not be,
+/// the whole message returns to the queue (its finished jobs are stale there).
+async fn handle_message(handling: Arc<Handling>, delivery: Delivery) {
+    let Some(task) = QueueTask::from_bytes(&delivery.data) else {
+        tracing::warn!("unreadable message on the deliveries queue dropped");
+        ack(&delivery).await;
+        return;
+    };
+    let mut running = Vec::with_capacity(task.jobs().len());
+    for &job in task.jobs() {
+        let permit = tokio::select! {
+            permit = handling.slots.clone().acquire_owned() => permit.ok(),
+            _ = handling.shutdown.cancelled() => None,
+        };
+        let Some(permit) = permit else {
+            // Shutting down before every job started: the unacked message
+            // returns to the queue when the channel closes.
             return;
         };
-        let jobs = task.jobs();
-        let mut running = Vec::with_capacity(jobs.len());
-        for &job in jobs {
-            let permit = tokio::select! {
-                permit = self.slots.clone().acquire_owned() => permit.ok(),
-                _ = self.shutdown.cancelled() => None,
-            };
-            let Some(permit) = permit else {
-                // Shutting down before every job started: the unacked
-                // message returns to the queue when the channel closes.
-                return;
-            };
-            if jobs.len() == 1 {
-                let done = handle_job(
-                    &self.broker,
-                    &self.deliverer,
-                    &self.per_endpoint,
-                    &self.channel,
-                    job,
-                )
-                .await;
-                drop(permit);
-                return settle(&delivery, done).await;
-            }
-            let (broker, deliverer) = (self.broker.clone(), self.deliverer.clone());
-            let (per_endpoint, channel) = (self.per_endpoint.clone(), self.channel.clone());
-            running.push(self.tasks.spawn(async move {
-                let done = handle_job(&broker, &deliverer, &per_endpoint, &channel, job).await;
-                drop(permit);
-                done
-            }));
-        }
-        let mut all_done = true;
-        for job in running {
-            // A job task that panicked stored nothing we can rely on.
-            all_done &= job.await.unwrap_or(false);
-        }
-        settle(&delivery, all_done).await;
+        let for_job = handling.clone();
+        running.push(handling.tasks.spawn(async move {
+            let done = for_job.handle_job(job).await;
+            drop(permit);
+            done
+        }));
     }
+    let mut all_done = true;
+    for job in running {
+        // A job task that panicked stored nothing we can rely on.
+        all_done &= job.await.unwrap_or(false);
+    }
+    settle(&delivery, all_done).await;
 }
 
 /// Acks a handled message, or returns it to the queue.
@@ -289,80 +275,83 @@ async fn settle(delivery: &Delivery, done: bool) {
     }
 }
 
-/// Makes one job's attempt (or parks it), and stores what comes next. True
-/// once nothing more is needed of the message for this job; false if its
-/// outcome could not be stored and the message must return to the queue.
-async fn handle_job(
-    broker: &Broker,
-    deliverer: &Deliverer,
-    per_endpoint: &EndpointSlots,
-    channel: &Channel,
-    job: JobRef,
-) -> bool {
-    let claimed = match deliverer.store.claim_job(job, deliverer.lease()).await {
-        Ok(JobClaim::Claimed(claimed)) => claimed,
-        // Delivered, dead or superseded: this message is not needed.
-        Ok(JobClaim::Stale) => return true,
-        // Not due yet, or held by a dispatcher that may have died: wait and
-        // look again then (a live holder will have moved the job on, making
-        // this copy stale; a dead one's lease will have expired).
-        Ok(JobClaim::NotDue { due_at_ms: until_ms } | JobClaim::Taken { until_ms }) => {
-            return matches!(
-                park(broker, channel, job, ms_duration(until_ms - now_ms())).await,
-                Ok(true)
-            );
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot claim job; returning it to the queue");
-            return false;
-        }
-    };
-    let Some(_slot) = per_endpoint.try_take(&claimed.endpoint_id) else {
-        // The endpoint is at its limit: give the job back and put it at the
-        // back of the queue, leaving this slot to other endpoints' jobs.
-        let released = deliverer.store.release(&[claimed.delivery_id]).await;
-        tokio::time::sleep(BUSY_ENDPOINT_PAUSE).await;
-        return matches!(
-            (released, park(broker, channel, job, Duration::ZERO).await),
-            (Ok(()), Ok(true))
-        );
-    };
-    let settled = match deliverer.attempt(&claimed).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "attempt outcome not stored; the job returns to the queue");
-            return false;
-        }
-    };
-    if settled.record == RecordOutcome::Applied {
-        let next_job = JobRef {
-            delivery_id: job.delivery_id,
-            attempt: job.attempt + 1,
-        };
-        let published = match settled.next {
-            NextStep::Delivered => Ok(true),
-            NextStep::RetryAt(at) => park(broker, channel, next_job, ms_duration(at - now_ms())).await,
-            NextStep::Dead => {
-                publish_confirmed(
-                    channel,
-                    "",
-                    &broker.topology.dead_queue(),
-                    &QueueTask::Deliver(job).to_bytes(),
-                    persistent("application/json"),
-                )
-                .await
+impl Handling {
+    /// Makes one job's attempt (or parks it), and stores what comes next. True
+    /// once nothing more is needed of the message for this job; false if its
+    /// outcome could not be stored and the message must return to the queue.
+    async fn handle_job(&self, job: JobRef) -> bool {
+        let Handling {
+            broker,
+            deliverer,
+            per_endpoint,
+            channel,
+            ..
+        } = self;
+        let claimed = match deliverer.store.claim_job(job, deliverer.lease()).await {
+            Ok(JobClaim::Claimed(claimed)) => claimed,
+            // Delivered, dead or superseded: this message is not needed.
+            Ok(JobClaim::Stale) => return true,
+            // Not due yet, or held by a dispatcher that may have died: wait and
+            // look again then (a live holder will have moved the job on, making
+            // this copy stale; a dead one's lease will have expired).
+            Ok(JobClaim::NotDue { due_at_ms: until_ms } | JobClaim::Taken { until_ms }) => {
+                return matches!(
+                    park(broker, channel, job, ms_duration(until_ms - now_ms())).await,
+                    Ok(true)
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim job; returning it to the queue");
+                return false;
             }
         };
-        if !matches!(published, Ok(true)) {
-            // The outcome is stored; the sweeper finds the job overdue and
-            // publishes it again, so the ack loses nothing.
-            tracing::warn!(
-                delivery_id = job.delivery_id,
-                "next step not published; the sweeper will"
+        let Some(_slot) = per_endpoint.try_take(&claimed.endpoint_id) else {
+            // The endpoint is at its limit: give the job back and put it at the
+            // back of the queue, leaving this slot to other endpoints' jobs.
+            let released = deliverer.store.release(&[claimed.delivery_id]).await;
+            tokio::time::sleep(BUSY_ENDPOINT_PAUSE).await;
+            return matches!(
+                (released, park(broker, channel, job, Duration::ZERO).await),
+                (Ok(()), Ok(true))
             );
+        };
+        let settled = match deliverer.attempt(&claimed).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "attempt outcome not stored; the job returns to the queue");
+                return false;
+            }
+        };
+        if settled.record == RecordOutcome::Applied {
+            let next_job = JobRef {
+                delivery_id: job.delivery_id,
+                attempt: job.attempt + 1,
+            };
+            let published = match settled.next {
+                NextStep::Delivered => Ok(true),
+                NextStep::RetryAt(at) => park(broker, channel, next_job, ms_duration(at - now_ms())).await,
+                NextStep::Dead => {
+                    publish_confirmed(
+                        channel,
+                        "",
+                        &broker.topology.dead_queue(),
+                        &QueueTask::Deliver(job).to_bytes(),
+                        persistent("application/json"),
+                    )
+                    .await
+                }
+            };
+            if !matches!(published, Ok(true)) {
+                // The outcome is stored; the sweeper finds the job overdue and
+                // publishes it again, so the ack loses nothing.
+                tracing::warn!(
+                    delivery_id = job.delivery_id,
+                    "next step not published; the sweeper will"
+                );
+            }
         }
+        true
     }
-    true
 }
 
 /// Publishes pending jobs whose time has long passed and that nobody holds:

@@ -51,10 +51,10 @@ pub enum QueueTask {
 impl QueueTask {
     /// One message for `jobs`: `Deliver` for a single job, so that a lone
     /// job reads as it always has.
-    pub fn for_jobs(jobs: &[JobRef]) -> Self {
-        match jobs {
+    pub fn for_jobs(jobs: Vec<JobRef>) -> Self {
+        match jobs.as_slice() {
             [job] => QueueTask::Deliver(*job),
-            _ => QueueTask::DeliverMany { jobs: jobs.to_vec() },
+            _ => QueueTask::DeliverMany { jobs },
         }
     }
 
@@ -94,7 +94,7 @@ mod tests {
         assert_eq!(QueueTask::from_bytes(&bytes), Some(task.clone()));
         assert_eq!(QueueTask::from_bytes(b"garbage"), None);
         assert_eq!(
-            QueueTask::for_jobs(&[JobRef {
+            QueueTask::for_jobs(vec![JobRef {
                 delivery_id: 7,
                 attempt: 2
             }]),
@@ -114,7 +114,7 @@ mod tests {
                 attempt: 1,
             },
         ];
-        let task = QueueTask::for_jobs(&jobs);
+        let task = QueueTask::for_jobs(jobs.to_vec());
         let bytes = task.to_bytes();
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),

@@ -249,7 +249,7 @@ impl OutboxPublisher {
                     ShortString::from(""),
                     deliveries.clone(),
                     BasicPublishOptions::default(),
-                    &QueueTask::for_jobs(&refs).to_bytes(),
+                    &QueueTask::for_jobs(refs).to_bytes(),
                     persistent("application/json"),
                 )
                 .await?;
