@@ -67,6 +67,7 @@ configs=(
   "sqlite-cbb-ingress|-n 20000 -c 64 --provider cbb --ingress-only --no-baseline"
   "pg-dryad-64|-n 20000 -c 64 --no-baseline SCALED"
   "pg-dryad-256|-n 30000 -c 256 --no-baseline SCALED"
+  "pg-dryad-5000|-n 100000 -c 256 --rate 5000 --no-baseline SCALED"
   "pg-cbb-64|-n 20000 -c 64 --provider cbb --no-baseline SCALED"
   "pg-dryad-2500|-n 25000 -c 64 --rate 2500 --no-baseline SCALED"
   "pg-dryad-1500|-n 20000 -c 64 --rate 1500 --no-baseline SCALED"

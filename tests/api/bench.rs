@@ -77,6 +77,50 @@ fn bench_signs_every_provider_in_the_mix() {
     assert!(report["baseline"].is_null());
 }
 
+/// A retry backlog is seeded before the clock starts and stays pending: only
+/// the run's own callbacks reach the sink, in either mode.
+#[test]
+fn bench_seeds_a_backlog_that_is_not_delivered() {
+    let admin_url = crate::pg_db::admin_url();
+    let amqp_url = crate::helpers::amqp_url();
+    let small = [
+        "--requests",
+        "60",
+        "--concurrency",
+        "4",
+        "--no-baseline",
+        "--backlog",
+        "500",
+    ];
+    let scaled = ["--postgres", admin_url.as_str(), "--amqp", amqp_url.as_str()];
+    for (mode, extra) in [("sqlite", &[][..]), ("postgresql", &scaled[..])] {
+        let out = Command::new(env!("CARGO_BIN_EXE_payhook"))
+            .arg("bench")
+            .args(small)
+            .args(extra)
+            .arg("--json")
+            .output()
+            .expect("run payhook bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "payhook bench ({mode}) failed: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+        assert_eq!(report["setup"]["store"], mode, "{report:#}");
+        assert_eq!(report["setup"]["backlog"], 500, "{report:#}");
+        assert_eq!(report["relay"]["accepted"], 60, "{report:#}");
+        let e2e = &report["end_to_end"];
+        assert_eq!(e2e["delivered"], 60, "{mode}: {report:#}");
+        assert_eq!(e2e["duplicates"], 0, "{mode}: {report:#}");
+        assert_eq!(
+            e2e["unmatched"], 0,
+            "{mode}: seeded jobs were delivered: {report:#}"
+        );
+        assert!(stderr.contains("seeded in"), "{mode}: {stderr}");
+        // The test server's user may checkpoint: the seeded pages are written
+        // out before the clock starts.
+        assert!(!stderr.contains("CHECKPOINT refused"), "{mode}: {stderr}");
+    }
+}
+
 #[test]
 fn bench_has_help_for_every_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_payhook"))

@@ -7,7 +7,7 @@ use sqlx::{Connection, PgConnection};
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-fn admin_url() -> String {
+pub fn admin_url() -> String {
     std::env::var("PAYHOOK_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
 }
 
