@@ -173,26 +173,30 @@ pub async fn seed_backlog(url: &str, endpoint: &str, count: u64) -> Result<Seede
         // dirty pages, which the relay's backends would otherwise write out
         // during the run (measured with 1M: ~10,000 pages in a 4 s run).
         sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
-        let checkpointed = sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await.is_ok();
+        let not_checkpointed = sqlx::raw_sql("CHECKPOINT")
+            .execute(&mut conn)
+            .await
+            .err()
+            .map(|e| e.to_string());
         let _ = conn.close().await;
         return Ok(Seeded {
             took: started.elapsed(),
-            checkpointed,
+            not_checkpointed,
         });
     }
     // SQLite: closing the last connection has checkpointed the WAL.
     Ok(Seeded {
         took: started.elapsed(),
-        checkpointed: true,
+        not_checkpointed: None,
     })
 }
 
 /// How seeding went.
 pub struct Seeded {
     pub took: Duration,
-    /// False when the server refused `CHECKPOINT` (it needs a superuser or
+    /// Why `CHECKPOINT` failed, if it did (it needs a superuser or
     /// `pg_checkpoint`): the run then also writes out the seeding's pages.
-    pub checkpointed: bool,
+    pub not_checkpointed: Option<String>,
 }
 
 fn to_i64(n: u64) -> i64 {

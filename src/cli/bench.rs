@@ -234,8 +234,10 @@ async fn managed(
         say(&format!("seeding {} pending retries", args.backlog));
         let seeded = seed::seed_backlog(db_url, SINK_ENDPOINT, args.backlog).await?;
         say(&format!("seeded in {:.1} s", seeded.took.as_secs_f64()));
-        if !seeded.checkpointed {
-            say("CHECKPOINT refused (not a superuser or pg_checkpoint): the run also writes out the seeded pages");
+        if let Some(why) = seeded.not_checkpointed {
+            say(&format!(
+                "CHECKPOINT failed ({why}): the run also writes out the seeded pages"
+            ));
         }
     }
     let log = Arc::new(SendLog::new(args.requests));
