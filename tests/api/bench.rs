@@ -3,23 +3,26 @@
 use std::process::Command;
 
 fn bench(args: &[&str]) -> serde_json::Value {
+    bench_with_log(args).0
+}
+
+/// The JSON report and what the run said on stderr.
+fn bench_with_log(args: &[&str]) -> (serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_payhook"))
         .arg("bench")
         .args(args)
         .arg("--json")
         .output()
         .expect("run payhook bench");
-    assert!(
-        out.status.success(),
-        "payhook bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "payhook bench failed: {stderr}");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "bench output is not JSON ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
-    })
+    });
+    (report, stderr)
 }
 
 fn positive(report: &serde_json::Value, pointer: &str) -> f64 {
@@ -94,16 +97,7 @@ fn bench_seeds_a_backlog_that_is_not_delivered() {
     ];
     let scaled = ["--postgres", admin_url.as_str(), "--amqp", amqp_url.as_str()];
     for (mode, extra) in [("sqlite", &[][..]), ("postgresql", &scaled[..])] {
-        let out = Command::new(env!("CARGO_BIN_EXE_payhook"))
-            .arg("bench")
-            .args(small)
-            .args(extra)
-            .arg("--json")
-            .output()
-            .expect("run payhook bench");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "payhook bench ({mode}) failed: {stderr}");
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+        let (report, stderr) = bench_with_log(&[&small[..], extra].concat());
         assert_eq!(report["setup"]["store"], mode, "{report:#}");
         assert_eq!(report["setup"]["backlog"], 500, "{report:#}");
         assert_eq!(report["relay"]["accepted"], 60, "{report:#}");
