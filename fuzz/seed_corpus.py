@@ -2,7 +2,7 @@
 """Writes the seed corpus fuzz/corpus/<target>/ from the shared test vectors.
 
 Usage: python3 fuzz/seed_corpus.py [path/to/vectors.json]
-(default: /work/shared/vectors/vectors.json)
+(default: tests/fixtures/vectors/vectors.json, relative to the repository)
 
 Input format (see fuzz/src/lib.rs): one mode byte (bit 0 = assist), then the
 target's header values each followed by 0xFF, then the body. Each vector is
@@ -82,7 +82,8 @@ def assisted(target, vector, body):
 
 
 def main():
-    path = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/vectors/vectors.json"
+    default = os.path.join(HERE, "..", "tests", "fixtures", "vectors", "vectors.json")
+    path = sys.argv[1] if len(sys.argv) > 1 else default
     with open(path, encoding="utf-8") as f:
         vectors = json.load(f)
     for target, (providers, names) in TARGETS.items():

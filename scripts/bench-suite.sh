@@ -10,8 +10,8 @@ usage() {
 Usage: scripts/bench-suite.sh [options] [BINARY [BINARY_B]]
 
 Runs each configuration of BENCHMARKS.md twice with `payhook bench --json`
-(BINARY defaults to ./target/release/payhook; build it with
-`cargo build --release`). With BINARY_B, each configuration runs A, B, A, B.
+(BINARY defaults to ./target/dist/payhook; build it with
+`cargo build --profile dist`). With BINARY_B, each configuration runs A, B, A, B.
 
 Options:
   --only REGEX   run only the configurations whose name matches REGEX
@@ -53,7 +53,7 @@ while [ $# -gt 0 ]; do
     *) bins+=("$1"); shift ;;
   esac
 done
-[ ${#bins[@]} -eq 0 ] && bins=(./target/release/payhook)
+[ ${#bins[@]} -eq 0 ] && bins=(./target/dist/payhook)
 if [ ${#bins[@]} -gt 2 ]; then echo "at most two binaries (see --help)" >&2; exit 2; fi
 
 scaled=(--postgres "$pg" --amqp "$amqp")
@@ -69,8 +69,8 @@ configs=(
   "pg-dryad-256|-n 30000 -c 256 --no-baseline SCALED"
   "pg-dryad-5000|-n 100000 -c 256 --rate 5000 --no-baseline SCALED"
   "pg-cbb-64|-n 20000 -c 64 --provider cbb --no-baseline SCALED"
-  "pg-dryad-2500|-n 25000 -c 64 --rate 2500 --no-baseline SCALED"
-  "pg-dryad-1500|-n 20000 -c 64 --rate 1500 --no-baseline SCALED"
+  "pg-dryad-2500|-n 50000 -c 64 --rate 2500 --no-baseline SCALED"
+  "pg-dryad-1500|-n 30000 -c 64 --rate 1500 --no-baseline SCALED"
   "sqlite-backlog-0|-n 30000 -c 64 --no-baseline"
   "sqlite-backlog-100k|-n 30000 -c 64 --no-baseline --backlog 100000"
   "sqlite-backlog-1m|-n 30000 -c 64 --no-baseline --backlog 1000000"
@@ -84,7 +84,7 @@ if [ "$list" -eq 1 ]; then
   exit 0
 fi
 for b in "${bins[@]}"; do
-  [ -x "$b" ] || { echo "$b: not an executable (cargo build --release?)" >&2; exit 2; }
+  [ -x "$b" ] || { echo "$b: not an executable (cargo build --profile dist?)" >&2; exit 2; }
 done
 out="${out:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out"

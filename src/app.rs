@@ -91,10 +91,17 @@ pub struct Application {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     request_timeout: Duration,
+    max_connections: usize,
+    max_in_flight: usize,
+    idle_timeout: Duration,
     nonce_window: Duration,
     /// RabbitMQ mode: the outbox is in use.
     outbox: bool,
 }
+
+/// The admin listener's own connection and request limits.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+const ADMIN_MAX_IN_FLIGHT: usize = 64;
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
@@ -130,6 +137,9 @@ impl Application {
                 max_body_bytes: config.server.max_body_bytes,
                 outbox: broker.is_some(),
                 jobs_committed: jobs_committed.clone(),
+                verifying: Arc::new(tokio::sync::Semaphore::new(
+                    crate::ingress::handler::verification_permits(),
+                )),
             };
             let router = Router::new()
                 .route("/notify/{account}", post(notify))
@@ -197,6 +207,9 @@ impl Application {
             metrics,
             shutdown: options.shutdown,
             request_timeout: config.server.request_timeout,
+            max_connections: config.server.max_connections,
+            max_in_flight: config.server.max_in_flight,
+            idle_timeout: config.server.idle_timeout,
             nonce_window,
             outbox: broker.is_some(),
         })
@@ -234,6 +247,9 @@ impl Application {
                 header_read_timeout: self.request_timeout,
                 // In-flight requests get their own timeout to finish, no more.
                 drain: self.request_timeout + Duration::from_secs(1),
+                max_connections: self.max_connections,
+                max_in_flight: self.max_in_flight,
+                idle_timeout: self.idle_timeout,
             };
             tasks.spawn(server::serve(listener, router, token.clone(), options));
         }
@@ -242,6 +258,11 @@ impl Application {
             let options = ServeOptions {
                 header_read_timeout: self.request_timeout,
                 drain: Duration::from_secs(5),
+                // Operators, scrapers and the console only: small limits of
+                // its own, so a flood on one port cannot starve the other.
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                max_in_flight: ADMIN_MAX_IN_FLIGHT,
+                idle_timeout: self.idle_timeout,
             };
             tasks.spawn(server::serve(listener, router, token.clone(), options));
         }

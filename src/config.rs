@@ -49,6 +49,9 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The shortest `server.admin_token` accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
@@ -68,6 +71,15 @@ pub struct ServerConfig {
     /// Whole-request deadline at the ingress (headers and body), so that a
     /// slow sender cannot hold a connection forever.
     pub request_timeout: Duration,
+    /// Open ingress connections; beyond it new ones wait in the kernel's
+    /// backlog, so a flood of idle sockets cannot exhaust file descriptors.
+    pub max_connections: usize,
+    /// Ingress requests being handled at once; beyond it the answer is 503
+    /// with `Retry-After`, so a burst cannot queue unbounded work.
+    pub max_in_flight: usize,
+    /// A connection with no request in flight for this long is closed, so
+    /// idle HTTP/1 keep-alive and HTTP/2 connections do not pile up.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +103,10 @@ pub struct DeliveryConfig {
     /// cannot take every slot of `concurrency`.
     pub per_endpoint_concurrency: usize,
     pub allow_private_targets: bool,
+    /// The only proxy deliveries go through (`[delivery] proxy`); proxies
+    /// from the environment are never used, so that a stray `HTTP_PROXY`
+    /// cannot route merchant traffic (and its signatures) elsewhere.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl DeliveryConfig {
@@ -102,11 +118,42 @@ impl DeliveryConfig {
     }
 }
 
+/// An http(s) proxy URL. It may carry `user:password@`, so `Debug` shows it
+/// with the password replaced: config dumps and logs must not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl(url::Url);
+
+impl ProxyUrl {
+    /// The URL as configured, password included (for the HTTP client only).
+    pub fn expose(&self) -> &url::Url {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            // Cannot fail: the URL has a host (checked when parsed).
+            let _ = shown.set_password(Some("***"));
+        }
+        shown.to_string()
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProxyUrl({})", self.redacted())
+    }
+}
+
 /// One provider account; `id` is the `{account}` in `/notify/{account}`.
 #[derive(Debug, Clone)]
 pub struct AccountConfig {
     pub id: AccountId,
     pub settings: ProviderSettings,
+    /// `rate_limit = "200/s"`: callbacks per second this account accepts;
+    /// beyond it, 503 with `Retry-After`. `None`: no limit.
+    pub rate_limit: Option<u32>,
 }
 
 impl AccountConfig {
@@ -134,11 +181,17 @@ pub enum ProviderSettings {
     },
     Abc {
         certificate_file: PathBuf,
+        /// The bank's MerchantID of this account: every notice must carry it.
+        merchant_id: String,
+        /// Pinned per account; a notice cannot choose another.
+        signature_algorithm: crate::ingress::abc::AbcAlgorithm,
         sandbox_private_key_file: Option<PathBuf>,
     },
     Dingdang {
         scheme: DingdangSchemeConfig,
         max_clock_skew: Duration,
+        /// The skillId/domainId of this account: every notice must carry it.
+        skill_id: String,
         sandbox_private_key_file: Option<PathBuf>,
     },
     Dryad {
@@ -247,6 +300,9 @@ struct FileServer {
     admin_token_file: Option<PathBuf>,
     max_body_bytes: Option<usize>,
     request_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -271,6 +327,7 @@ struct FileDelivery {
     concurrency: Option<usize>,
     per_endpoint_concurrency: Option<usize>,
     allow_private_targets: Option<bool>,
+    proxy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +365,8 @@ struct FileAbc {
     #[serde(rename = "provider")]
     _provider: String,
     certificate_file: PathBuf,
+    merchant_id: Option<String>,
+    signature_algorithm: Option<String>,
     sandbox_private_key_file: Option<PathBuf>,
 }
 
@@ -324,6 +383,7 @@ struct FileDingdang {
     secret_file: Option<PathBuf>,
     public_key_file: Option<PathBuf>,
     max_clock_skew: Option<String>,
+    skill_id: Option<String>,
     sandbox_private_key_file: Option<PathBuf>,
 }
 
@@ -464,6 +524,32 @@ struct Ctx<'a> {
     env: EnvLookup<'a>,
 }
 
+/// A required, non-empty text value: what binds notices to an account.
+fn required_text(key: &str, value: Option<String>, what: &str) -> Result<String, ConfigError> {
+    match value.map(|v| v.trim().to_owned()) {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(ConfigError::invalid(key, format!("must not be empty: {what}"))),
+        None => Err(ConfigError::invalid(
+            key,
+            format!("required: {what}; notices are refused unless they carry it"),
+        )),
+    }
+}
+
+/// `"200/s"`: a whole number of callbacks per second, at least 1.
+fn rate_limit(key: &str, text: &str) -> Result<u32, ConfigError> {
+    text.trim()
+        .strip_suffix("/s")
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                key,
+                format!("`{text}` is not a rate such as \"200/s\" (callbacks per second, at least 1)"),
+            )
+        })
+}
+
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text.trim()).map_err(|e| {
         ConfigError::invalid(
@@ -487,7 +573,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// Exactly one of `key`, `key_env`, `key_file`.
+    /// Exactly one of `key`, `key_env`, `key_file`; an empty value from any
+    /// of them is refused (an empty HMAC key verifies whatever anyone signs
+    /// with an empty key).
     fn secret(
         &self,
         key: &str,
@@ -497,6 +585,7 @@ impl Ctx<'_> {
     ) -> Result<Option<Secret>, ConfigError> {
         match (inline, env_var, file) {
             (None, None, None) => Ok(None),
+            (Some(v), None, None) if v.is_empty() => Err(ConfigError::invalid(key, "must not be empty")),
             (Some(v), None, None) => Ok(Some(Secret(v))),
             (None, Some(var), None) => match (self.env)(&var) {
                 Some(v) if !v.is_empty() => Ok(Some(Secret(v))),
@@ -513,7 +602,14 @@ impl Ctx<'_> {
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
-                Ok(Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned())))
+                let value = text.trim_end_matches(['\r', '\n']);
+                if value.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}_file"),
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Ok(Some(Secret(value.to_owned())))
             }
             _ => Err(ConfigError::invalid(
                 key,
@@ -538,6 +634,20 @@ impl Ctx<'_> {
                 s.admin_token_file,
             )?,
         };
+        // A short token can be guessed over the network; no token at all is
+        // fine (then nobody may use /admin/*).
+        if let Some(token) = &admin_token {
+            let length = token.expose().chars().count();
+            if length < MIN_ADMIN_TOKEN_CHARS {
+                return Err(ConfigError::invalid(
+                    "server.admin_token",
+                    format!(
+                        "is {length} characters; at least {MIN_ADMIN_TOKEN_CHARS} are required \
+                         (for example the output of `openssl rand -hex 16`)"
+                    ),
+                ));
+            }
+        }
         let max_body_bytes = s.max_body_bytes.unwrap_or(65536);
         if !(256..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(ConfigError::invalid(
@@ -555,12 +665,36 @@ impl Ctx<'_> {
                 "must be more than 0",
             ));
         }
+        let max_connections = s.max_connections.unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let max_in_flight = s.max_in_flight.unwrap_or(1024);
+        if !(1..=1_000_000).contains(&max_in_flight) {
+            return Err(ConfigError::invalid(
+                "server.max_in_flight",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let idle_timeout = match s.idle_timeout {
+            Some(t) => duration("server.idle_timeout", &t)?,
+            None => Duration::from_secs(60),
+        };
+        if idle_timeout.is_zero() {
+            return Err(ConfigError::invalid("server.idle_timeout", "must be more than 0"));
+        }
         Ok(ServerConfig {
             listen: socket_addr("server.listen", &listen)?,
             admin_listen: socket_addr("server.admin_listen", &admin_listen)?,
             admin_token,
             max_body_bytes,
             request_timeout,
+            max_connections,
+            max_in_flight,
+            idle_timeout,
         })
     }
 
@@ -652,6 +786,22 @@ impl Ctx<'_> {
                 "must be at least 1",
             ));
         }
+        let proxy = match d.proxy {
+            None => None,
+            Some(text) => {
+                // The message does not echo the value: it may hold a password.
+                let url = url::Url::parse(&text)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            "delivery.proxy",
+                            "is not an http:// or https:// URL with a host",
+                        )
+                    })?;
+                Some(ProxyUrl(url))
+            }
+        };
         Ok(DeliveryConfig {
             retry_schedule,
             max_retries,
@@ -659,10 +809,29 @@ impl Ctx<'_> {
             concurrency,
             per_endpoint_concurrency: per_endpoint_concurrency.min(concurrency),
             allow_private_targets: d.allow_private_targets.unwrap_or(false),
+            proxy,
         })
     }
 
-    fn account(&self, i: usize, table: toml::Table) -> Result<AccountConfig, ConfigError> {
+    fn account(&self, i: usize, mut table: toml::Table) -> Result<AccountConfig, ConfigError> {
+        // Keys every provider's account may have, taken out before the
+        // provider's own table is read (which refuses unknown keys).
+        let rate_limit = match table.remove("rate_limit") {
+            None => None,
+            Some(toml::Value::String(text)) => Some(rate_limit(&format!("accounts[{i}].rate_limit"), &text)?),
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    format!("accounts[{i}].rate_limit"),
+                    "must be a string such as \"200/s\"",
+                ))
+            }
+        };
+        let mut account = self.provider_account(i, table)?;
+        account.rate_limit = rate_limit;
+        Ok(account)
+    }
+
+    fn provider_account(&self, i: usize, table: toml::Table) -> Result<AccountConfig, ConfigError> {
         let at = format!("accounts[{i}]");
         let provider_text = match table.get("provider") {
             Some(toml::Value::String(p)) => p.clone(),
@@ -690,6 +859,7 @@ impl Ctx<'_> {
                 let f: FileCbb = typed(&at, table)?;
                 Ok(AccountConfig {
                     id: id_of(&f.id)?,
+                    rate_limit: None,
                     settings: ProviderSettings::Cbb {
                         public_key_file: self.path(f.public_key_file),
                         sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
@@ -729,6 +899,7 @@ impl Ctx<'_> {
                 }
                 Ok(AccountConfig {
                     id: id_of(&f.id)?,
+                    rate_limit: None,
                     settings: ProviderSettings::Shouqianba {
                         terminal_sn: f.terminal_sn,
                         mode,
@@ -738,10 +909,28 @@ impl Ctx<'_> {
             }
             ProviderKind::Abc => {
                 let f: FileAbc = typed(&at, table)?;
+                let merchant_id = required_text(
+                    &format!("{at}.merchant_id"),
+                    f.merchant_id,
+                    "the bank's MerchantID of this account",
+                )?;
+                let algorithm_key = format!("{at}.signature_algorithm");
+                let signature_algorithm = match f.signature_algorithm.as_deref() {
+                    None => crate::ingress::abc::AbcAlgorithm::Sha1WithRsa,
+                    Some(text) => crate::ingress::abc::AbcAlgorithm::parse(text).ok_or_else(|| {
+                        ConfigError::invalid(
+                            &algorithm_key,
+                            format!("`{text}` is not SHA1withRSA or SHA256withRSA"),
+                        )
+                    })?,
+                };
                 Ok(AccountConfig {
                     id: id_of(&f.id)?,
+                    rate_limit: None,
                     settings: ProviderSettings::Abc {
                         certificate_file: self.path(f.certificate_file),
+                        merchant_id,
+                        signature_algorithm,
                         sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
                     },
                 })
@@ -769,10 +958,17 @@ impl Ctx<'_> {
                     }
                 };
                 let skew_key = format!("{at}.max_clock_skew");
+                let skill_id = required_text(
+                    &format!("{at}.skill_id"),
+                    f.skill_id,
+                    "the skillId/domainId of this account",
+                )?;
                 Ok(AccountConfig {
                     id: id_of(&f.id)?,
+                    rate_limit: None,
                     settings: ProviderSettings::Dingdang {
                         scheme,
+                        skill_id,
                         max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("180s"))?,
                         sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
                     },
@@ -787,6 +983,7 @@ impl Ctx<'_> {
                 let skew_key = format!("{at}.max_clock_skew");
                 Ok(AccountConfig {
                     id: id_of(&f.id)?,
+                    rate_limit: None,
                     settings: ProviderSettings::Dryad {
                         secret,
                         max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("300s"))?,

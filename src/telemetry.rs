@@ -19,6 +19,10 @@ pub enum IngressOutcome {
     Stale,
     BadRequest,
     UnknownAccount,
+    /// A genuine notice whose signed merchant field names another account.
+    WrongAccount,
+    /// Over the account's `rate_limit`.
+    RateLimited,
     TooLarge,
     Error,
 }
@@ -32,6 +36,8 @@ impl IngressOutcome {
             IngressOutcome::Stale => "stale",
             IngressOutcome::BadRequest => "bad_request",
             IngressOutcome::UnknownAccount => "unknown_account",
+            IngressOutcome::WrongAccount => "wrong_account",
+            IngressOutcome::RateLimited => "rate_limited",
             IngressOutcome::TooLarge => "too_large",
             IngressOutcome::Error => "error",
         }

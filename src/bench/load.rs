@@ -1,7 +1,11 @@
 //! The load generator: `concurrency` workers each take the next pre-signed
 //! request until none is left, each over its own kept-alive connection, and
 //! time it.
-//! With a rate, request `i` is not sent before `start + i / rate`.
+//! With a rate, request `i` is not sent before `start + i / rate`, and its
+//! latency (and its end-to-end time, through the [`SendLog`]) counts from that
+//! scheduled instant, not from when a worker got round to sending it: a relay
+//! that stalls then pays for every request it held up, as a real provider's
+//! callbacks would wait (no coordinated omission).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,6 +50,13 @@ impl SendLog {
 
     pub fn is_empty(&self) -> bool {
         self.sent.is_empty()
+    }
+
+    /// `at`, in nanoseconds since the epoch; never 0.
+    fn ns_of(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     fn mark(&self, index: usize, at_ns: u64) {
@@ -243,13 +254,18 @@ impl Worker {
             let Some(request) = self.requests.get(index) else {
                 return outcome;
             };
-            if let Some(rate) = self.rate {
-                let due = self.start + Duration::from_secs_f64(index as f64 / rate);
-                tokio::time::sleep_until(due).await;
-            }
-            let began = Instant::now();
+            // Under a rate, the clock starts at the scheduled send time even
+            // if this worker was still busy with an earlier request then.
+            let began = match self.rate {
+                Some(rate) => {
+                    let due = self.start + Duration::from_secs_f64(index as f64 / rate);
+                    tokio::time::sleep_until(due).await;
+                    due.into_std()
+                }
+                None => Instant::now(),
+            };
             if let Some(log) = &self.log {
-                log.mark(index, log.now_ns());
+                log.mark(index, log.ns_of(began));
             }
             match tokio::time::timeout(REQUEST_TIMEOUT, self.send(&mut sender, request)).await {
                 Ok(Ok((status, body))) if status.is_success() => {

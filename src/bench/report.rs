@@ -27,10 +27,19 @@ pub struct Setup {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
+    /// The payhook version and the commit it was built from (`+dirty` when
+    /// the work tree had changes), so a figure can be traced to its code.
+    pub payhook: String,
+    pub commit: String,
+    /// `model name` of /proc/cpuinfo.
+    pub cpu_model: String,
     pub cores: usize,
     pub memory_mb: u64,
     /// 1-minute load average when the run started (other work on the machine).
     pub load_average: f64,
+    /// PostgreSQL settings that differ from the server's defaults (from
+    /// `pg_settings`, e.g. `autovacuum = off`), for runs against PostgreSQL.
+    pub postgres_settings: BTreeMap<String, String>,
 }
 
 impl Machine {
@@ -46,10 +55,20 @@ impl Machine {
             .ok()
             .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
             .unwrap_or(0.0);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map_or_else(|| "unknown".to_owned(), |(_, model)| model.trim().to_owned());
         Machine {
+            payhook: env!("CARGO_PKG_VERSION").to_owned(),
+            commit: env!("PAYHOOK_COMMIT").to_owned(),
+            cpu_model,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_mb: memory_kb / 1024,
             load_average,
+            postgres_settings: BTreeMap::new(),
         }
     }
 }

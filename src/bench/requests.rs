@@ -148,12 +148,14 @@ sandbox_private_key_file = {private}
 [[accounts]]
 id = "bench-abc"
 provider = "abc"
+merchant_id = "103881636900016"
 certificate_file = {public}
 sandbox_private_key_file = {private}
 
 [[accounts]]
 id = "bench-dingdang-hmac"
 provider = "dingdang"
+skill_id = "sandbox-skill"
 scheme = "TSK-HMAC-SHA256-BASIC"
 secret = "bench-skill-secret"
 max_clock_skew = "180s"
@@ -161,6 +163,7 @@ max_clock_skew = "180s"
 [[accounts]]
 id = "bench-dingdang-rsa"
 provider = "dingdang"
+skill_id = "sandbox-skill"
 scheme = "TSK-RSA2"
 public_key_file = {public}
 sandbox_private_key_file = {private}

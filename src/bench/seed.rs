@@ -54,6 +54,20 @@ impl ScratchDatabase {
 }
 
 /// Deletes the exchange and queues of `prefix`.
+/// The server's settings that do not come from its built-in defaults
+/// (configuration files, `ALTER SYSTEM`, command line), as `name = value`.
+pub async fn postgres_settings(url: &str) -> Result<std::collections::BTreeMap<String, String>, BenchError> {
+    let mut conn = PgConnection::connect(url).await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, setting || COALESCE(unit, '') FROM pg_settings \
+         WHERE source NOT IN ('default', 'override', 'client', 'session') ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(rows.into_iter().collect())
+}
+
 pub async fn delete_topology(amqp_url: &str, prefix: &str, schedule: &[Duration]) -> Result<(), BenchError> {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let topology = Topology::new(prefix, schedule);

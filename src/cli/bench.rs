@@ -122,7 +122,21 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             "--requests, --concurrency and --rate must be positive".into(),
         ));
     }
-    let machine = Machine::read();
+    let mut machine = Machine::read();
+    if let Some(admin) = &args.postgres {
+        match seed::postgres_settings(admin).await {
+            Ok(settings) => machine.postgres_settings = settings,
+            Err(e) => say(&format!("could not read PostgreSQL's settings: {e}")),
+        }
+    }
+    if let Some(rate) = args.rate {
+        let seconds = args.requests as f64 / rate;
+        if seconds < 20.0 {
+            say(&format!(
+                "this rate run lasts {seconds:.1} s; BENCHMARKS.md's figures come from runs of at least 20 s"
+            ));
+        }
+    }
     let dir = TempDir::new()?;
     let id = ulid::Ulid::new().to_string();
     let tag = format!("PHB{}", &id[20..]);
@@ -212,7 +226,7 @@ fn relay_config(
         .map(|d| q(&humantime::format_duration(*d).to_string()))
         .collect();
     Ok(format!(
-        "[server]\nadmin_token = \"bench\"\n\n[storage]\nurl = {}\n\n{queue}\n[delivery]\n\
+        "[server]\nadmin_token = \"payhook-bench-admin-token\"\n\n[storage]\nurl = {}\n\n{queue}\n[delivery]\n\
          retry_schedule = [{}]\nconcurrency = {dc}\nper_endpoint_concurrency = {dc}\n\
          allow_private_targets = true\n\n{endpoint}{}",
         q(db_url),

@@ -94,12 +94,14 @@ sandbox_private_key_file = "sqb_sandbox_priv.pem"
 [[accounts]]
 id = "abc-sandbox"
 provider = "abc"
+merchant_id = "103881636900016"
 certificate_file = "abc_trustpay_cert.pem"
 sandbox_private_key_file = "abc_sandbox_priv.pem"
 
 [[accounts]]
 id = "dingdang-hmac-sandbox"
 provider = "dingdang"
+skill_id = "sandbox-skill"
 scheme = "TSK-HMAC-SHA256-BASIC"
 secret = "sandbox-skill-secret"
 max_clock_skew = "180s"
@@ -107,6 +109,7 @@ max_clock_skew = "180s"
 [[accounts]]
 id = "dingdang-rsa-sandbox"
 provider = "dingdang"
+skill_id = "sandbox-skill"
 scheme = "TSK-RSA2"
 public_key_file = "dingdang_platform_pub.pem"
 sandbox_private_key_file = "dingdang_sandbox_priv.pem"

@@ -55,7 +55,11 @@ impl Deliverer {
         delivery: DeliveryConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
-        let client = DeliveryClient::new(delivery.timeout, delivery.allow_private_targets)?;
+        let client = DeliveryClient::new(
+            delivery.timeout,
+            delivery.allow_private_targets,
+            delivery.proxy.as_ref(),
+        )?;
         Ok(Self {
             store,
             client,

@@ -1,5 +1,6 @@
 //! The outbound HTTP client: timeouts, no redirects, a small response-read
-//! limit, and the SSRF guard applied where connections are made.
+//! limit, no proxy but the configured one, and the SSRF guard applied where
+//! connections are made.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use crate::config::ProxyUrl;
 use crate::telemetry::AttemptOutcome;
 
 /// At most this much of a merchant's answer is read (and kept for operators);
@@ -15,24 +17,64 @@ pub const RESPONSE_READ_LIMIT: usize = 1024;
 
 /// Whether an address is one a public merchant endpoint can never have:
 /// loopback, private, link-local (incl. cloud metadata 169.254.169.254),
-/// carrier-grade NAT, unspecified, multicast, broadcast or documentation.
+/// carrier-grade NAT, unspecified, multicast, broadcast, reserved
+/// (240.0.0.0/4), documentation, site-local (fec0::/10), or a translation
+/// range (NAT64, 6to4) whose IPv4 host the relay cannot vouch for. An IPv4
+/// address embedded in an IPv6 one is decoded and judged as IPv4, so that
+/// `::ffff:127.0.0.1` or `64:ff9b::a00:1` cannot smuggle in a private target.
 pub fn is_private_target(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_private_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_v4(v4);
+            if embedded_ipv4(v6).is_some_and(is_private_v4) {
+                return true;
             }
-            let seg0 = v6.segments()[0];
+            let seg = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (seg0 & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (seg0 == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated, still routed locally)
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+                // NAT64 and 6to4 are refused whole, not only when the decoded
+                // address is private: which IPv4 host a translator or a 6to4
+                // relay finally reaches is decided outside the relay.
+                || is_nat64(v6)
+                || seg[0] == 0x2002 // 6to4 2002::/16
                 || v6 == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254) // AWS IMDS v6
         }
     }
+}
+
+/// NAT64: the well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48.
+fn is_nat64(v6: Ipv6Addr) -> bool {
+    let seg = v6.segments();
+    (seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0])
+        || (seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2] == 0x0001)
+}
+
+/// The IPv4 address an IPv6 address carries, where the format puts one:
+/// IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (deprecated),
+/// NAT64 (the last 32 bits) and 6to4 `2002:aabb:ccdd::/48` (bits 16..48).
+pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = v6.octets();
+    let last32 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    // `::` and `::1` have the compatible form too, but are IPv6's own
+    // unspecified and loopback addresses, judged as such by the caller.
+    if o[..12].iter().all(|b| *b == 0) && !v6.is_unspecified() && !v6.is_loopback() {
+        return Some(last32);
+    }
+    if is_nat64(v6) {
+        return Some(last32);
+    }
+    if v6.segments()[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
 }
 
 fn is_private_v4(v4: Ipv4Addr) -> bool {
@@ -45,6 +87,7 @@ fn is_private_v4(v4: Ipv4Addr) -> bool {
         || v4.is_multicast()
         || v4.is_documentation()
         || o[0] == 0
+        || o[0] >= 240 // 240.0.0.0/4 reserved (and the broadcast address)
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10
         || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24
         || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15 benchmarking
@@ -78,6 +121,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
 pub struct DeliveryClient {
     client: reqwest::Client,
     allow_private_targets: bool,
+    /// Whether requests go through `[delivery] proxy`; then the proxy, not
+    /// the relay, resolves target names (see `post`).
+    proxied: bool,
+    timeout: Duration,
 }
 
 /// What one attempt came to.
@@ -92,20 +139,64 @@ pub struct AttemptResult {
 }
 
 impl DeliveryClient {
-    pub fn new(timeout: Duration, allow_private_targets: bool) -> Result<Self, reqwest::Error> {
+    /// `proxy` is the only proxy ever used. reqwest would otherwise take one
+    /// from `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` (either case), so that
+    /// anyone who can set the relay's environment could route every signed
+    /// delivery through a host of theirs, past the SSRF guard.
+    pub fn new(
+        timeout: Duration,
+        allow_private_targets: bool,
+        proxy: Option<&ProxyUrl>,
+    ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("payhook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(30));
-        if !allow_private_targets {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver));
+        match proxy {
+            // Every connection goes to the proxy, so the resolver would only
+            // ever resolve the proxy's own name, which the operator chose and
+            // which is usually private: no guarded resolver here. Targets are
+            // checked in `post` instead.
+            Some(proxy) => builder = builder.proxy(reqwest::Proxy::all(proxy.expose().as_str())?),
+            None if !allow_private_targets => builder = builder.dns_resolver(Arc::new(GuardedResolver)),
+            None => {}
         }
         Ok(Self {
             client: builder.build()?,
             allow_private_targets,
+            proxied: proxy.is_some(),
+            timeout,
         })
+    }
+
+    /// The SSRF guard before a request is sent: a literal private address
+    /// is refused; through a proxy, so is a name that the relay resolves to
+    /// any private address. A proxy resolves names itself, possibly to other
+    /// addresses than the relay sees (its own DNS view, or a later answer),
+    /// so this check cannot be exact: the proxy's own egress rules are what
+    /// finally bind. A name the relay cannot resolve is left to the proxy
+    /// (relays behind an egress proxy often have no outside DNS).
+    async fn refused_target(&self, url: &url::Url) -> bool {
+        if self.allow_private_targets {
+            return false;
+        }
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => is_private_target(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => is_private_target(IpAddr::V6(ip)),
+            Some(url::Host::Domain(name)) if self.proxied => {
+                let port = url.port_or_known_default().unwrap_or(443);
+                match tokio::time::timeout(self.timeout, tokio::net::lookup_host((name, port))).await {
+                    Ok(Ok(addrs)) => addrs.into_iter().any(|a| is_private_target(a.ip())),
+                    _ => false,
+                }
+            }
+            // Without a proxy the guarded resolver checks each address as
+            // the connection is made (which also covers DNS rebinding).
+            Some(url::Host::Domain(_)) | None => false,
+        }
     }
 
     pub async fn post(
@@ -114,15 +205,8 @@ impl DeliveryClient {
         headers: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> AttemptResult {
-        if !self.allow_private_targets {
-            let literal = match url.host() {
-                Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-                Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-                _ => None,
-            };
-            if literal.is_some_and(is_private_target) {
-                return failure(AttemptOutcome::RefusedTarget, RefusedTarget.to_string());
-            }
+        if self.refused_target(url).await {
+            return failure(AttemptOutcome::RefusedTarget, RefusedTarget.to_string());
         }
         let mut request = self
             .client
@@ -261,6 +345,123 @@ mod tests {
         for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "172.32.0.1"] {
             assert!(!is_private_target(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    fn refused(ip: &str) -> bool {
+        is_private_target(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn reserved_ipv4_240_slash_4() {
+        for ip in ["240.0.0.1", "250.1.2.3", "255.255.255.254", "255.255.255.255"] {
+            assert!(refused(ip), "{ip}");
+        }
+        assert!(!refused("223.255.255.1"));
+    }
+
+    #[test]
+    fn site_local_fec0_slash_10() {
+        for ip in ["fec0::1", "fed0::1", "feff:ffff::1"] {
+            assert!(refused(ip), "{ip}");
+        }
+        // Just below the range: fe80::/10 link-local, refused on its own.
+        assert!(refused("febf::1"));
+        assert!(!refused("2001:4860::8888"));
+    }
+
+    #[test]
+    fn nat64_well_known_and_local_use() {
+        // 64:ff9b::/96, embedding private and public IPv4 alike.
+        for ip in [
+            "64:ff9b::7f00:1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::169.254.169.254",
+            "64:ff9b::8.8.8.8",
+        ] {
+            assert!(refused(ip), "{ip}");
+        }
+        // 64:ff9b:1::/48 (RFC 8215).
+        for ip in ["64:ff9b:1::a00:1", "64:ff9b:1:ffff::8.8.8.8"] {
+            assert!(refused(ip), "{ip}");
+        }
+        assert_eq!(
+            embedded_ipv4("64:ff9b::c0a8:101".parse().unwrap()),
+            Some(Ipv4Addr::new(192, 168, 1, 1))
+        );
+        // Outside both prefixes.
+        assert!(!refused("64:ff9b:2::8.8.8.8"));
+    }
+
+    #[test]
+    fn six_to_four() {
+        // 2002:AABB:CCDD::/48 carries AA.BB.CC.DD in bits 16..48.
+        assert_eq!(
+            embedded_ipv4("2002:7f00:1::1".parse().unwrap()),
+            Some(Ipv4Addr::new(127, 0, 0, 1))
+        );
+        for ip in [
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2002:c0a8:101::5",
+            "2002:808:808::1",
+        ] {
+            assert!(refused(ip), "{ip}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_and_compatible_are_judged_as_ipv4() {
+        for ip in [
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:240.0.0.1",
+            "::127.0.0.1",
+            "::10.1.2.3",
+            "::169.254.169.254",
+            "::0.0.0.2",
+        ] {
+            assert!(refused(ip), "{ip}");
+        }
+        assert_eq!(
+            embedded_ipv4("::192.168.0.1".parse().unwrap()),
+            Some(Ipv4Addr::new(192, 168, 0, 1))
+        );
+        // A public embedded address is judged as that public address.
+        assert!(!refused("::ffff:8.8.8.8"));
+        assert!(!refused("::8.8.8.8"));
+        // `::` and `::1` are IPv6's own, not IPv4-compatible forms.
+        assert_eq!(embedded_ipv4(Ipv6Addr::LOCALHOST), None);
+        assert!(refused("::1") && refused("::"));
+        // Ordinary global IPv6 carries no IPv4 address.
+        assert_eq!(embedded_ipv4("2606:4700::1111".parse().unwrap()), None);
+    }
+
+    #[tokio::test]
+    async fn through_a_proxy_private_targets_are_still_refused() {
+        let proxy = crate::config::Config::from_toml_str(
+            "[delivery]\nproxy = \"http://user:pw@127.0.0.1:9\"\n",
+            std::path::Path::new("."),
+            &|_| None,
+        )
+        .unwrap()
+        .delivery
+        .proxy;
+        let client = DeliveryClient::new(Duration::from_secs(2), false, proxy.as_ref()).unwrap();
+        for url in [
+            "http://127.0.0.1/hook",
+            "http://[::ffff:10.0.0.1]/hook",
+            "http://[64:ff9b::a00:1]/hook",
+            "http://localhost:8080/hook",
+        ] {
+            let url = url::Url::parse(url).unwrap();
+            assert!(client.refused_target(&url).await, "{url}");
+            let result = client.post(&url, &[], b"{}".to_vec()).await;
+            assert_eq!(result.outcome, AttemptOutcome::RefusedTarget, "{url}");
+        }
+        // Debug never shows the proxy's password.
+        let shown = format!("{proxy:?}");
+        assert!(shown.contains("127.0.0.1:9") && !shown.contains("pw"), "{shown}");
     }
 
     #[test]

@@ -28,11 +28,50 @@ const MAX_DEPTH: usize = 32;
 /// Verifies callbacks with the bank certificate's public key (RSA-1024 allowed).
 pub struct Abc {
     key: RsaPublicKey,
+    /// The account's pinned algorithm: a notice cannot choose a weaker one.
+    algorithm: AbcAlgorithm,
+    /// The account's `merchant_id`: the Message's `MerchantID` must be it.
+    merchant_id: String,
 }
 
 impl Abc {
-    pub fn new(key: RsaPublicKey) -> Self {
-        Self { key }
+    pub fn new(key: RsaPublicKey, algorithm: AbcAlgorithm, merchant_id: String) -> Self {
+        Self {
+            key,
+            algorithm,
+            merchant_id,
+        }
+    }
+}
+
+/// `signature_algorithm` of an ABC account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbcAlgorithm {
+    Sha1WithRsa,
+    Sha256WithRsa,
+}
+
+impl AbcAlgorithm {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "SHA1withRSA" => Some(AbcAlgorithm::Sha1WithRsa),
+            "SHA256withRSA" => Some(AbcAlgorithm::Sha256WithRsa),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbcAlgorithm::Sha1WithRsa => "SHA1withRSA",
+            AbcAlgorithm::Sha256WithRsa => "SHA256withRSA",
+        }
+    }
+
+    fn rsa(self) -> RsaAlgorithm {
+        match self {
+            AbcAlgorithm::Sha1WithRsa => RsaAlgorithm::Sha1Legacy1024,
+            AbcAlgorithm::Sha256WithRsa => RsaAlgorithm::Sha256Legacy1024,
+        }
     }
 }
 
@@ -177,11 +216,20 @@ fn leaves(text: &str) -> Result<Vec<(String, String)>, Rejection> {
     }
 }
 
-/// The leaf fields, first occurrence of each name (as the bank's own SDK
-/// reads them).
+/// The leaf fields of the Message, each name at most once.
 struct Fields(Vec<(String, String)>);
 
 impl Fields {
+    /// A name given twice is ambiguous (which one did the bank mean?), so the
+    /// Message is refused rather than read by position.
+    fn new(leaves: Vec<(String, String)>) -> Result<Self, Rejection> {
+        let mut seen = std::collections::HashSet::with_capacity(leaves.len());
+        if leaves.iter().any(|(name, _)| !seen.insert(name.as_str())) {
+            return Err(Rejection::BadRequest("a Message field appears twice"));
+        }
+        Ok(Fields(leaves))
+    }
+
     fn raw(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
@@ -194,9 +242,7 @@ impl Fields {
     fn to_json(&self) -> Value {
         let mut map = Map::new();
         for (k, v) in &self.0 {
-            if !map.contains_key(k) {
-                map.insert(k.clone(), Value::String(v.clone()));
-            }
+            map.insert(k.clone(), Value::String(v.clone()));
         }
         Value::Object(map)
     }
@@ -210,13 +256,16 @@ impl Provider for Abc {
     fn verify(&self, req: &RawRequest<'_>, _now: DateTime<Utc>) -> Result<Verified, Rejection> {
         let envelope = Envelope::from_body(req.body)?;
         let trailer = envelope.trailer();
-        let algorithm = element(trailer, "Signature-Algorithm")
+        let named = element(trailer, "Signature-Algorithm")
             .ok_or(Rejection::BadSignature("missing Signature-Algorithm"))?;
-        let algorithm = match std::str::from_utf8(algorithm).map(str::trim) {
-            Ok("SHA1withRSA") => RsaAlgorithm::Sha1Legacy1024,
-            Ok("SHA256withRSA") => RsaAlgorithm::Sha256Legacy1024,
-            _ => return Err(Rejection::BadSignature("unsupported Signature-Algorithm")),
-        };
+        // The account's algorithm, not the message's: a notice that names
+        // another is refused rather than verified the way it asks.
+        if std::str::from_utf8(named).map(str::trim) != Ok(self.algorithm.as_str()) {
+            return Err(Rejection::BadSignature(
+                "Signature-Algorithm is not this account's",
+            ));
+        }
+        let algorithm = self.algorithm.rsa();
         let signature = element(trailer, "Signature")
             .and_then(|s| std::str::from_utf8(s).ok())
             .filter(|s| !s.trim().is_empty())
@@ -229,7 +278,12 @@ impl Provider for Abc {
 
     fn parse(&self, req: &RawRequest<'_>) -> Result<Notification, Rejection> {
         let envelope = Envelope::from_body(req.body)?;
-        let fields = Fields(leaves(&message_text(envelope.message())?)?);
+        let fields = Fields::new(leaves(&message_text(envelope.message())?)?)?;
+        // The bank's certificate signs every merchant's notices: the signed
+        // MerchantID is what ties this one to this account.
+        if fields.get("MerchantID") != Some(self.merchant_id.as_str()) {
+            return Err(Rejection::WrongAccount("MerchantID"));
+        }
 
         let return_code = fields
             .get("ReturnCode")
@@ -279,15 +333,21 @@ impl Provider for Abc {
     }
 }
 
-/// Signs sample payment notices as the bank would (SHA1withRSA), with the
-/// sandbox key.
+/// Signs sample payment notices as the bank would, with the sandbox key, the
+/// account's algorithm and its MerchantID.
 pub struct AbcSandbox {
     key: RsaSigningKey,
+    algorithm: AbcAlgorithm,
+    merchant_id: String,
 }
 
 impl AbcSandbox {
-    pub fn new(key: RsaSigningKey) -> Self {
-        Self { key }
+    pub fn new(key: RsaSigningKey, algorithm: AbcAlgorithm, merchant_id: String) -> Self {
+        Self {
+            key,
+            algorithm,
+            merchant_id,
+        }
     }
 }
 
@@ -299,7 +359,7 @@ impl SampleSigner for AbcSandbox {
         let local = spec.now + chrono::Duration::hours(8);
         let esc = |s: &str| quick_xml::escape::escape(s).into_owned();
         let message = format!(
-            "<Merchant><ECMerchantType>EBUS</ECMerchantType><MerchantID>103881636900016</MerchantID></Merchant>\
+            "<Merchant><ECMerchantType>EBUS</ECMerchantType><MerchantID>{merchant}</MerchantID></Merchant>\
              <TrxResponse><ReturnCode>0000</ReturnCode><ErrorMessage>交易成功</ErrorMessage>\
              <TrxType>PayResult</TrxType><OrderNo>{order}</OrderNo><Amount>{amount}</Amount>\
              <BatchNo>{batch}</BatchNo><VoucherNo>V{batch}</VoucherNo>\
@@ -312,10 +372,11 @@ impl SampleSigner for AbcSandbox {
             date = local.format("%Y/%m/%d"),
             time = local.format("%H:%M:%S"),
             trade = esc(&spec.trade_no),
+            merchant = esc(&self.merchant_id),
         );
         let mut signature = self
             .key
-            .sign(RsaAlgorithm::Sha1Legacy1024, message.as_bytes())
+            .sign(self.algorithm.rsa(), message.as_bytes())
             .map_err(|e| SignError::Crypto(e.to_string()))?;
         if spec.forge {
             if let Some(byte) = signature.first_mut() {
@@ -324,8 +385,9 @@ impl SampleSigner for AbcSandbox {
         }
         let b64 = base64::engine::general_purpose::STANDARD;
         let doc = format!(
-            "<MSG><Message>{message}</Message><Signature-Algorithm>SHA1withRSA</Signature-Algorithm>\
+            "<MSG><Message>{message}</Message><Signature-Algorithm>{}</Signature-Algorithm>\
              <Signature>{}</Signature></MSG>",
+            self.algorithm.as_str(),
             b64.encode(signature)
         );
         Ok(SignedRequest {
@@ -349,9 +411,16 @@ mod tests {
         vector_public_key, vectors_dir, verify_and_parse,
     };
 
+    /// The MerchantID of the vectors' and the sandbox's notices.
+    const MERCHANT: &str = "103881636900016";
+
     fn abc() -> Abc {
         let key = RsaPublicKey::load(&vectors_dir().join("keys/abc_trustpay_cert.pem"), 1024).unwrap();
-        Abc::new(key)
+        Abc::new(key, AbcAlgorithm::Sha1WithRsa, MERCHANT.into())
+    }
+
+    fn abc_sandbox() -> AbcSandbox {
+        AbcSandbox::new(signing_key(), AbcAlgorithm::Sha1WithRsa, MERCHANT.into())
     }
 
     fn signing_key() -> RsaSigningKey {
@@ -375,9 +444,16 @@ mod tests {
 
     #[test]
     fn vectors() {
-        let provider = |account: &Value| Abc::new(vector_public_key(account, "certificate_file", 1024));
+        let provider = |account: &Value| {
+            let algorithm = account["signature_algorithm"].as_str().unwrap_or("SHA1withRSA");
+            Abc::new(
+                vector_public_key(account, "certificate_file", 1024),
+                AbcAlgorithm::parse(algorithm).unwrap(),
+                account["merchant_id"].as_str().unwrap().to_owned(),
+            )
+        };
         let seen = check_shared_vectors_with("abc", provider, assert_no_headers);
-        assert_eq!(seen, 5, "abc vectors");
+        assert_eq!(seen, 6, "abc vectors");
     }
 
     #[test]
@@ -400,7 +476,7 @@ mod tests {
 
     #[test]
     fn sample_round_trip_and_refund_unsupported() {
-        let sandbox = AbcSandbox::new(signing_key());
+        let sandbox = abc_sandbox();
         let mut spec = sample_spec(SampleKind::Payment, 12345);
         spec.merchant_order_no = "O<&>\"'1".into();
         let signed = sandbox.sign_sample(&spec).unwrap();
@@ -432,7 +508,9 @@ mod tests {
     fn sha256_gbk_nesting_entities_and_fallbacks() {
         // GBK bytes, entities, CDATA, deeper nesting, empty iRspRef, SHA256withRSA.
         let (gbk, _, _) = encoding_rs::GBK.encode("失败&lt;原因&gt;");
-        let mut message = b"<TrxResponse><ReturnCode>EUNKN</ReturnCode><ErrorMessage>".to_vec();
+        let mut message =
+            b"<MerchantID>103881636900016</MerchantID><TrxResponse><ReturnCode>EUNKN</ReturnCode><ErrorMessage>"
+                .to_vec();
         message.extend_from_slice(&gbk);
         message.extend_from_slice(
             b"</ErrorMessage><Order><OrderNo> O-1 </OrderNo></Order><iRspRef/>\
@@ -440,7 +518,15 @@ mod tests {
               <HostTime>23:59:59</HostTime></TrxResponse>",
         );
         let body = signed_body(&message, "SHA256withRSA", RsaAlgorithm::Sha256Legacy1024);
-        let n = verify_and_parse(&abc(), &HeaderMap::new(), &body, Utc::now()).unwrap();
+        let sha256 = Abc::new(abc().key, AbcAlgorithm::Sha256WithRsa, MERCHANT.into());
+        let n = verify_and_parse(&sha256, &HeaderMap::new(), &body, Utc::now()).unwrap();
+        // An account pinned to SHA1withRSA refuses it, although it verifies.
+        assert!(matches!(
+            verify_and_parse(&abc(), &HeaderMap::new(), &body, Utc::now()),
+            Err(Rejection::BadSignature(
+                "Signature-Algorithm is not this account's"
+            ))
+        ));
         assert_eq!(n.event_type, EventType::PaymentFailed);
         assert_eq!(n.provider_trade_no, "O-1");
         assert_eq!(n.merchant_order_no.as_deref(), Some("O-1"));
@@ -458,8 +544,10 @@ mod tests {
         let headers = HeaderMap::new();
         let verify = |body: &[u8]| abc().verify(&RawRequest::new(&headers, body), Utc::now());
         assert!(verify(&signed_body(message, "SHA1withRSA", RsaAlgorithm::Sha1Legacy1024)).is_ok());
-        // the named algorithm is the one used
+        // the account's algorithm is the one used, whatever the message names
         let wrong = signed_body(message, "SHA1withRSA", RsaAlgorithm::Sha256Legacy1024);
+        assert!(matches!(verify(&wrong), Err(Rejection::BadSignature(_))));
+        let wrong = signed_body(message, "SHA256withRSA", RsaAlgorithm::Sha256Legacy1024);
         assert!(matches!(verify(&wrong), Err(Rejection::BadSignature(_))));
         let md5 = signed_body(message, "MD5withRSA", RsaAlgorithm::Sha1Legacy1024);
         assert!(matches!(verify(&md5), Err(Rejection::BadSignature(_))));
@@ -490,8 +578,39 @@ mod tests {
     }
 
     #[test]
+    fn notices_are_bound_to_the_accounts_merchant_id() {
+        let parse = |message: &str| {
+            let body = signed_body(message.as_bytes(), "SHA1withRSA", RsaAlgorithm::Sha1Legacy1024);
+            verify_and_parse(&abc(), &HeaderMap::new(), &body, Utc::now())
+        };
+        let tail = "<ReturnCode>0000</ReturnCode><OrderNo>O</OrderNo><Amount>1</Amount>";
+        assert!(parse(&format!(
+            "<Merchant><MerchantID>{MERCHANT}</MerchantID></Merchant>{tail}"
+        ))
+        .is_ok());
+        for other in [
+            format!("<MerchantID>103881636999999</MerchantID>{tail}"),
+            format!("<MerchantID></MerchantID>{tail}"),
+            tail.to_owned(),
+        ] {
+            assert_eq!(
+                parse(&other),
+                Err(Rejection::WrongAccount("MerchantID")),
+                "{other}"
+            );
+        }
+        // Twice, even with this account's first: ambiguous, never read by position.
+        let twice =
+            format!("<MerchantID>{MERCHANT}</MerchantID><MerchantID>103881636999999</MerchantID>{tail}");
+        assert_eq!(
+            parse(&twice),
+            Err(Rejection::BadRequest("a Message field appears twice"))
+        );
+    }
+
+    #[test]
     fn unencoded_plus_survives_form_decoding() {
-        let message = b"<ReturnCode>0000</ReturnCode><OrderNo>O</OrderNo><Amount>1</Amount>";
+        let message = b"<MerchantID>103881636900016</MerchantID><ReturnCode>0000</ReturnCode><OrderNo>O</OrderNo><Amount>1</Amount>";
         let body = signed_body(message, "SHA1withRSA", RsaAlgorithm::Sha1Legacy1024);
         let careless = String::from_utf8(body)
             .unwrap()
@@ -505,7 +624,7 @@ mod tests {
         let headers = HeaderMap::new();
         let b64 = base64::engine::general_purpose::STANDARD;
         let parse = |message: &[u8]| {
-            let mut doc = b"<MSG><Message>".to_vec();
+            let mut doc = b"<MSG><Message><MerchantID>103881636900016</MerchantID>".to_vec();
             doc.extend_from_slice(message);
             doc.extend_from_slice(b"</Message></MSG>");
             let body = encode_form(&[("MSG", b64.encode(doc).as_str())]);
@@ -541,7 +660,7 @@ mod tests {
         static SIGNED: OnceLock<(SampleSpec, Vec<u8>, Notification)> = OnceLock::new();
         SIGNED.get_or_init(|| {
             let spec = sample_spec(SampleKind::Payment, 10001);
-            let (headers, body) = request_of(&AbcSandbox::new(signing_key()).sign_sample(&spec).unwrap());
+            let (headers, body) = request_of(&abc_sandbox().sign_sample(&spec).unwrap());
             let n = verify_and_parse(&abc(), &headers, &body, spec.now).unwrap();
             (spec, body, n)
         })
@@ -549,7 +668,7 @@ mod tests {
 
     fn sandbox() -> &'static AbcSandbox {
         static SANDBOX: OnceLock<AbcSandbox> = OnceLock::new();
-        SANDBOX.get_or_init(|| AbcSandbox::new(signing_key()))
+        SANDBOX.get_or_init(|| abc_sandbox())
     }
 
     proptest! {

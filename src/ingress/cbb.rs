@@ -64,17 +64,39 @@ fn time_of(
     }
 }
 
-impl Provider for Cbb {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Cbb
-    }
+/// The fields whose values decide what a notice means. A `&` or `=` in one of
+/// them (or in any key) after decoding would let a genuine notice be re-cut
+/// into another with the same signing string: `outRequestNo=r&outTradeNo=O`
+/// signs exactly as `outRequestNo=r%26outTradeNo%3DO` does. Free text
+/// (`businessParams`) may contain both.
+const UNAMBIGUOUS: [&str; 6] = [
+    "tradeNo",
+    "outTradeNo",
+    "outRequestNo",
+    "status",
+    "totalNumber",
+    "refundAmount",
+];
 
-    fn verify(&self, req: &RawRequest<'_>, _now: DateTime<Utc>) -> Result<Verified, Rejection> {
-        let pairs = parse_form(req.body)?;
-        let Some(sign) = field(&pairs, "sign") else {
+/// The decoded form, refused if the signing string could be cut two ways.
+fn decoded(body: &[u8]) -> Result<Vec<(String, String)>, Rejection> {
+    let pairs = parse_form(body)?;
+    let cuts = |text: &str| text.contains(['&', '=']);
+    let ambiguous = pairs
+        .iter()
+        .any(|(k, v)| cuts(k) || (UNAMBIGUOUS.contains(&k.as_str()) && cuts(v)));
+    if ambiguous {
+        return Err(Rejection::BadRequest("a key or identifier contains & or ="));
+    }
+    Ok(pairs)
+}
+
+impl Cbb {
+    fn verify_pairs(&self, pairs: &[(String, String)]) -> Result<Verified, Rejection> {
+        let Some(sign) = field(pairs, "sign") else {
             return Err(Rejection::BadSignature("missing sign"));
         };
-        let signing_string = sorted_signing_string(&pairs, &["sign"]);
+        let signing_string = sorted_signing_string(pairs, &["sign"]);
         if !self
             .key
             .verify_base64(RsaAlgorithm::Sha256, signing_string.as_bytes(), sign)
@@ -83,61 +105,30 @@ impl Provider for Cbb {
         }
         Ok(Verified::default())
     }
+}
+
+impl Provider for Cbb {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Cbb
+    }
+
+    fn verify(&self, req: &RawRequest<'_>, _now: DateTime<Utc>) -> Result<Verified, Rejection> {
+        self.verify_pairs(&decoded(req.body)?)
+    }
 
     fn parse(&self, req: &RawRequest<'_>) -> Result<Notification, Rejection> {
-        let pairs = parse_form(req.body)?;
-        let trade_no = required(&pairs, "tradeNo", "missing tradeNo")?;
-        let status = required(&pairs, "status", "missing status")?;
-        let total = field(&pairs, "totalNumber").map(yuan).transpose()?;
+        parse_pairs(&decoded(req.body)?)
+    }
 
-        let mut n = if let Some(refund_no) = field(&pairs, "outRequestNo") {
-            // CBB only documents `status=SUCCESS` for refund notices. There is
-            // no "refund.unknown" event, and announcing a refund in a state we
-            // cannot name as succeeded or failed would mislead merchants, so an
-            // unrecognised refund status is refused (400: counted and logged,
-            // and CBB retries) instead of being guessed.
-            let event_type = match status {
-                "SUCCESS" => EventType::RefundSucceeded,
-                "FAIL" | "FAILED" | "CLOSED" => EventType::RefundFailed,
-                "PROCESSING" => EventType::RefundProcessing,
-                _ => return Err(Rejection::BadRequest("unknown refund status")),
-            };
-            let refund_amount = yuan(required(&pairs, "refundAmount", "missing refundAmount")?)?;
-            // A refund notice carries no order total; the refund amount is the
-            // money this event moves.
-            let mut n = Notification::new(event_type, trade_no.to_owned(), total.unwrap_or(refund_amount));
-            n.refund_no = Some(refund_no.to_owned());
-            n.refund_amount = Some(refund_amount);
-            n.occurred_at = time_of(&pairs, "refundTime", "bad refundTime")?;
-            n.dedup_extra = refund_no.to_owned();
-            n
-        } else {
-            // CBB only notifies successful payments (`status=SUCCESS`). Should
-            // it ever send an explicit failure we pass that on; any other,
-            // unknown status is still authentic, so it is stored and delivered
-            // as `payment.unknown` (merchants must neither ship nor cancel)
-            // rather than refused forever or guessed to be a failure.
-            let event_type = match status {
-                "SUCCESS" => EventType::PaymentSucceeded,
-                "FAIL" | "FAILED" | "CLOSED" => EventType::PaymentFailed,
-                _ => EventType::PaymentUnknown,
-            };
-            let amount = total.ok_or(Rejection::BadRequest("missing totalNumber"))?;
-            let mut n = Notification::new(event_type, trade_no.to_owned(), amount);
-            n.channel = field(&pairs, "channel").map(str::to_owned);
-            n.business_params = field(&pairs, "businessParams").map(str::to_owned);
-            n.occurred_at = time_of(&pairs, "payTime", "bad payTime")?;
-            n
-        };
-        n.merchant_order_no = field(&pairs, "outTradeNo").map(str::to_owned);
-        // Only signed fields: `sign` itself and unsigned empty fields are left out.
-        let raw: Map<String, Value> = pairs
-            .iter()
-            .filter(|(k, v)| k != "sign" && !v.is_empty())
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        n.raw = Value::Object(raw);
-        Ok(n)
+    /// The form is decoded once, for both steps.
+    fn accept(
+        &self,
+        req: &RawRequest<'_>,
+        _now: DateTime<Utc>,
+    ) -> Result<(Verified, Notification), Rejection> {
+        let pairs = decoded(req.body)?;
+        let verified = self.verify_pairs(&pairs)?;
+        Ok((verified, parse_pairs(&pairs)?))
     }
 
     fn dialect(&self) -> Dialect {
@@ -146,6 +137,61 @@ impl Provider for Cbb {
             fail: "FAIL",
         }
     }
+}
+
+fn parse_pairs(pairs: &[(String, String)]) -> Result<Notification, Rejection> {
+    let trade_no = required(pairs, "tradeNo", "missing tradeNo")?;
+    let status = required(pairs, "status", "missing status")?;
+    let total = field(pairs, "totalNumber").map(yuan).transpose()?;
+
+    let mut n = if let Some(refund_no) = field(pairs, "outRequestNo") {
+        // CBB only documents `status=SUCCESS` for refund notices. There is
+        // no "refund.unknown" event, and announcing a refund in a state we
+        // cannot name as succeeded or failed would mislead merchants, so an
+        // unrecognised refund status is refused (400: counted and logged,
+        // and CBB retries) instead of being guessed.
+        let event_type = match status {
+            "SUCCESS" => EventType::RefundSucceeded,
+            "FAIL" | "FAILED" | "CLOSED" => EventType::RefundFailed,
+            "PROCESSING" => EventType::RefundProcessing,
+            _ => return Err(Rejection::BadRequest("unknown refund status")),
+        };
+        let refund_amount = yuan(required(pairs, "refundAmount", "missing refundAmount")?)?;
+        // A refund notice carries no order total; the refund amount is the
+        // money this event moves.
+        let mut n = Notification::new(event_type, trade_no.to_owned(), total.unwrap_or(refund_amount));
+        n.refund_no = Some(refund_no.to_owned());
+        n.refund_amount = Some(refund_amount);
+        n.occurred_at = time_of(pairs, "refundTime", "bad refundTime")?;
+        n.dedup_extra = refund_no.to_owned();
+        n
+    } else {
+        // CBB only notifies successful payments (`status=SUCCESS`). Should
+        // it ever send an explicit failure we pass that on; any other,
+        // unknown status is still authentic, so it is stored and delivered
+        // as `payment.unknown` (merchants must neither ship nor cancel)
+        // rather than refused forever or guessed to be a failure.
+        let event_type = match status {
+            "SUCCESS" => EventType::PaymentSucceeded,
+            "FAIL" | "FAILED" | "CLOSED" => EventType::PaymentFailed,
+            _ => EventType::PaymentUnknown,
+        };
+        let amount = total.ok_or(Rejection::BadRequest("missing totalNumber"))?;
+        let mut n = Notification::new(event_type, trade_no.to_owned(), amount);
+        n.channel = field(pairs, "channel").map(str::to_owned);
+        n.business_params = field(pairs, "businessParams").map(str::to_owned);
+        n.occurred_at = time_of(pairs, "payTime", "bad payTime")?;
+        n
+    };
+    n.merchant_order_no = field(pairs, "outTradeNo").map(str::to_owned);
+    // Only signed fields: `sign` itself and unsigned empty fields are left out.
+    let raw: Map<String, Value> = pairs
+        .iter()
+        .filter(|(k, v)| k != "sign" && !v.is_empty())
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    n.raw = Value::Object(raw);
+    Ok(n)
 }
 
 /// Signs sample callbacks as the CBB platform would, with the sandbox key.
@@ -239,7 +285,7 @@ mod tests {
     fn vectors() {
         let provider = |account: &Value| Cbb::new(vector_public_key(account, "public_key_file", 2048));
         let seen = check_shared_vectors_with("cbb", provider, assert_no_headers);
-        assert_eq!(seen, 8, "cbb vectors");
+        assert_eq!(seen, 10, "cbb vectors");
     }
 
     #[test]

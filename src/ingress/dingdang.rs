@@ -55,13 +55,17 @@ impl std::fmt::Debug for DingdangScheme {
 pub struct Dingdang {
     scheme: DingdangScheme,
     max_clock_skew: Duration,
+    /// The account's `skill_id`: the body's `skillId` (or `domainId`) must
+    /// be it.
+    skill_id: String,
 }
 
 impl Dingdang {
-    pub fn new(scheme: DingdangScheme, max_clock_skew: Duration) -> Self {
+    pub fn new(scheme: DingdangScheme, max_clock_skew: Duration, skill_id: String) -> Self {
         Self {
             scheme,
             max_clock_skew,
+            skill_id,
         }
     }
 }
@@ -138,6 +142,32 @@ fn signing_content(body: &[u8], datetime: &str) -> Vec<u8> {
     content
 }
 
+impl Dingdang {
+    /// The notice's `skillId` (or, in domain notices, `domainId`), as text or
+    /// a whole number, must be this account's `skill_id`; every one present
+    /// must agree, and a notice naming none is refused.
+    fn bind(&self, body: &Map<String, Value>) -> Result<(), Rejection> {
+        let mut named = false;
+        for field in ["skillId", "domainId"] {
+            let id = match body.get(field) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+                Some(_) => return Err(Rejection::BadRequest("skillId or domainId has the wrong type")),
+            };
+            if id != self.skill_id {
+                return Err(Rejection::WrongAccount(field));
+            }
+            named = true;
+        }
+        if named {
+            Ok(())
+        } else {
+            Err(Rejection::WrongAccount("skillId"))
+        }
+    }
+}
+
 impl Provider for Dingdang {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Dingdang
@@ -174,11 +204,12 @@ impl Provider for Dingdang {
 
     fn parse(&self, req: &RawRequest<'_>) -> Result<Notification, Rejection> {
         let body = object_body(req.body)?;
+        self.bind(&body)?;
         let transaction_id = req_str(&body, "transactionId")?.to_owned();
         let trade_no = req_str(&body, "tradeNo")?.to_owned();
         let total = req_fen(&body, "totalAmt")?;
         // Type-checked only: nonceStr changes between retries and is no part
-        // of the identity; domainId/skillId stay in `raw`.
+        // of the identity; domainId/skillId (checked above) stay in `raw`.
         opt_str(&body, "nonceStr")?;
 
         let is_refund = !matches!(body.get("refundTransactionId"), None | Some(Value::Null));
@@ -213,6 +244,10 @@ impl Provider for Dingdang {
     fn dialect(&self) -> Dialect {
         Dialect::RetCodeJson
     }
+
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &["authorization"]
+    }
 }
 
 /// The signing half of an account, for sample notices.
@@ -237,18 +272,19 @@ impl std::fmt::Debug for DingdangSandboxScheme {
 /// Signs sample notices as the Dingdang platform would.
 pub struct DingdangSandbox {
     scheme: DingdangSandboxScheme,
+    skill_id: String,
 }
 
 impl DingdangSandbox {
-    pub fn new(scheme: DingdangSandboxScheme) -> Self {
-        Self { scheme }
+    pub fn new(scheme: DingdangSandboxScheme, skill_id: String) -> Self {
+        Self { scheme, skill_id }
     }
 }
 
 impl SampleSigner for DingdangSandbox {
     fn sign_sample(&self, spec: &SampleSpec) -> Result<SignedRequest, SignError> {
         let mut body = Map::new();
-        body.insert("skillId".into(), Value::from("payhook-sample-skill"));
+        body.insert("skillId".into(), Value::from(self.skill_id.clone()));
         body.insert("transactionId".into(), Value::from(spec.trade_no.clone()));
         body.insert("tradeNo".into(), Value::from(spec.merchant_order_no.clone()));
         body.insert("totalAmt".into(), Value::from(spec.amount.fen()));
@@ -316,6 +352,8 @@ mod tests {
 
     const SECRET: &[u8] = b"skill_secret";
     const SKEW: Duration = Duration::from_secs(180);
+    /// The skillId/domainId of the test bodies below.
+    const SKILL: &str = "1";
 
     fn hmac_provider() -> Dingdang {
         Dingdang::new(
@@ -323,23 +361,27 @@ mod tests {
                 secret: SECRET.to_vec(),
             },
             SKEW,
+            SKILL.into(),
         )
     }
 
     fn hmac_sandbox() -> DingdangSandbox {
-        DingdangSandbox::new(DingdangSandboxScheme::HmacSha256 {
-            secret: SECRET.to_vec(),
-        })
+        DingdangSandbox::new(
+            DingdangSandboxScheme::HmacSha256 {
+                secret: SECRET.to_vec(),
+            },
+            SKILL.into(),
+        )
     }
 
     fn rsa_provider() -> Dingdang {
         let key = RsaPublicKey::load(&vectors_dir().join("keys/dingdang_platform_pub.pem"), 2048).unwrap();
-        Dingdang::new(DingdangScheme::Rsa2 { key }, SKEW)
+        Dingdang::new(DingdangScheme::Rsa2 { key }, SKEW, SKILL.into())
     }
 
     fn rsa_sandbox() -> DingdangSandbox {
         let key = RsaSigningKey::load(&vectors_dir().join("keys/dingdang_sandbox_priv.pem")).unwrap();
-        DingdangSandbox::new(DingdangSandboxScheme::Rsa2 { key })
+        DingdangSandbox::new(DingdangSandboxScheme::Rsa2 { key }, SKILL.into())
     }
 
     fn now() -> DateTime<Utc> {
@@ -348,14 +390,15 @@ mod tests {
 
     fn provider_for(account: &Value) -> Dingdang {
         let skew = humantime::parse_duration(account["max_clock_skew"].as_str().unwrap_or("180s")).unwrap();
+        let skill = account["skill_id"].as_str().unwrap().to_owned();
         match account["scheme"].as_str().unwrap() {
             HMAC_SCHEME => {
                 let secret = account["secret"].as_str().unwrap().as_bytes().to_vec();
-                Dingdang::new(DingdangScheme::HmacSha256 { secret }, skew)
+                Dingdang::new(DingdangScheme::HmacSha256 { secret }, skew, skill)
             }
             RSA2_SCHEME => {
                 let key = vector_public_key(account, "public_key_file", 2048);
-                Dingdang::new(DingdangScheme::Rsa2 { key }, skew)
+                Dingdang::new(DingdangScheme::Rsa2 { key }, skew, skill)
             }
             other => panic!("unknown scheme {other}"),
         }
@@ -506,16 +549,39 @@ mod tests {
     }
 
     #[test]
+    fn notices_are_bound_to_the_accounts_skill() {
+        let check = |body: &str| {
+            let headers = hmac_request(body, |d, s| format!("{HMAC_SCHEME} Datetime={d}, Signature={s}"));
+            verify_and_parse(&hmac_provider(), &headers, body.as_bytes(), now())
+        };
+        let tail = r#""transactionId":"T1","tradeNo":"N1","totalAmt":1"#;
+        assert!(check(&format!(r#"{{"skillId":"1",{tail}}}"#)).is_ok());
+        assert!(check(&format!(r#"{{"skillId":1,{tail}}}"#)).is_ok());
+        assert!(check(&format!(r#"{{"domainId":"1",{tail}}}"#)).is_ok());
+        for (body, field) in [
+            (format!(r#"{{"skillId":"999",{tail}}}"#), "skillId"),
+            (format!(r#"{{"domainId":"999",{tail}}}"#), "domainId"),
+            (
+                format!(r#"{{"skillId":"1","domainId":"999",{tail}}}"#),
+                "domainId",
+            ),
+            (format!(r#"{{{tail}}}"#), "skillId"),
+        ] {
+            assert_eq!(check(&body), Err(Rejection::WrongAccount(field)), "{body}");
+        }
+    }
+
+    #[test]
     fn bad_bodies_are_bad_requests() {
         let bodies = [
-            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":1.5}"#,
-            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":-1}"#,
-            r#"{"transactionId":"T1","tradeNo":"N1"}"#,
-            r#"{"tradeNo":"N1","totalAmt":1}"#,
-            r#"{"transactionId":"T1","totalAmt":1}"#,
-            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":1,"nonceStr":5}"#,
-            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":1,"refundTransactionId":"R"}"#,
-            r#"{"transactionId":"T1","tradeNo":"N1","totalAmt":1,"refundTransactionId":"","refundTradeNo":"RN","refundAmt":1,"refundStatus":"SUCCESS"}"#,
+            r#"{"skillId":"1","transactionId":"T1","tradeNo":"N1","totalAmt":1.5}"#,
+            r#"{"skillId":"1","transactionId":"T1","tradeNo":"N1","totalAmt":-1}"#,
+            r#"{"skillId":"1","transactionId":"T1","tradeNo":"N1"}"#,
+            r#"{"skillId":"1","tradeNo":"N1","totalAmt":1}"#,
+            r#"{"skillId":"1","transactionId":"T1","totalAmt":1}"#,
+            r#"{"skillId":"1","transactionId":"T1","tradeNo":"N1","totalAmt":1,"nonceStr":5}"#,
+            r#"{"skillId":"1","transactionId":"T1","tradeNo":"N1","totalAmt":1,"refundTransactionId":"R"}"#,
+            r#"{"skillId":"1","transactionId":"T1","tradeNo":"N1","totalAmt":1,"refundTransactionId":"","refundTradeNo":"RN","refundAmt":1,"refundStatus":"SUCCESS"}"#,
             "[]",
         ];
         for body in bodies {

@@ -56,8 +56,12 @@ impl Provider for Dryad {
         if !verify_hex_hmac_sha256(&self.secret, &parts, signature) {
             return Err(Rejection::BadSignature("signature does not match"));
         }
-        let signed_at =
-            from_epoch_millis(timestamp).ok_or(Rejection::Stale("timestamp is not epoch milliseconds"))?;
+        // One spelling per instant: a sign or leading zeros would let the same
+        // signed time be written (and its nonce window probed) several ways.
+        let canonical = !timestamp.starts_with('0') || timestamp == "0";
+        let signed_at = from_epoch_millis(timestamp)
+            .filter(|_| canonical)
+            .ok_or(Rejection::Stale("timestamp is not epoch milliseconds"))?;
         if !within_skew(signed_at, now, self.max_clock_skew) {
             return Err(Rejection::Stale("timestamp outside the allowed clock skew"));
         }
@@ -97,6 +101,10 @@ impl Provider for Dryad {
 
     fn dialect(&self) -> Dialect {
         Dialect::Empty
+    }
+
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &["x-signature", "x-nonce", "x-timestamp"]
     }
 
     fn replay_window(&self) -> Option<Duration> {

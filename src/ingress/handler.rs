@@ -29,6 +29,15 @@ pub struct IngressState {
     pub outbox: bool,
     /// Tells the embedded dispatcher that new jobs were committed.
     pub jobs_committed: Arc<tokio::sync::Notify>,
+    /// Permits to verify and parse a callback (CPU work) on the runtime: one
+    /// fewer than the cores, so a flood of signed or unsigned callbacks always
+    /// leaves a worker thread for the admin port and the embedded dispatcher.
+    pub verifying: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many callbacks may be verified at once: every core but one.
+pub fn verification_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 /// Every way a callback can end; mapped to the provider's dialect in one place.
@@ -39,6 +48,8 @@ enum Reply {
     Rejected(Rejection),
     Replayed,
     TooLarge,
+    /// Over the account's `rate_limit`; retry after this many seconds.
+    RateLimited(u64),
     Unavailable,
 }
 
@@ -50,6 +61,8 @@ impl Reply {
             Reply::Rejected(Rejection::BadSignature(_)) | Reply::Replayed => IngressOutcome::BadSignature,
             Reply::Rejected(Rejection::Stale(_)) => IngressOutcome::Stale,
             Reply::Rejected(Rejection::BadRequest(_)) => IngressOutcome::BadRequest,
+            Reply::Rejected(Rejection::WrongAccount(_)) => IngressOutcome::WrongAccount,
+            Reply::RateLimited(_) => IngressOutcome::RateLimited,
             Reply::TooLarge => IngressOutcome::TooLarge,
             Reply::Unavailable => IngressOutcome::Error,
         }
@@ -58,12 +71,13 @@ impl Reply {
     fn status(&self) -> StatusCode {
         match self {
             Reply::Stored | Reply::Duplicate => StatusCode::OK,
-            Reply::Rejected(Rejection::BadSignature(_) | Rejection::Stale(_)) | Reply::Replayed => {
-                StatusCode::UNAUTHORIZED
-            }
+            Reply::Rejected(
+                Rejection::BadSignature(_) | Rejection::Stale(_) | Rejection::WrongAccount(_),
+            )
+            | Reply::Replayed => StatusCode::UNAUTHORIZED,
             Reply::Rejected(Rejection::BadRequest(_)) => StatusCode::BAD_REQUEST,
             Reply::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Reply::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reply::RateLimited(_) | Reply::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -72,13 +86,29 @@ impl Reply {
         match self {
             Reply::Stored | Reply::Duplicate => "",
             Reply::Rejected(Rejection::BadSignature(r) | Rejection::Stale(r) | Rejection::BadRequest(r)) => r,
+            Reply::Rejected(Rejection::WrongAccount(_)) => "notice is for another account",
             Reply::Replayed => "nonce already used",
             Reply::TooLarge => "body too large",
+            Reply::RateLimited(_) => "rate limit exceeded, retry later",
             Reply::Unavailable => "temporarily unavailable, retry later",
         }
     }
 
     fn into_response(self, dialect: Dialect) -> Response {
+        let retry_after = match self {
+            Reply::RateLimited(seconds) => Some(seconds),
+            _ => None,
+        };
+        let mut response = self.into_dialect(dialect);
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+
+    fn into_dialect(self, dialect: Dialect) -> Response {
         let ok = matches!(self, Reply::Stored | Reply::Duplicate);
         let status = self.status();
         match dialect {
@@ -144,9 +174,21 @@ pub async fn notify(
     let reply = handle(&state, &account, &headers, body).await;
     let outcome = reply.outcome();
     span.record("outcome", outcome.as_str());
-    if !matches!(reply, Reply::Stored | Reply::Duplicate) {
-        span.record("reason", reply.reason());
-        tracing::info!("callback refused");
+    match &reply {
+        Reply::Stored | Reply::Duplicate => {}
+        // The field's name, never its value: the value is the other
+        // merchant's, and logs are read by more people than the store.
+        Reply::Rejected(Rejection::WrongAccount(field)) => {
+            span.record("reason", reply.reason());
+            tracing::warn!(
+                field = *field,
+                "callback refused: a genuine notice for another account"
+            );
+        }
+        _ => {
+            span.record("reason", reply.reason());
+            tracing::info!("callback refused");
+        }
     }
     state
         .metrics
@@ -180,19 +222,29 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 }
 
 async fn handle(state: &IngressState, account: &Account, headers: &HeaderMap, body: Body) -> Reply {
+    if let Some(limit) = &account.rate_limit {
+        if let Err(wait) = limit.try_take(Instant::now()) {
+            return Reply::RateLimited(wait.as_secs().max(1));
+        }
+    }
     let bytes = match read_body(headers, body, state.max_body_bytes).await {
         Ok(b) => b,
         Err(reply) => return reply,
     };
     let request = RawRequest::new(headers, &bytes);
-    let verified = match account.provider.verify(&request, state.clock.now()) {
-        Ok(v) => v,
+    let accepted = {
+        // The semaphore is never closed; if it were, verifying without a
+        // permit is still correct, only unbounded.
+        let _permit = state.verifying.acquire().await.ok();
+        account.provider.accept(&request, state.clock.now())
+    };
+    let (verified, notification) = match accepted {
+        Ok(accepted) => accepted,
         Err(rejection) => return Reply::Rejected(rejection),
     };
-    let notification = match account.provider.parse(&request) {
-        Ok(n) => n,
-        Err(rejection) => return Reply::Rejected(rejection),
-    };
+    if let Err(rejection) = identifiers_storable(&notification) {
+        return Reply::Rejected(rejection);
+    }
     let dedup_extra = notification.dedup_extra.clone();
     let event = Event::new(
         EventId::generate(),
@@ -221,7 +273,7 @@ async fn handle(state: &IngressState, account: &Account, headers: &HeaderMap, bo
         payload,
         dedup_extra,
         raw_body: bytes.to_vec(),
-        raw_headers: headers_json(headers),
+        raw_headers: headers_json(headers, account.provider.signature_headers()),
         endpoints,
         nonce: verified.replay_nonce.map(|n| n.nonce),
         outbox: state.outbox,
@@ -248,12 +300,36 @@ async fn handle(state: &IngressState, account: &Account, headers: &HeaderMap, bo
     }
 }
 
-/// The request headers as a JSON object (kept with the event for audit).
-fn headers_json(headers: &HeaderMap) -> String {
+/// A NUL byte in an identifier is refused: PostgreSQL's `text` cannot hold
+/// one, so storing would fail and the provider would retry forever.
+fn identifiers_storable(n: &crate::domain::Notification) -> Result<(), Rejection> {
+    let identifiers = [
+        Some(n.provider_trade_no.as_str()),
+        n.merchant_order_no.as_deref(),
+        n.refund_no.as_deref(),
+        n.channel_trade_no.as_deref(),
+        n.channel.as_deref(),
+        Some(n.currency.as_str()),
+        Some(n.dedup_extra.as_str()),
+    ];
+    if identifiers.into_iter().flatten().any(|id| id.contains('\0')) {
+        return Err(Rejection::BadRequest("an identifier contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// The headers kept with the event for audit: `content-type` and the
+/// provider's signature headers, nothing else. Cookies, `Proxy-*` and other
+/// systems' credentials that a gateway in front may add never reach the store.
+fn headers_json(headers: &HeaderMap, signature_headers: &[&str]) -> String {
     let mut map = serde_json::Map::new();
     for (name, value) in headers {
+        let name = name.as_str();
+        if name != "content-type" && !signature_headers.contains(&name) {
+            continue;
+        }
         let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        map.insert(name.as_str().to_owned(), serde_json::Value::String(text));
+        map.insert(name.to_owned(), serde_json::Value::String(text));
     }
     serde_json::Value::Object(map).to_string()
 }

@@ -6,13 +6,97 @@ use serde_json::{Map, Value};
 use super::provider::Rejection;
 use crate::domain::AmountFen;
 
+/// At most this many members at the top level of a body, as for form fields
+/// (`../spec`, "Hostile input stays cheap"): no provider sends more than a few
+/// dozen.
+pub const MAX_TOP_LEVEL_FIELDS: usize = 256;
+
 /// The body as a JSON object. Invalid UTF-8, invalid JSON, nesting deeper than
-/// serde_json's recursion limit, and non-objects are all refused.
+/// serde_json's recursion limit, non-objects, a member name given twice in any
+/// object (which value was meant would be ambiguous: refused, never first- or
+/// last-wins) and more than [`MAX_TOP_LEVEL_FIELDS`] members are all refused.
+/// Parsing is one linear pass (member names are checked with a hash map).
 pub fn object_body(body: &[u8]) -> Result<Map<String, Value>, Rejection> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
+    match serde_json::from_slice::<StrictValue>(body) {
+        Ok(StrictValue(Value::Object(map))) if map.len() > MAX_TOP_LEVEL_FIELDS => {
+            Err(Rejection::BadRequest("too many fields"))
+        }
+        Ok(StrictValue(Value::Object(map))) => Ok(map),
         Ok(_) => Err(Rejection::BadRequest("body is not a JSON object")),
+        Err(e) if e.to_string().starts_with(DUPLICATE) => Err(Rejection::BadRequest("duplicate JSON member")),
         Err(_) => Err(Rejection::BadRequest("body is not valid JSON")),
+    }
+}
+
+const DUPLICATE: &str = "duplicate member";
+
+/// A `serde_json::Value` whose objects refuse a member name seen twice.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let StrictValue(value) = access.next_value()?;
+            if map.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom(DUPLICATE));
+            }
+        }
+        Ok(Value::Object(map))
     }
 }
 
@@ -63,6 +147,40 @@ mod tests {
     fn deep_nesting_is_a_bad_request_not_a_crash() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(object_body(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn duplicate_members_are_refused_at_any_depth() {
+        let dup = Err(Rejection::BadRequest("duplicate JSON member"));
+        assert_eq!(object_body(br#"{"amount":1,"amount":99900}"#), dup);
+        assert_eq!(object_body(br#"{"a":{"b":1,"b":1}}"#), dup);
+        assert_eq!(object_body(br#"{"a":[{"b":1,"b":2}]}"#), dup);
+        // The same name in different objects is not a duplicate.
+        let body = object_body(br#"{"a":{"b":1},"c":{"b":2},"b":3}"#).unwrap();
+        assert_eq!(body["a"]["b"], 1);
+        // Escapes decode before the comparison: "\u0061" is "a".
+        assert_eq!(object_body(br#"{"a":1,"\u0061":2}"#), dup);
+    }
+
+    #[test]
+    fn numbers_keep_their_exact_form() {
+        let body = object_body(br#"{"big":12345678901234567890,"neg":-5,"f":1.5}"#).unwrap();
+        assert_eq!(body["big"].as_u64(), Some(12_345_678_901_234_567_890));
+        assert_eq!(body["neg"].as_i64(), Some(-5));
+        assert_eq!(body["f"].as_f64(), Some(1.5));
+    }
+
+    #[test]
+    fn at_most_256_top_level_members() {
+        let members = |n: usize| {
+            let inner: Vec<String> = (0..n).map(|i| format!("\"k{i}\":1")).collect();
+            format!("{{{}}}", inner.join(","))
+        };
+        assert!(object_body(members(256).as_bytes()).is_ok());
+        assert_eq!(
+            object_body(members(257).as_bytes()),
+            Err(Rejection::BadRequest("too many fields"))
+        );
     }
 
     #[test]

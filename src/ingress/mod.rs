@@ -12,6 +12,7 @@ pub mod dryad;
 pub mod handler;
 pub mod json;
 pub mod provider;
+pub mod rate_limit;
 pub mod registry;
 pub mod shouqianba;
 #[cfg(test)]

@@ -37,6 +37,11 @@ pub enum Rejection {
     /// Authentic (or unverifiable for structural reasons) but not a valid notice.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// Genuinely signed by the provider, but for another of its merchants: the
+    /// signed merchant field (named here) is not this account's. A platform key
+    /// signs every merchant's notices, so the signature alone cannot tell.
+    #[error("wrong account: {0} is not this account's")]
+    WrongAccount(&'static str),
 }
 
 /// A signed nonce that must not be accepted twice within the account's window.
@@ -74,8 +79,29 @@ pub trait Provider: Send + Sync + 'static {
     /// Checks the signature (and freshness) over the raw bytes.
     fn verify(&self, req: &RawRequest<'_>, now: DateTime<Utc>) -> Result<Verified, Rejection>;
 
-    /// Reads a verified request into a normalized notification.
+    /// Reads a verified request into a normalized notification, and binds it
+    /// to this account: a notice whose signed merchant field names another
+    /// account is refused with [`Rejection::WrongAccount`].
     fn parse(&self, req: &RawRequest<'_>) -> Result<Notification, Rejection>;
+
+    /// `verify`, then `parse`: what the ingress calls. A provider that would
+    /// decode the body in both steps overrides it to decode once.
+    fn accept(
+        &self,
+        req: &RawRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(Verified, Notification), Rejection> {
+        let verified = self.verify(req, now)?;
+        let notification = self.parse(req)?;
+        Ok((verified, notification))
+    }
+
+    /// The request headers (lower case) that carry this provider's signature,
+    /// kept with the stored event for audit beside `content-type`. Every other
+    /// header (cookies, proxies' and other systems' credentials) is dropped.
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     fn dialect(&self) -> Dialect;
 

@@ -11,6 +11,7 @@ use super::common::rsa_keys::KeyError;
 use super::common::{RsaPublicKey, RsaSigningKey};
 use super::dingdang::{Dingdang, DingdangSandbox, DingdangSandboxScheme, DingdangScheme};
 use super::dryad::{Dryad, DryadSandbox};
+use super::rate_limit::RateLimiter;
 use super::shouqianba::{Shouqianba, ShouqianbaSandbox, SqbSandboxMode, SqbSignMode};
 use super::{Provider, SampleSigner};
 use crate::config::{AccountConfig, DingdangSchemeConfig, ProviderSettings, SqbMode};
@@ -30,6 +31,15 @@ pub enum AccountErrorKind {
     Key(#[from] KeyError),
     #[error("no sandbox signing key or secret is configured (sandbox_private_key_file)")]
     NoSandboxKey,
+    #[error(
+        "verifies with the same {what} as account `{other}`, and {provider} notices name no merchant: \
+         each could be sent the other's notices. Give each account its own {what}"
+    )]
+    SharedKey {
+        other: String,
+        provider: &'static str,
+        what: &'static str,
+    },
 }
 
 /// Provider keys are RSA-2048 or larger, except ABC's bank certificates.
@@ -40,11 +50,14 @@ const MIN_RSA_BITS_ABC: usize = 1024;
 pub struct Account {
     pub id: AccountId,
     pub provider: Box<dyn Provider>,
+    /// The account's optional `rate_limit`.
+    pub rate_limit: Option<RateLimiter>,
 }
 
 pub type Accounts = Arc<HashMap<String, Arc<Account>>>;
 
 pub fn build_accounts(configs: &[AccountConfig]) -> Result<Accounts, AccountError> {
+    refuse_shared_keys(configs)?;
     let mut map = HashMap::new();
     for config in configs {
         let provider = build_provider(config).map_err(|source| AccountError {
@@ -56,10 +69,44 @@ pub fn build_accounts(configs: &[AccountConfig]) -> Result<Accounts, AccountErro
             Arc::new(Account {
                 id: config.id.clone(),
                 provider,
+                rate_limit: config.rate_limit.map(RateLimiter::new),
             }),
         );
     }
     Ok(Arc::new(map))
+}
+
+/// CBB and Dryad notices carry no field naming the merchant, so only the key
+/// tells two accounts apart: two accounts with one key would each accept the
+/// other's notices. Refused at start-up, naming both accounts.
+fn refuse_shared_keys(configs: &[AccountConfig]) -> Result<(), AccountError> {
+    let mut seen: HashMap<(&'static str, Vec<u8>), &AccountId> = HashMap::new();
+    for config in configs {
+        let (provider, what, key) = match &config.settings {
+            ProviderSettings::Cbb { public_key_file, .. } => {
+                let key = RsaPublicKey::load(public_key_file, MIN_RSA_BITS).map_err(|e| AccountError {
+                    account: config.id.to_string(),
+                    source: e.into(),
+                })?;
+                ("CBB", "platform public key", key.pkcs1_der().to_vec())
+            }
+            ProviderSettings::Dryad { secret, .. } => {
+                ("Dryad", "secret", secret.expose().as_bytes().to_vec())
+            }
+            _ => continue,
+        };
+        if let Some(other) = seen.insert((provider, key), &config.id) {
+            return Err(AccountError {
+                account: config.id.to_string(),
+                source: AccountErrorKind::SharedKey {
+                    other: other.to_string(),
+                    provider,
+                    what,
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One match arm per provider: the only place that knows them all.
@@ -81,12 +128,20 @@ fn build_provider(config: &AccountConfig) -> Result<Box<dyn Provider>, AccountEr
             };
             Box::new(Shouqianba::new(terminal_sn.clone(), mode))
         }
-        ProviderSettings::Abc { certificate_file, .. } => {
-            Box::new(Abc::new(RsaPublicKey::load(certificate_file, MIN_RSA_BITS_ABC)?))
-        }
+        ProviderSettings::Abc {
+            certificate_file,
+            merchant_id,
+            signature_algorithm,
+            ..
+        } => Box::new(Abc::new(
+            RsaPublicKey::load(certificate_file, MIN_RSA_BITS_ABC)?,
+            *signature_algorithm,
+            merchant_id.clone(),
+        )),
         ProviderSettings::Dingdang {
             scheme,
             max_clock_skew,
+            skill_id,
             ..
         } => {
             let scheme = match scheme {
@@ -97,7 +152,7 @@ fn build_provider(config: &AccountConfig) -> Result<Box<dyn Provider>, AccountEr
                     key: RsaPublicKey::load(public_key_file, MIN_RSA_BITS)?,
                 },
             };
-            Box::new(Dingdang::new(scheme, *max_clock_skew))
+            Box::new(Dingdang::new(scheme, *max_clock_skew, skill_id.clone()))
         }
         ProviderSettings::Dryad {
             secret,
@@ -142,11 +197,18 @@ pub fn build_sandbox_signer(config: &AccountConfig) -> Result<Box<dyn SampleSign
         }
         ProviderSettings::Abc {
             sandbox_private_key_file,
+            merchant_id,
+            signature_algorithm,
             ..
-        } => Box::new(AbcSandbox::new(private_key(sandbox_private_key_file)?)),
+        } => Box::new(AbcSandbox::new(
+            private_key(sandbox_private_key_file)?,
+            *signature_algorithm,
+            merchant_id.clone(),
+        )),
         ProviderSettings::Dingdang {
             scheme,
             sandbox_private_key_file,
+            skill_id,
             ..
         } => {
             let scheme = match scheme {
@@ -157,7 +219,7 @@ pub fn build_sandbox_signer(config: &AccountConfig) -> Result<Box<dyn SampleSign
                     key: private_key(sandbox_private_key_file)?,
                 },
             };
-            Box::new(DingdangSandbox::new(scheme))
+            Box::new(DingdangSandbox::new(scheme, skill_id.clone()))
         }
         ProviderSettings::Dryad { secret, .. } => {
             Box::new(DryadSandbox::new(secret.expose().as_bytes().to_vec()))

@@ -133,6 +133,12 @@ impl Provider for Shouqianba {
 
     fn parse(&self, req: &RawRequest<'_>) -> Result<Notification, Rejection> {
         let body = object_body(req.body)?;
+        // The header's terminal is not signed; the body's is. In RSA mode one
+        // platform key signs every terminal's notices, so this comparison is
+        // what binds the notice to this account.
+        if opt_str(&body, "terminal_sn")? != Some(self.terminal_sn.as_str()) {
+            return Err(Rejection::WrongAccount("terminal_sn"));
+        }
         let sn = req_str(&body, "sn")?.to_owned();
         let order_status = req_str(&body, "order_status")?;
         let event_type = event_type_of(order_status);
@@ -168,6 +174,10 @@ impl Provider for Shouqianba {
             ok: "success",
             fail: "fail",
         }
+    }
+
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &["authorization"]
     }
 }
 
@@ -352,7 +362,7 @@ mod tests {
 
     #[test]
     fn upper_case_md5_is_accepted() {
-        let body = r#"{"sn":"1","order_status":"PAID","total_amount":"5","net_amount":"5"}"#;
+        let body = r#"{"terminal_sn":"100111220054389553","sn":"1","order_status":"PAID","total_amount":"5","net_amount":"5"}"#;
         let sign = hex::encode_upper(md5_sign(body.as_bytes(), KEY));
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -367,7 +377,7 @@ mod tests {
 
     #[test]
     fn malformed_authorization_is_a_bad_signature() {
-        let body = br#"{"sn":"1"}"#;
+        let body = br#"{"terminal_sn":"100111220054389553","sn":"1"}"#;
         for value in [
             "",
             TERMINAL,
@@ -401,7 +411,7 @@ mod tests {
         ];
         for (status, want) in cases {
             let body = format!(
-                r#"{{"sn":"9","client_sn":"c","order_status":"{status}","total_amount":"1000","net_amount":"0","payway":"1","channel_finish_time":"1449569460000"}}"#
+                r#"{{"terminal_sn":"100111220054389553","sn":"9","client_sn":"c","order_status":"{status}","total_amount":"1000","net_amount":"0","payway":"1","channel_finish_time":"1449569460000"}}"#
             );
             let n = verify_and_parse(&md5_provider(), &md5_auth_for(&body), body.as_bytes(), now()).unwrap();
             assert_eq!(n.event_type, want, "{status}");
@@ -417,6 +427,21 @@ mod tests {
                 assert_eq!(n.refund_amount, None);
             }
         }
+    }
+
+    #[test]
+    fn notices_are_bound_to_the_accounts_terminal() {
+        let other = r#"{"terminal_sn":"100111220099999999","sn":"1","order_status":"PAID","total_amount":"5","net_amount":"5"}"#;
+        let missing = r#"{"sn":"1","order_status":"PAID","total_amount":"5","net_amount":"5"}"#;
+        let number = r#"{"terminal_sn":100111220054389553,"sn":"1","order_status":"PAID","total_amount":"5","net_amount":"5"}"#;
+        for body in [other, missing] {
+            // Signed with this account's own key and header: only the body's
+            // terminal_sn differs.
+            let result = verify_and_parse(&md5_provider(), &md5_auth_for(body), body.as_bytes(), now());
+            assert_eq!(result, Err(Rejection::WrongAccount("terminal_sn")), "{body}");
+        }
+        let result = verify_and_parse(&md5_provider(), &md5_auth_for(number), number.as_bytes(), now());
+        assert!(matches!(result, Err(Rejection::BadRequest(_))), "{result:?}");
     }
 
     #[test]
@@ -436,17 +461,17 @@ mod tests {
     fn bad_bodies_are_bad_requests() {
         let bodies = [
             // refund larger than the order
-            r#"{"sn":"1","order_status":"REFUNDED","total_amount":"100","net_amount":"101"}"#,
+            r#"{"terminal_sn":"100111220054389553","sn":"1","order_status":"REFUNDED","total_amount":"100","net_amount":"101"}"#,
             // refund without net_amount
-            r#"{"sn":"1","order_status":"PARTIAL_REFUNDED","total_amount":"100"}"#,
+            r#"{"terminal_sn":"100111220054389553","sn":"1","order_status":"PARTIAL_REFUNDED","total_amount":"100"}"#,
             // amounts must be strings of digits
-            r#"{"sn":"1","order_status":"PAID","total_amount":100,"net_amount":"100"}"#,
-            r#"{"sn":"1","order_status":"PAID","total_amount":"1.00","net_amount":"100"}"#,
-            r#"{"sn":"1","order_status":"PAID","total_amount":"-1","net_amount":"1"}"#,
-            r#"{"sn":"1","order_status":"PAID","net_amount":"1"}"#,
-            r#"{"order_status":"PAID","total_amount":"1"}"#,
-            r#"{"sn":"1","total_amount":"1"}"#,
-            r#"{"sn":"1","order_status":"PAID","total_amount":"1","finish_time":"yesterday"}"#,
+            r#"{"terminal_sn":"100111220054389553","sn":"1","order_status":"PAID","total_amount":100,"net_amount":"100"}"#,
+            r#"{"terminal_sn":"100111220054389553","sn":"1","order_status":"PAID","total_amount":"1.00","net_amount":"100"}"#,
+            r#"{"terminal_sn":"100111220054389553","sn":"1","order_status":"PAID","total_amount":"-1","net_amount":"1"}"#,
+            r#"{"terminal_sn":"100111220054389553","sn":"1","order_status":"PAID","net_amount":"1"}"#,
+            r#"{"terminal_sn":"100111220054389553","order_status":"PAID","total_amount":"1"}"#,
+            r#"{"terminal_sn":"100111220054389553","sn":"1","total_amount":"1"}"#,
+            r#"{"terminal_sn":"100111220054389553","sn":"1","order_status":"PAID","total_amount":"1","finish_time":"yesterday"}"#,
             r#"["not","an","object"]"#,
         ];
         for body in bodies {

@@ -7,6 +7,8 @@
 //! Both keep the same tables and the same rules.
 
 mod postgres;
+#[doc(hidden)]
+pub use postgres::hot_statements;
 mod postgres_admin;
 mod sqlite;
 mod sqlite_admin;

@@ -26,6 +26,14 @@ use crate::domain::EventId;
 mod batched;
 mod batcher;
 
+/// The hot statements' SQL, for the plan test in `tests/api/plans.rs` (which
+/// needs a PostgreSQL server, so it is not a unit test of the library).
+#[doc(hidden)]
+pub mod hot_statements {
+    pub use super::batched::{CLAIM_MANY, RECORD_MANY};
+    pub use super::{RECORD, RELEASE};
+}
+
 use batched::{ClaimRequest, IngestRequest, Ingested};
 use batcher::Batcher;
 
@@ -47,7 +55,7 @@ const HANDOFF_QUEUE: usize = 8192;
 /// claim and the record (`batched::CLAIM_MANY`), a literal status is safe
 /// here: `deliveries_status (status, id)` matches both conditions, so no
 /// plan prefers reading every pending job (the plan test checks it).
-const RELEASE: &str = "UPDATE deliveries SET lease_until = 0 WHERE status = 'pending' AND id = ANY($1)";
+pub const RELEASE: &str = "UPDATE deliveries SET lease_until = 0 WHERE status = 'pending' AND id = ANY($1)";
 
 /// Connections per process. Ingress transactions and dispatcher claims are
 /// short, so a few connections serve many concurrent requests; many processes
@@ -489,7 +497,7 @@ async fn existing_event(pool: &PgPool, new: &NewEvent) -> Result<Option<EventId>
 /// applies only if nobody has moved the job on since this attempt was
 /// claimed (attempt n may only follow n-1); a concurrent record of the same
 /// attempt waits on the row lock, re-checks `attempts`, and is superseded.
-const RECORD: &str = "\
+pub const RECORD: &str = "\
     WITH a AS ( \
         INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, \
             response_excerpt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING \

@@ -2,7 +2,7 @@
 //! port with a fresh browser profile, and stops it on drop.
 //!
 //! Without `/usr/bin/chromedriver` a browser test is skipped with a note,
-//! unless `PAYHOOK_REQUIRE_BROWSER=1`, which makes the absence a failure (CI
+//! unless `PAYHOOK_REQUIRE_ALL=1`, which makes the absence a failure (CI
 //! installs the browser and sets it, so that a skip cannot pass as green).
 //! `PAYHOOK_CHROMEDRIVER` and `PAYHOOK_CHROMIUM` point elsewhere.
 
@@ -39,18 +39,13 @@ pub fn available() -> bool {
     if driver.exists() && browser.exists() {
         return true;
     }
-    if std::env::var("PAYHOOK_REQUIRE_BROWSER").as_deref() == Ok("1") {
-        panic!(
-            "PAYHOOK_REQUIRE_BROWSER=1 but {} or {} is missing \
-             (apt-get install -y chromium chromium-driver)",
+    crate::helpers::skip_or_fail(
+        "the browser test",
+        &format!(
+            "{} or {} is missing (apt-get install -y chromium chromium-driver)",
             driver.display(),
             browser.display()
-        );
-    }
-    eprintln!(
-        "skipped: chromedriver not installed ({}); \
-         set PAYHOOK_REQUIRE_BROWSER=1 to make this a failure",
-        driver.display()
+        ),
     );
     false
 }

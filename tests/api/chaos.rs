@@ -96,7 +96,7 @@ fn chaos_accounts() -> String {
     let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox-keys");
     format!(
         "[[accounts]]\nid = \"dryad-sandbox\"\nprovider = \"dryad\"\nsecret = \"chaos-dryad\"\n\
-         [[accounts]]\nid = \"dingdang-hmac-sandbox\"\nprovider = \"dingdang\"\nscheme = \"TSK-HMAC-SHA256-BASIC\"\nsecret = \"chaos-dd\"\n\
+         [[accounts]]\nid = \"dingdang-hmac-sandbox\"\nprovider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-HMAC-SHA256-BASIC\"\nsecret = \"chaos-dd\"\n\
          [[accounts]]\nid = \"sqb-md5-sandbox\"\nprovider = \"shouqianba\"\nsign_mode = \"md5\"\nterminal_sn = \"100111220054389553\"\nterminal_key = \"chaos-key\"\n\
          [[accounts]]\nid = \"cbb-sandbox\"\nprovider = \"cbb\"\npublic_key_file = \"{}\"\nsandbox_private_key_file = \"{}\"\n",
         keys.join("cbb_platform_pub.pem").display(),

@@ -1,7 +1,8 @@
 //! The deployment kit in `deploy/`: each file is checked with the real tool
 //! where this machine has it (hadolint, docker compose, systemd-analyze,
 //! promtool), and with static checks of its facts everywhere. A missing tool
-//! prints a note and skips only that tool's part.
+//! prints a note and skips only that tool's part, or fails the test under
+//! `PAYHOOK_REQUIRE_ALL=1` (as in CI).
 //!
 //! The compose stack itself cannot run without a Docker engine; instead
 //! `compose_config_runs_as_two_roles_on_postgres_and_rabbitmq` runs the same
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use payhook::config::Config;
 
-use crate::helpers::{amqp_url, delete_topology, eventually, Merchant};
+use crate::helpers::{amqp_url, delete_topology, eventually, skip_or_fail, Merchant};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,8 +42,9 @@ fn tool_present(program: &str, args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
+#[track_caller]
 fn skip(what: &str, why: &str) {
-    eprintln!("note: skipping {what}: {why}");
+    skip_or_fail(what, why);
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -76,21 +78,21 @@ const HISTOGRAMS: &[&str] = &[
     "payhook_event_to_delivery_seconds",
 ];
 
-/// The metric names listed in `shared/spec/README.md`, when it is beside the
-/// repository (it is in CI), so that the list above cannot drift from it.
-fn spec_metric_names() -> Option<BTreeSet<String>> {
-    let spec = std::fs::read_to_string(repo().join("../shared/spec/README.md")).ok()?;
-    let start = spec.find("## Metrics")?;
+/// The metric names listed in the spec (`tests/fixtures/spec/README.md`, the
+/// vendored copy of the shared contract), so that the list above cannot drift
+/// from it.
+fn spec_metric_names() -> BTreeSet<String> {
+    let spec = read(&repo().join("tests/fixtures/spec/README.md"));
+    let start = spec.find("## Metrics").expect("the spec has a Metrics section");
     let section = &spec[start..];
     let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
-    let names = section[..end]
+    section[..end]
         .split('`')
         .skip(1)
         .step_by(2)
         .filter(|s| s.starts_with("payhook_"))
         .map(|s| s.split('{').next().unwrap_or(s).to_owned())
-        .collect();
-    Some(names)
+        .collect()
 }
 
 #[test]
@@ -100,13 +102,7 @@ fn the_metric_list_matches_the_spec() {
         .chain(HISTOGRAMS)
         .map(|s| (*s).to_owned())
         .collect();
-    match spec_metric_names() {
-        Some(spec) => assert_eq!(ours, spec, "the spec's metric list changed"),
-        None => skip(
-            "the spec cross-check",
-            "../shared/spec/README.md is not beside the repository",
-        ),
-    }
+    assert_eq!(ours, spec_metric_names(), "the spec's metric list changed");
 }
 
 /// Whether a PromQL series name is one of the contract's (a histogram's

@@ -185,8 +185,9 @@ fn check_snippet(name: &str, command: impl Fn() -> Command) {
     );
 }
 
+#[track_caller]
 fn skip(name: &str, why: &str) {
-    eprintln!("note: skipping the {name} snippet: {why}");
+    crate::helpers::skip_or_fail(&format!("the {name} snippet"), why);
 }
 
 #[test]
@@ -381,7 +382,7 @@ fn the_rabbitmq_example_is_python_and_matches_the_readme() {
         "acknowledged after the commit"
     );
     if !present("python3", "--version") {
-        eprintln!("note: skipping the RabbitMQ example's syntax check: python3 is not installed");
+        crate::helpers::skip_or_fail("the RabbitMQ example's syntax check", "python3 is not installed");
         return;
     }
     let mut child = Command::new("python3")

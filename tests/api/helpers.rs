@@ -23,8 +23,24 @@ pub const ENDPOINT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The `server.admin_token` of every `spawn_app` relay.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// Whether every check must run (`PAYHOOK_REQUIRE_ALL=1`, set by `.ci/run`
+/// through `scripts/test.sh`): then a missing tool is a failure, not a skip.
+pub fn require_all() -> bool {
+    std::env::var("PAYHOOK_REQUIRE_ALL").as_deref() == Ok("1")
+}
+
+/// A check that cannot run here: a note on stderr, or a failure under
+/// `PAYHOOK_REQUIRE_ALL=1`, so that CI cannot pass on a check that never ran.
+#[track_caller]
+pub fn skip_or_fail(what: &str, why: &str) {
+    if require_all() {
+        panic!("PAYHOOK_REQUIRE_ALL=1 but {what} cannot run: {why} (scripts/test.sh installs every tool)");
+    }
+    eprintln!("note: skipping {what}: {why}; set PAYHOOK_REQUIRE_ALL=1 to make this a failure");
+}
+
 pub fn vectors_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vectors")
 }
 
 /// One delivery as the merchant saw it.
@@ -153,9 +169,43 @@ pub enum Backend {
     Scaled,
 }
 
+/// The test broker's URL (`PAYHOOK_TEST_AMQP_URL`). The first call checks
+/// that the broker answers on its port, and every call fails at once with
+/// how to start it if it does not: a scaled test without a broker would
+/// otherwise wait out its deadlines and then fail on a misleading assertion.
 pub fn amqp_url() -> String {
-    std::env::var("PAYHOOK_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    let url = std::env::var("PAYHOOK_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    static REACHABLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let reachable = REACHABLE.get_or_init(|| broker_reachable(&url));
+    if let Err(why) = reachable {
+        panic!(
+            "the test RabbitMQ is not reachable: {why}. Start it with `rabbitmq-server -detached` \
+             (or run scripts/test.sh, which installs and starts it), or point PAYHOOK_TEST_AMQP_URL at one"
+        );
+    }
+    url
+}
+
+/// Whether something accepts TCP connections at the URL's host and port.
+fn broker_reachable(url: &str) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let parsed =
+        url::Url::parse(url).map_err(|e| format!("PAYHOOK_TEST_AMQP_URL {url:?} is not a URL ({e})"))?;
+    let host = parsed.host_str().unwrap_or("127.0.0.1");
+    let port = parsed.port().unwrap_or(5672);
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}:{port} ({e})"))?
+        .collect();
+    let mut last = format!("{host}:{port} resolves to no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("nothing answers at {host}:{port} ({e})"),
+        }
+    }
+    Err(last)
 }
 
 /// Deletes a test's exchange and queues. Runs on its own thread and runtime

@@ -34,18 +34,21 @@ sandbox_private_key_file = "{sqb_priv}"
 [[accounts]]
 id = "abc-sandbox"
 provider = "abc"
+merchant_id = "103881636900016"
 certificate_file = "{abc_cert}"
 sandbox_private_key_file = "{abc_priv}"
 
 [[accounts]]
 id = "dingdang-hmac-sandbox"
 provider = "dingdang"
+skill_id = "sandbox-skill"
 scheme = "TSK-HMAC-SHA256-BASIC"
 secret = "sandbox-skill-secret"
 
 [[accounts]]
 id = "dingdang-rsa-sandbox"
 provider = "dingdang"
+skill_id = "sandbox-skill"
 scheme = "TSK-RSA2"
 public_key_file = "{dd_pub}"
 sandbox_private_key_file = "{dd_priv}"

@@ -3,13 +3,23 @@
 
 use super::super::provider::Rejection;
 
+/// At most this many fields in a form body: no provider sends more than a few
+/// dozen, and the limit keeps the work before the signature check small.
+pub const MAX_FORM_FIELDS: usize = 256;
+
 /// Decodes a form body once into `(key, value)` pairs, in order.
 ///
 /// Refuses what a lenient decoder would silently "repair": invalid UTF-8 after
 /// percent-decoding, and a key given twice (which value was signed would be
-/// ambiguous).
+/// ambiguous). Linear in the body: the fields are counted before any is
+/// decoded, and keys are checked for repeats with a hash set.
 pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, Rejection> {
-    let mut pairs: Vec<(String, String)> = Vec::new();
+    let fields = body.split(|b| *b == b'&').filter(|part| !part.is_empty()).count();
+    if fields > MAX_FORM_FIELDS {
+        return Err(Rejection::BadRequest("too many fields"));
+    }
+    let mut pairs: Vec<(String, String)> = Vec::with_capacity(fields);
+    let mut seen = std::collections::HashSet::with_capacity(fields);
     for part in body.split(|b| *b == b'&') {
         if part.is_empty() {
             continue;
@@ -20,7 +30,7 @@ pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, Rejection> {
         };
         let key = decode_component(k)?;
         let value = decode_component(v)?;
-        if pairs.iter().any(|(existing, _)| *existing == key) {
+        if !seen.insert(key.clone()) {
             return Err(Rejection::BadRequest("duplicate form key"));
         }
         pairs.push((key, value));
@@ -82,6 +92,18 @@ mod tests {
             Err(Rejection::BadRequest("duplicate form key"))
         );
         assert!(parse_form(b"a=%FF").is_err());
+    }
+
+    #[test]
+    fn at_most_256_fields() {
+        let form = |n: usize| (0..n).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join("&");
+        assert_eq!(parse_form(form(256).as_bytes()).map(|p| p.len()), Ok(256));
+        assert_eq!(
+            parse_form(form(257).as_bytes()),
+            Err(Rejection::BadRequest("too many fields"))
+        );
+        // Empty parts (`a=1&&b=2`) are not fields.
+        assert_eq!(parse_form(b"a=1&&&b=2").map(|p| p.len()), Ok(2));
     }
 
     #[test]

@@ -3,17 +3,18 @@
 //! `ring` verifies an RSA-2048 signature in tens of microseconds (roughly ten
 //! times faster than the pure-Rust `rsa` crate), but it only takes a PKCS#1
 //! `RSAPublicKey`. Providers hand out SPKI PEM, bare base64 DER or X.509
-//! certificates, so the `rsa`/`x509-cert` crates normalise those once, here.
-//! The `rsa` crate is also used to *sign* sandbox callbacks, which `ring`
-//! cannot do with the 1024-bit keys ABC still uses.
+//! certificates, so the `spki`/`pkcs1`/`x509-cert` parsers normalise those
+//! once, here. The `rsa` crate is used only to *sign* sandbox callbacks (which
+//! `ring` cannot do with SHA-1 or the 1024-bit keys ABC still uses) and for
+//! `keys generate`: never on a request path, never with a production key
+//! (`deny.toml` says why its timing advisory does not apply).
 
 use std::path::Path;
 
 use base64::Engine;
-use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey, EncodeRsaPublicKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::traits::PublicKeyParts;
-use x509_cert::der::{Decode, DecodePem, Encode};
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs8::DecodePrivateKey;
+use x509_cert::der::{Decode, Encode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -76,8 +77,8 @@ impl RsaPublicKey {
     /// Accepts PEM SPKI (`PUBLIC KEY`), PEM PKCS#1 (`RSA PUBLIC KEY`), PEM or DER
     /// X.509 certificates, and bare base64 or binary DER of any of those.
     pub fn from_bytes(bytes: &[u8], what: &str, min_bits: usize) -> Result<Self, KeyError> {
-        let key = parse_public(bytes).ok_or_else(|| KeyError::Unrecognized(what.to_owned()))?;
-        let bits = key.n().bits();
+        let ParsedPublic { pkcs1_der, bits } =
+            parse_public(bytes).ok_or_else(|| KeyError::Unrecognized(what.to_owned()))?;
         if bits < min_bits {
             return Err(KeyError::TooSmall {
                 what: what.to_owned(),
@@ -85,16 +86,17 @@ impl RsaPublicKey {
                 min: min_bits,
             });
         }
-        let pkcs1_der = key
-            .to_pkcs1_der()
-            .map_err(|_| KeyError::Unrecognized(what.to_owned()))?
-            .as_bytes()
-            .to_vec();
         Ok(Self { pkcs1_der, bits })
     }
 
     pub fn bits(&self) -> usize {
         self.bits
+    }
+
+    /// The key as PKCS#1 `RSAPublicKey` DER: the same key gives the same
+    /// bytes whatever file format it was read from.
+    pub fn pkcs1_der(&self) -> &[u8] {
+        &self.pkcs1_der
     }
 
     /// Verifies `signature` over `message`. Never panics; any malformed input is
@@ -126,18 +128,24 @@ pub fn decode_base64_lenient(text: &str) -> Option<Vec<u8>> {
     engine.decode(compact.as_bytes()).ok()
 }
 
-fn parse_public(bytes: &[u8]) -> Option<rsa::RsaPublicKey> {
+/// The parsed key: its PKCS#1 `RSAPublicKey` DER and its modulus size.
+struct ParsedPublic {
+    pkcs1_der: Vec<u8>,
+    bits: usize,
+}
+
+fn parse_public(bytes: &[u8]) -> Option<ParsedPublic> {
     if let Ok(text) = std::str::from_utf8(bytes) {
         let text = text.trim();
-        if text.contains("-----BEGIN CERTIFICATE-----") {
-            let cert = x509_cert::Certificate::from_pem(text.as_bytes()).ok()?;
-            return spki_of_cert(&cert);
-        }
-        if text.contains("-----BEGIN PUBLIC KEY-----") {
-            return rsa::RsaPublicKey::from_public_key_pem(text).ok();
-        }
-        if text.contains("-----BEGIN RSA PUBLIC KEY-----") {
-            return rsa::RsaPublicKey::from_pkcs1_pem(text).ok();
+        if text.starts_with("-----BEGIN") || text.contains("\n-----BEGIN") {
+            let start = text.find("-----BEGIN")?;
+            let (label, der) = pem_rfc7468::decode_vec(text[start..].as_bytes()).ok()?;
+            return match label {
+                "CERTIFICATE" => spki_of_cert(&x509_cert::Certificate::from_der(&der).ok()?),
+                "PUBLIC KEY" => from_spki_der(&der),
+                "RSA PUBLIC KEY" => from_pkcs1_der(&der),
+                _ => None,
+            };
         }
         if let Some(der) = decode_base64_lenient(text) {
             if let Some(key) = parse_public_der(&der) {
@@ -148,19 +156,52 @@ fn parse_public(bytes: &[u8]) -> Option<rsa::RsaPublicKey> {
     parse_public_der(bytes)
 }
 
-fn parse_public_der(der: &[u8]) -> Option<rsa::RsaPublicKey> {
-    if let Ok(key) = rsa::RsaPublicKey::from_public_key_der(der) {
+fn parse_public_der(der: &[u8]) -> Option<ParsedPublic> {
+    if let Some(key) = from_spki_der(der) {
         return Some(key);
     }
     if let Ok(cert) = x509_cert::Certificate::from_der(der) {
         return spki_of_cert(&cert);
     }
-    rsa::RsaPublicKey::from_pkcs1_der(der).ok()
+    from_pkcs1_der(der)
 }
 
-fn spki_of_cert(cert: &x509_cert::Certificate) -> Option<rsa::RsaPublicKey> {
-    let spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
-    rsa::RsaPublicKey::from_public_key_der(&spki).ok()
+/// `rsaEncryption`, the only algorithm an SPKI may name here.
+const RSA_ENCRYPTION: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+fn from_spki_der(der: &[u8]) -> Option<ParsedPublic> {
+    let info = spki::SubjectPublicKeyInfoRef::from_der(der).ok()?;
+    spki_to_parsed(&info)
+}
+
+fn spki_to_parsed(info: &spki::SubjectPublicKeyInfoRef<'_>) -> Option<ParsedPublic> {
+    if info.algorithm.oid != RSA_ENCRYPTION {
+        return None;
+    }
+    from_pkcs1_der(info.subject_public_key.as_bytes()?)
+}
+
+/// A PKCS#1 `RSAPublicKey`, checked the way `ring` will use it: a positive
+/// modulus with no leading zero byte, and an odd exponent of at least 3.
+fn from_pkcs1_der(der: &[u8]) -> Option<ParsedPublic> {
+    let key = pkcs1::RsaPublicKey::from_der(der).ok()?;
+    let modulus = key.modulus.as_bytes();
+    let exponent = key.public_exponent.as_bytes();
+    let first = *modulus.first()?;
+    let last_exponent = *exponent.last()?;
+    if first == 0 || last_exponent % 2 == 0 || (exponent.len() == 1 && last_exponent < 3) {
+        return None;
+    }
+    let bits = modulus.len() * 8 - first.leading_zeros() as usize;
+    Some(ParsedPublic {
+        pkcs1_der: der.to_vec(),
+        bits,
+    })
+}
+
+fn spki_of_cert(cert: &x509_cert::Certificate) -> Option<ParsedPublic> {
+    let der = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
+    from_spki_der(&der)
 }
 
 /// A sandbox private key, for signing sample callbacks (never on a request path).
@@ -221,7 +262,7 @@ mod tests {
 
     fn vector_key(name: &str) -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/vectors/keys")
+            .join("tests/fixtures/vectors/keys")
             .join(name)
     }
 

@@ -289,7 +289,7 @@ impl IngestColumns<'_> {
 /// `RECORD` over arrays: per input row in order, whether its update applied.
 /// Written, like `CLAIM_MANY`, so that the rows are found by id whatever the
 /// statistics (`d.id = ANY($1)`, and the status compared with `r.open`).
-const RECORD_MANY: &str = "\
+pub const RECORD_MANY: &str = "\
     WITH input AS MATERIALIZED ( \
         SELECT *, 'pending'::text AS open \
         FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
@@ -381,7 +381,7 @@ pub(super) struct ClaimRequest {
 ///   or a backlog that grew since the last `ANALYZE`), because it then
 ///   guesses that 0.5 % of jobs are pending: an attempt record for 3 jobs
 ///   read 19,711 index entries and 788 heap pages.
-const CLAIM_MANY: &str = "\
+pub const CLAIM_MANY: &str = "\
     WITH input AS MATERIALIZED ( \
         SELECT *, 'pending'::text AS open \
         FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS j (id, attempts, lease_until) \
@@ -441,119 +441,5 @@ impl Batched for ClaimRequest {
 
     async fn run_one(pool: &PgPool, one: &Self) -> Result<JobClaim, StoreError> {
         claim_one(pool, one.job, one.lease).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! The hot statements' plans, on a real PostgreSQL (the server of
-    //! `PAYHOOK_TEST_POSTGRES_URL`, as for the API tests).
-
-    use sqlx::{Connection, Executor, PgConnection};
-
-    use super::super::{RECORD, RELEASE};
-    use super::{CLAIM_MANY, RECORD_MANY};
-
-    /// Jobs in the table, all pending: what the planner should not read.
-    const PENDING: i64 = 20_000;
-
-    /// The plans of `EXPLAIN (FORMAT JSON)` for `sql`, as the prepared
-    /// statement would get them: a custom plan, then the generic one.
-    async fn plans(conn: &mut PgConnection, sql: &str, bind: fn(&str) -> String) -> Vec<String> {
-        let mut out = Vec::new();
-        for mode in ["force_custom_plan", "force_generic_plan"] {
-            conn.execute(format!("SET plan_cache_mode = {mode}").as_str())
-                .await
-                .expect("set plan_cache_mode");
-            let name = format!("probe_{}", out.len());
-            conn.execute(format!("PREPARE {name} AS {sql}").as_str())
-                .await
-                .expect("prepare");
-            let plan: serde_json::Value =
-                sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) EXECUTE {name}{}", bind(mode)))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .expect("explain");
-            conn.execute(format!("DEALLOCATE {name}").as_str())
-                .await
-                .expect("deallocate");
-            out.push(plan.to_string());
-        }
-        out
-    }
-
-    /// Without statistics (never analyzed, as under `autovacuum = off`, or
-    /// stale ones) the planner guesses that few jobs are pending. With the
-    /// status compared to a literal, it could then read the whole partial
-    /// index of pending jobs for a batch of three; the claim, the record and
-    /// the lease release must find their rows by id.
-    #[tokio::test]
-    async fn claims_records_and_releases_never_scan_every_pending_job() {
-        let admin_url = std::env::var("PAYHOOK_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin_url}: {e}"));
-        let name = format!("payhook_unit_{}", ulid::Ulid::new().to_string().to_lowercase());
-        admin
-            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
-            .await
-            .expect("create database");
-        let mut url = url::Url::parse(&admin_url).expect("a URL");
-        url.set_path(&format!("/{name}"));
-        let mut conn = PgConnection::connect(url.as_str()).await.expect("connect");
-        sqlx::migrate!("./migrations/postgres")
-            .run(&mut conn)
-            .await
-            .expect("migrate");
-        conn.execute(
-            format!(
-                "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
-                     payload, raw_body, raw_headers, received_at) \
-                 SELECT 'evt_' || g, 'a', 'dryad', 'payment.succeeded', g::text, '', '{{}}', '', '{{}}', 0 \
-                 FROM generate_series(1, {PENDING}) g; \
-                 INSERT INTO deliveries (event_id, endpoint_id, status, next_attempt_at, created_at, updated_at) \
-                 SELECT 'evt_' || g, 'e', 'pending', 0, 0, 0 FROM generate_series(1, {PENDING}) g"
-            )
-            .as_str(),
-        )
-        .await
-        .expect("seed");
-
-        let claim = plans(&mut conn, CLAIM_MANY, |_| {
-            "('{1,2,3}', '{0,0,0}', '{9,9,9}', 1, 1)".to_owned()
-        })
-        .await;
-        let record = plans(&mut conn, RECORD_MANY, |_| {
-            "('{1,2,3}', '{1,1,1}', '{0,0,0}', '{5,5,5}', '{delivered,delivered,delivered}', \
-              '{200,200,200}', '{NULL,NULL,NULL}', '{NULL,NULL,NULL}', \
-              '{delivered,delivered,delivered}', '{0,0,0}', 1)"
-                .to_owned()
-        })
-        .await;
-        let release = plans(&mut conn, RELEASE, |_| "('{1,2,3}')".to_owned()).await;
-        let record_one = plans(&mut conn, RECORD, |_| {
-            "(2, 1, 0, 5, 'delivered', 200, NULL, NULL, 'delivered', 0, 1, 0)".to_owned()
-        })
-        .await;
-        let _ = conn.close().await;
-        admin
-            .execute(format!("DROP DATABASE \"{name}\" WITH (FORCE)").as_str())
-            .await
-            .expect("drop database");
-
-        for (statement, plans) in [
-            ("claim", claim),
-            ("record", record),
-            ("release", release),
-            ("single record", record_one),
-        ] {
-            for plan in plans {
-                assert!(
-                    !plan.contains("deliveries_due") && !plan.contains("\"Seq Scan\""),
-                    "the {statement} reads more than its rows: {plan}"
-                );
-            }
-        }
     }
 }
