@@ -82,9 +82,36 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StorageConfig {
     pub url: String,
+}
+
+/// The URL with its password (if any) replaced by `***`: `Debug` output and
+/// logs may show where the store is, never how to log in to it.
+pub fn redact_url_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            if parsed.set_password(Some("***")).is_ok() {
+                parsed.to_string()
+            } else {
+                "<unprintable URL>".to_owned()
+            }
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL (a bare path): nothing that looks like a password can be
+        // told apart, so show only its scheme-less shape if it has no `@`.
+        Err(_) if !url.contains('@') => url.to_owned(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("url", &redact_url_password(&self.url))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1080,6 +1107,93 @@ mod tests {
         assert_eq!(c.delivery.delay_before_retry(9), Duration::from_secs(3600));
         assert!(c.queue.is_none());
         assert!(!c.delivery.allow_private_targets);
+    }
+
+    #[test]
+    fn what_cannot_be_trusted_is_refused() {
+        let cases = [
+            ("[server]\nadmin_token = \"short-token\"\n", "server.admin_token"),
+            ("[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret=\"\"\n", "accounts[0].secret"),
+            (
+                "[[accounts]]\nid=\"s\"\nprovider=\"shouqianba\"\nterminal_sn=\"1\"\nterminal_key=\"\"\n",
+                "accounts[0].terminal_key",
+            ),
+            (
+                "[[endpoints]]\nid=\"e\"\nurl=\"https://x.example\"\nsecret=\"\"\naccounts=[\"*\"]\nevents=[\"*\"]\n",
+                "endpoints[0].secret",
+            ),
+            (
+                "[[accounts]]\nid=\"a\"\nprovider=\"abc\"\ncertificate_file=\"c.pem\"\n",
+                "accounts[0].merchant_id",
+            ),
+            (
+                "[[accounts]]\nid=\"a\"\nprovider=\"abc\"\ncertificate_file=\"c.pem\"\nmerchant_id=\"1\"\n\
+                 signature_algorithm=\"MD5withRSA\"\n",
+                "accounts[0].signature_algorithm",
+            ),
+            (
+                "[[accounts]]\nid=\"d\"\nprovider=\"dingdang\"\nscheme=\"TSK-HMAC-SHA256-BASIC\"\nsecret=\"s\"\n",
+                "accounts[0].skill_id",
+            ),
+            (
+                "[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret=\"s\"\nrate_limit=\"fast\"\n",
+                "accounts[0].rate_limit",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        // From a file or the environment, empty is refused too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let text = "[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret_file=\"empty\"\n";
+        let err = Config::from_toml_str(text, dir.path(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("accounts[0].secret_file"), "{err}");
+        let empty_env = |name: &str| (name == "DRYAD").then(String::new);
+        let text = "[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret_env=\"DRYAD\"\n";
+        let err = Config::from_toml_str(text, dir.path(), &empty_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("accounts[0].secret_env"), "{err}");
+        // 16 characters is enough; the rate parses.
+        let c = parse(
+            "[server]\nadmin_token = \"0123456789abcdef\"\n\
+             [[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret=\"s\"\nrate_limit=\"200/s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.accounts[0].rate_limit, Some(200));
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let c = parse(
+            "[server]\nadmin_token = \"admin-token-0123456789\"\n\
+             [storage]\nurl = \"postgres://payhook:db-password-1@db.internal/payhook\"\n\
+             [queue]\namqp_url = \"amqp://relay:amqp-password-2@mq.internal/%2f\"\n\
+             [[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret=\"dryad-secret-3\"\n\
+             [[accounts]]\nid=\"s\"\nprovider=\"shouqianba\"\nterminal_sn=\"1\"\nterminal_key=\"terminal-key-4\"\n\
+             [[endpoints]]\nid=\"e\"\nurl=\"https://x.example\"\nsecret=\"endpoint-secret-5\"\n\
+             accounts=[\"*\"]\nevents=[\"*\"]\n",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in [
+            "admin-token-0123456789",
+            "db-password-1",
+            "amqp-password-2",
+            "dryad-secret-3",
+            "terminal-key-4",
+            "endpoint-secret-5",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://payhook:***@db.internal/payhook"),
+            "{shown}"
+        );
     }
 
     #[test]

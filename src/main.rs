@@ -12,7 +12,7 @@ use payhook::store::Store;
 // on arena locks (buffers allocated by a tokio worker are freed by the SQLite
 // writer and back), which was a fifth of its CPU. Measured in alternating
 // runs: -22-25 % relay CPU per event and +18-23 % throughput in SQLite mode,
-// -14 % CPU in scaled mode (BENCHMARKS.md, session 4). Built without
+// -14 % CPU in scaled mode (docs/benchmarks/history.md, 2026-12-02). Built without
 // transparent huge pages (`no_thp`): with them every touched arena region
 // became a 2 MiB page and idle RSS rose from 38 to 57 MB in scaled mode.
 #[global_allocator]

@@ -268,7 +268,10 @@ impl Worker {
                 log.mark(index, log.ns_of(began));
             }
             match tokio::time::timeout(REQUEST_TIMEOUT, self.send(&mut sender, request)).await {
-                Ok(Ok((status, body))) if status.is_success() => {
+                Ok(Ok((status, body)))
+                    if status.is_success()
+                        || (request.expect_refusal && status == StatusCode::BAD_REQUEST) =>
+                {
                     outcome.ok += 1;
                     outcome
                         .latencies_ns

@@ -32,6 +32,10 @@ pub enum BenchProvider {
     DingdangRsa,
     /// All of the above in turn.
     Mix,
+    /// Hostile input, not a provider: unsigned 64 KiB forms of 10,000 keys
+    /// posted to the CBB account, each refused with 400. Measures what a
+    /// refusal costs before any signature is checked (`--ingress-only`).
+    HostileForm,
 }
 
 const EACH: [BenchProvider; 7] = [
@@ -55,6 +59,7 @@ impl BenchProvider {
             BenchProvider::Dingdang => "dingdang",
             BenchProvider::DingdangRsa => "dingdang-rsa",
             BenchProvider::Mix => "mix",
+            BenchProvider::HostileForm => "hostile-form",
         }
     }
 
@@ -71,7 +76,7 @@ impl BenchProvider {
         matches!(
             (self, &account.settings),
             (BenchProvider::Dryad, S::Dryad { .. })
-                | (BenchProvider::Cbb, S::Cbb { .. })
+                | (BenchProvider::Cbb | BenchProvider::HostileForm, S::Cbb { .. })
                 | (BenchProvider::Abc, S::Abc { .. })
                 | (
                     BenchProvider::Shouqianba,
@@ -179,6 +184,9 @@ pub struct Prepared {
     pub source: usize,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The request is meant to be refused with 400 (hostile input): that
+    /// answer counts as the expected one.
+    pub expect_refusal: bool,
 }
 
 /// Every callback of a run, and the URL paths of the accounts they are for,
@@ -227,6 +235,12 @@ pub fn sign_all(
             ))
         })?;
         paths.push(format!("notify/{}", account.id));
+        if kind == BenchProvider::HostileForm {
+            return Ok(Signed {
+                paths,
+                requests: hostile_forms(count),
+            });
+        }
         sources.push(build_sandbox_signer(account)?);
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
@@ -250,6 +264,31 @@ pub fn sign_all(
         requests.extend(part?);
     }
     Ok(Signed { paths, requests })
+}
+
+/// `count` copies of one unsigned form: 10,000 short keys, padded to just
+/// under 64 KiB (the default `max_body_bytes`).
+fn hostile_forms(count: usize) -> Vec<Prepared> {
+    let mut form = (0..10_000)
+        .map(|i| format!("{i:x}="))
+        .collect::<Vec<_>>()
+        .join("&");
+    let pad = (64 * 1024 - 1usize).saturating_sub(form.len());
+    form.push_str(&"x".repeat(pad));
+    let body = Bytes::from(form);
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    (0..count)
+        .map(|_| Prepared {
+            source: 0,
+            headers: headers.clone(),
+            body: body.clone(),
+            expect_refusal: true,
+        })
+        .collect()
 }
 
 fn sign_range(
@@ -283,6 +322,7 @@ fn sign_range(
             source,
             headers,
             body: Bytes::from(signed.body),
+            expect_refusal: false,
         });
     }
     Ok(out)

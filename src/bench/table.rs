@@ -29,9 +29,22 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "machine: {} cores, {} MB memory, load average {:.2} at start\n",
-            m.cores, m.memory_mb, m.load_average
+            "payhook {} at {}; machine: {}, {} cores, {} MB memory, load average {:.2} at start",
+            m.payhook, m.commit, m.cpu_model, m.cores, m.memory_mb, m.load_average
         );
+        if !m.postgres_settings.is_empty() {
+            let settings: Vec<String> = m
+                .postgres_settings
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "PostgreSQL settings not from its defaults: {}",
+                settings.join(", ")
+            );
+        }
+        let _ = writeln!(out);
         let _ = writeln!(out, "{:<28}{:>14}{:>14}{:>10}", "", "baseline", "relay", "ratio");
         let b = self.baseline.as_ref();
         let r = &self.relay;

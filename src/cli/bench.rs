@@ -117,6 +117,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if args.baseline_server {
         return process::serve_baseline().await;
     }
+    if args.provider == BenchProvider::HostileForm && !args.ingress_only {
+        return Err(BenchError::Usage(
+            "--provider hostile-form sends callbacks that are all refused: add --ingress-only".into(),
+        ));
+    }
     if args.requests == 0 || args.concurrency == 0 || args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         return Err(BenchError::Usage(
             "--requests, --concurrency and --rate must be positive".into(),

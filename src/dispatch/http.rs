@@ -50,8 +50,9 @@ pub fn is_private_target(ip: IpAddr) -> bool {
 /// NAT64: the well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48.
 fn is_nat64(v6: Ipv6Addr) -> bool {
     let seg = v6.segments();
-    (seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0])
-        || (seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2] == 0x0001)
+    let well_known = seg[2..6] == [0, 0, 0, 0];
+    let local_use = seg[2] == 0x0001;
+    seg[0] == 0x0064 && seg[1] == 0xff9b && (well_known || local_use)
 }
 
 /// The IPv4 address an IPv6 address carries, where the format puts one:

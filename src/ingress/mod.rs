@@ -16,6 +16,8 @@ pub mod rate_limit;
 pub mod registry;
 pub mod shouqianba;
 #[cfg(test)]
+mod binding_tests;
+#[cfg(test)]
 mod tests_support;
 
 pub use provider::{

@@ -31,8 +31,8 @@ use crate::store::JobRef;
 /// message costs the broker a quorum-log write, a delivery and an ack (and
 /// the relay a publish, a confirm and an ack crossing to the client's I/O
 /// thread) whatever it holds, which per job was the larger part of RabbitMQ's
-/// and a good part of the relay's work in scaled mode (BENCHMARKS.md,
-/// session 6). Small enough that one message does not take much more than
+/// and a good part of the relay's work in scaled mode (docs/benchmarks/history.md,
+/// 2026-12-02). Small enough that one message does not take much more than
 /// its share of a dispatcher's slots.
 pub const MAX_JOBS_PER_MESSAGE: usize = 32;
 

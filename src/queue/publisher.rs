@@ -36,7 +36,7 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(8);
 /// Confirmed rows are deleted together, at most this long after their
 /// confirms: one statement (and commit) for all the batches confirmed
 /// meanwhile, where there was one per batch, which made deletes the most
-/// numerous statement in scaled mode (BENCHMARKS.md, session 6). Far below
+/// numerous statement in scaled mode (docs/benchmarks/history.md, 2026-12-02). Far below
 /// `OUTBOX_LEASE`, so no scan takes a confirmed row meanwhile.
 const FORGET_AFTER: Duration = Duration::from_millis(50);
 

@@ -44,7 +44,7 @@ use batcher::Batcher;
 /// two ingests at once against the same index pages; measured in scaled mode
 /// on two cores, one lane cut the ingest's statement time per event by a
 /// quarter and e2e p99 at 1,500-2,500 callbacks/s by a third, with the same
-/// or better throughput flat out (BENCHMARKS.md, session 5).
+/// or better throughput flat out (docs/benchmarks/history.md, 2026-12-02).
 const BATCH_LANES: usize = 1;
 const MAX_BATCH: usize = 256;
 /// Committed outbox rows waiting for this process's publisher in memory;

@@ -402,6 +402,11 @@ impl TestApp {
         self.store.as_ref().expect("relay is running")
     }
 
+    /// The SQLite file of a [`Backend::Sqlite`] relay.
+    pub fn sqlite_file(&self) -> PathBuf {
+        self._dir.path().join("payhook.db")
+    }
+
     pub fn set_clock(&self, at: chrono::DateTime<chrono::Utc>) {
         self.clock.as_ref().expect("app built with a fixed clock").set(at);
     }

@@ -26,5 +26,6 @@ mod providers;
 mod proxies;
 mod scaled;
 mod secrets;
+mod trust;
 mod store_conformance;
 mod vectors;
