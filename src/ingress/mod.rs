@@ -5,6 +5,8 @@
 //! `registry` builds them from the config; `handler` runs the request path.
 
 pub mod abc;
+#[cfg(test)]
+mod binding_tests;
 pub mod cbb;
 pub mod common;
 pub mod dingdang;
@@ -15,8 +17,6 @@ pub mod provider;
 pub mod rate_limit;
 pub mod registry;
 pub mod shouqianba;
-#[cfg(test)]
-mod binding_tests;
 #[cfg(test)]
 mod tests_support;
 

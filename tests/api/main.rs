@@ -26,6 +26,6 @@ mod providers;
 mod proxies;
 mod scaled;
 mod secrets;
-mod trust;
 mod store_conformance;
+mod trust;
 mod vectors;
