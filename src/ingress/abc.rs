@@ -668,7 +668,7 @@ mod tests {
 
     fn sandbox() -> &'static AbcSandbox {
         static SANDBOX: OnceLock<AbcSandbox> = OnceLock::new();
-        SANDBOX.get_or_init(|| abc_sandbox())
+        SANDBOX.get_or_init(abc_sandbox)
     }
 
     proptest! {

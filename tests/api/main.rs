@@ -15,6 +15,7 @@ mod demo;
 mod deploy_kit;
 mod disruptive;
 mod dryad_flow;
+mod fixtures;
 mod guide;
 mod helpers;
 mod hostile;

@@ -139,7 +139,7 @@ fn parse_public(bytes: &[u8]) -> Option<ParsedPublic> {
         let text = text.trim();
         if text.starts_with("-----BEGIN") || text.contains("\n-----BEGIN") {
             let start = text.find("-----BEGIN")?;
-            let (label, der) = pem_rfc7468::decode_vec(text[start..].as_bytes()).ok()?;
+            let (label, der) = pem_rfc7468::decode_vec(&text.as_bytes()[start..]).ok()?;
             return match label {
                 "CERTIFICATE" => spki_of_cert(&x509_cert::Certificate::from_der(&der).ok()?),
                 "PUBLIC KEY" => from_spki_der(&der),
