@@ -321,8 +321,29 @@ async fn console_in_a_real_browser_lists_shows_and_redelivers() {
         .await;
     browser.screenshot("console-redelivered").await;
 
-    // Redeliver all dead: only the other one is left.
+    // Redeliver all dead: it asks first; cancelled, nothing happens.
     browser.click("#dead-redeliver-all").await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('dead-confirm').hidden")
+            .await,
+        false
+    );
+    browser.click("#dead-confirm-no").await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('dead-confirm').hidden")
+            .await,
+        true
+    );
+    assert_eq!(
+        app.merchant.received().len(),
+        received + 1,
+        "nothing redelivered on cancel"
+    );
+    // Confirmed: only the other one is left.
+    browser.click("#dead-redeliver-all").await;
+    browser.click("#dead-confirm-yes").await;
     let notice = browser
         .wait_for(
             "the bulk redelivery notice",
@@ -377,4 +398,63 @@ async fn console_in_a_real_browser_lists_shows_and_redelivers() {
         .await;
     browser.close().await;
     eprintln!("console browser test took {:?}", started.elapsed());
+}
+
+/// "Redeliver all dead" goes a batch at a time, like `payhook redeliver
+/// --dead`, with its progress on the page (batches of one here, so that three
+/// dead deliveries take three).
+#[tokio::test]
+async fn console_redelivers_all_dead_in_batches() {
+    if !browser::available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    app.merchant.always_fail(true);
+    for order in ["BULK1", "BULK2", "BULK3"] {
+        post_event(&app, order).await;
+    }
+    assert_eq!(app.wait_for_dead(3, Duration::from_secs(15)).await.len(), 3);
+    app.merchant.always_fail(false);
+    let received = app.merchant.received().len();
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/admin/ui", app.admin_url)).await;
+    browser
+        .wait_for(
+            "the login prompt",
+            "return !document.getElementById('login').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.type_into("#token-input", ADMIN_TOKEN).await;
+    browser.click("#login-submit").await;
+    browser
+        .wait_for(
+            "three dead rows",
+            "return document.querySelectorAll('tr[data-testid=dead-row]').length === 3",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.js("document.body.dataset.bulkBatch = '1'").await;
+    browser.click("#dead-redeliver-all").await;
+    browser.click("#dead-confirm-yes").await;
+    let notice = browser
+        .wait_for(
+            "the bulk redelivery notice",
+            "const n = document.getElementById('notice'); return n.textContent.startsWith('Redelivered') && n.textContent",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(notice, "Redelivered 3 dead deliveries.");
+    assert_eq!(
+        browser
+            .js("return document.getElementById('dead-progress').dataset.batches")
+            .await,
+        "3",
+        "one request per batch"
+    );
+    browser.screenshot("console-bulk-redelivered").await;
+    let got = app.merchant.wait_for(received + 3, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), received + 3);
+    browser.close().await;
 }

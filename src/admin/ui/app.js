@@ -439,12 +439,45 @@
     $('dead-empty').hidden = rows.length > 0;
   }
 
+  // Bulk redelivery asks first, then goes a batch at a time (each batch its
+  // own commit, as `payhook redeliver --dead` does), showing its progress: a
+  // large dead backlog never becomes due in one transaction.
+  const BULK_BATCH = 100;
+
+  function askRedeliverAllDead() {
+    $('dead-confirm').hidden = false;
+    $('dead-redeliver-all').disabled = true;
+  }
+
+  function cancelRedeliverAllDead() {
+    $('dead-confirm').hidden = true;
+    $('dead-redeliver-all').disabled = false;
+  }
+
   async function redeliverAllDead() {
     const button = $('dead-redeliver-all');
+    const progress = $('dead-progress');
+    $('dead-confirm').hidden = true;
     button.disabled = true;
+    // A test may ask for smaller batches to see several of them.
+    const batch = Number(document.body.dataset.bulkBatch) || BULK_BATCH;
+    let total = 0;
+    let batches = 0;
+    progress.dataset.batches = '0';
     try {
-      const answer = await api('POST', '/admin/deliveries/redeliver?status=dead');
-      const n = Number(answer.redelivered) || 0;
+      for (;;) {
+        const answer = await api('POST', `/admin/deliveries/redeliver?status=dead&limit=${batch}`);
+        const done = Number(answer.redelivered) || 0;
+        const remaining = Number(answer.remaining) || 0;
+        total += done;
+        batches += 1;
+        progress.dataset.batches = String(batches);
+        show('dead-progress', `Redelivered ${total} of ${total + remaining}…`);
+        // No progress means the rest cannot be redelivered now (another run
+        // took them): stop rather than spin.
+        if (remaining === 0 || done === 0) break;
+      }
+      const n = total;
       notice(
         n === 0
           ? 'No dead delivery was waiting: each is redelivered once.'
@@ -456,8 +489,11 @@
         loadDetail();
       }
     } catch (e) {
-      if (e.status !== 401) notice(`Bulk redelivery failed: ${e.message}`, true);
+      if (e.status !== 401) {
+        notice(`Bulk redelivery failed after ${plural(total, 'delivery', 'deliveries')}: ${e.message}`, true);
+      }
     } finally {
+      show('dead-progress', '');
       button.disabled = false;
     }
   }
@@ -636,7 +672,9 @@
       markSelected();
     });
     $('dead-refresh').addEventListener('click', () => loadDead());
-    $('dead-redeliver-all').addEventListener('click', () => redeliverAllDead());
+    $('dead-redeliver-all').addEventListener('click', () => askRedeliverAllDead());
+    $('dead-confirm-yes').addEventListener('click', () => redeliverAllDead());
+    $('dead-confirm-no').addEventListener('click', () => cancelRedeliverAllDead());
     $('dead-body').addEventListener('click', (e) => {
       const row = e.target.closest('tr[data-event-id]');
       const button = e.target.closest('button[data-action]');
