@@ -88,7 +88,15 @@ async fn run(command: Command) -> Result<(), String> {
             };
             let outcome = simulate::run(&config, &args).await.map_err(|e| e.to_string())?;
             println!("POST {} -> {} {}", outcome.url, outcome.status, outcome.body);
-            Ok(())
+            // A script must see a refusal: the relay answered, but not 2xx.
+            if (200..300).contains(&outcome.status) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the relay refused the callback (HTTP {})",
+                    outcome.status
+                ))
+            }
         }
         Command::Sink {
             listen,
@@ -99,9 +107,9 @@ async fn run(command: Command) -> Result<(), String> {
             .map_err(|e| e.to_string()),
         Command::Bench(args) => payhook::cli::bench::run(*args).await.map_err(|e| e.to_string()),
         Command::Keys {
-            command: KeysCommand::Generate { out },
+            command: KeysCommand::Generate { out, force },
         } => {
-            payhook::cli::keys::generate(&out).map_err(|e| e.to_string())?;
+            payhook::cli::keys::generate_into(&out, force).map_err(|e| e.to_string())?;
             println!(
                 "wrote {0}/private.pem and {0}/public.pem (sandbox use only)",
                 out.display()

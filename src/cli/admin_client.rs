@@ -277,10 +277,14 @@ pub async fn redeliver(
         (None, true) => {
             let n = redeliver_dead_in_batches(&client, batch_size, !admin.json).await?;
             let answer = serde_json::json!({ "redelivered": n, "remaining": 0 });
-            let text = format!(
-                "redelivered {n} dead deliver{}: each has a new delivery, pending now\n",
-                if n == 1 { "y" } else { "ies" }
-            );
+            let text = if n == 0 {
+                "no dead deliveries: nothing to redeliver\n".to_owned()
+            } else {
+                format!(
+                    "redelivered {n} dead deliver{}: each has a new delivery, pending now\n",
+                    if n == 1 { "y" } else { "ies" }
+                )
+            };
             (answer, text)
         }
         _ => return Err(AdminClientError::NothingToRedeliver),

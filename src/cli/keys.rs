@@ -10,6 +10,23 @@ pub enum KeysError {
     Io { path: String, source: std::io::Error },
     #[error("key generation failed: {0}")]
     Crypto(String),
+    #[error("{0} already exists; refusing to overwrite it (pass --force to replace the pair)")]
+    Exists(String),
+}
+
+/// Writes `private.pem` (PKCS#8) and `public.pem` (SPKI) into `dir`, unless
+/// either exists: a key an integration already trusts is not silently
+/// replaced. `force` replaces them.
+pub fn generate_into(dir: &Path, force: bool) -> Result<(), KeysError> {
+    if !force {
+        for name in ["private.pem", "public.pem"] {
+            let path = dir.join(name);
+            if path.exists() {
+                return Err(KeysError::Exists(path.display().to_string()));
+            }
+        }
+    }
+    generate(dir)
 }
 
 /// Writes `private.pem` (PKCS#8) and `public.pem` (SPKI) into `dir`.

@@ -59,7 +59,7 @@ pub enum Command {
     /// Send a correctly signed sample callback for an account, signed with its
     /// sandbox key or shared secret from the config.
     Simulate {
-        /// Provider: cbb, shouqianba, abc, dingdang or dryad.
+        /// Provider: cbb, shouqianba, abc, dingdang or dryad (any case).
         provider: String,
         /// The account id in the config (`[[accounts]] id`).
         #[arg(long)]
@@ -147,11 +147,16 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    #[command(after_help = "Examples:\n  payhook keys generate --out ./sandbox-keys")]
+    #[command(
+        after_help = "Examples:\n  payhook keys generate --out ./sandbox-keys\n  payhook keys generate --out ./sandbox-keys --force   # replace an existing pair"
+    )]
     /// Generate a sandbox RSA-2048 key pair (private.pem, public.pem).
     Generate {
         /// Directory to write the keys into (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Replace private.pem and public.pem if they exist.
+        #[arg(long)]
+        force: bool,
     },
 }

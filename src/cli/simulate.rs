@@ -7,8 +7,8 @@ use crate::ingress::{SampleKind, SampleSpec, SignedRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
-    #[error("no account `{0}` in the config")]
-    UnknownAccount(String),
+    #[error("no account `{account}` in the config; its accounts are: {known}")]
+    UnknownAccount { account: String, known: String },
     #[error("account `{account}` is a {actual} account, not {asked}")]
     WrongProvider {
         account: String,
@@ -21,8 +21,21 @@ pub enum SimulateError {
     Account(#[from] crate::ingress::registry::AccountError),
     #[error("signing: {0}")]
     Sign(#[from] crate::ingress::SignError),
-    #[error("sending: {0}")]
-    Send(#[from] reqwest::Error),
+    #[error("cannot reach the relay at {url}: {cause}")]
+    Send { url: String, cause: String },
+}
+
+/// The error and its causes, joined: reqwest's own text ("error sending
+/// request") does not say that the connection was refused.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 pub struct SimulateArgs {
@@ -43,10 +56,22 @@ pub struct SimulateOutcome {
 
 /// Signs a sample for `args.account` as its provider would.
 pub fn sign(config: &Config, args: &SimulateArgs) -> Result<SignedRequest, SimulateError> {
-    let account = config
-        .account(&args.account)
-        .ok_or_else(|| SimulateError::UnknownAccount(args.account.clone()))?;
-    if account.provider().as_str() != args.provider {
+    let account = config.account(&args.account).ok_or_else(|| {
+        let known: Vec<String> = config
+            .accounts
+            .iter()
+            .map(|a| format!("{} ({})", a.id, a.provider().as_str()))
+            .collect();
+        SimulateError::UnknownAccount {
+            account: args.account.clone(),
+            known: if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            },
+        }
+    })?;
+    if !account.provider().as_str().eq_ignore_ascii_case(&args.provider) {
         return Err(SimulateError::WrongProvider {
             account: args.account.clone(),
             actual: account.provider(),
@@ -89,6 +114,9 @@ pub async fn run(config: &Config, args: &SimulateArgs) -> Result<SimulateOutcome
         .url
         .clone()
         .unwrap_or_else(|| format!("http://{}/notify/{}", config.server.listen, args.account));
-    let (status, body) = send(&url, &signed).await?;
+    let (status, body) = send(&url, &signed).await.map_err(|e| SimulateError::Send {
+        url: url.clone(),
+        cause: causes(&e),
+    })?;
     Ok(SimulateOutcome { url, status, body })
 }

@@ -126,3 +126,96 @@ fn sigterm_drains_and_exits_cleanly() {
     assert!(status.success(), "exit status {status:?}");
     assert!(rest.iter().any(|l| l.contains("payhook stopped")), "{rest:?}");
 }
+
+#[test]
+fn keys_generate_does_not_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let generate = |force: bool| {
+        let mut cmd = payhook();
+        cmd.args(["keys", "generate", "--out"]).arg(dir.path());
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    };
+    assert!(generate(false).status.success());
+    let first = std::fs::read(dir.path().join("private.pem")).unwrap();
+    let again = generate(false);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("private.pem")).unwrap(),
+        first,
+        "kept"
+    );
+    assert!(generate(true).status.success());
+    assert_ne!(
+        std::fs::read(dir.path().join("private.pem")).unwrap(),
+        first,
+        "replaced"
+    );
+}
+
+/// `simulate` is scriptable: its exit code says whether the relay took the
+/// callback, an unknown account lists the known ones, and the provider name
+/// may be given in any case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_exits_non_zero_when_the_relay_refuses_or_is_unreachable() {
+    use crate::helpers::{spawn_app, Backend, DRYAD_SECRET};
+    let app = spawn_app(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("payhook.toml");
+    std::fs::write(
+        &config,
+        format!("[[accounts]]\nid = \"dryad-main\"\nprovider = \"dryad\"\nsecret = \"{DRYAD_SECRET}\"\n"),
+    )
+    .unwrap();
+    let url = format!("{}/notify/dryad-main", app.ingress_url);
+    let simulate = |extra: &[&str], url: &str| {
+        let mut cmd = payhook();
+        cmd.args(["simulate"])
+            .args(extra)
+            .args(["--account", "dryad-main", "--url", url, "--config"])
+            .arg(&config);
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = simulate(&["DRYAD"], &url);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("-> 200"), "{stdout}");
+
+    let (code, stdout, stderr) = simulate(&["dryad", "--forge"], &url);
+    assert_eq!(code, Some(1), "a forgery is refused: {stdout}");
+    assert!(
+        stdout.contains("-> 401") && stderr.contains("refused"),
+        "{stdout}{stderr}"
+    );
+
+    let closed = format!(
+        "http://127.0.0.1:{}/notify/dryad-main",
+        crate::helpers::free_port()
+    );
+    let (code, _, stderr) = simulate(&["dryad"], &closed);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("cannot reach the relay") && stderr.to_lowercase().contains("refused"),
+        "{stderr}"
+    );
+
+    let out = payhook()
+        .args(["simulate", "dryad", "--account", "nope", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no account `nope`") && err.contains("dryad-main (dryad)"),
+        "{err}"
+    );
+}
