@@ -65,6 +65,7 @@ configs=(
   "sqlite-cbb-64|-n 20000 -c 64 --provider cbb --no-baseline"
   "sqlite-cbb-256|-n 20000 -c 256 --provider cbb --no-baseline"
   "sqlite-cbb-ingress|-n 20000 -c 64 --provider cbb --ingress-only --no-baseline"
+  "sqlite-hostile-form|-n 5000 -c 16 --provider hostile-form --ingress-only --no-baseline"
   "pg-dryad-64|-n 20000 -c 64 --no-baseline SCALED"
   "pg-dryad-256|-n 30000 -c 256 --no-baseline SCALED"
   "pg-dryad-5000|-n 100000 -c 256 --rate 5000 --no-baseline SCALED"

@@ -82,6 +82,8 @@ ensure_tools() {
   # The ops console's browser test drives Debian's Chromium via ChromeDriver.
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+  # The skewed-clock dispatcher test runs a dispatcher under faketime.
+  command -v faketime >/dev/null 2>&1 || missing+=(faketime)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
@@ -119,3 +121,8 @@ cargo test --all-targets --locked "$@"
 # disturb the others.
 log "running the broker-outage tests"
 cargo test --locked --test api disruptive -- --ignored --test-threads=1
+
+# It measures the CPU of the shared PostgreSQL and RabbitMQ, which the other
+# tests load: alone, after them.
+log "running the busy-endpoint CPU test"
+cargo test --locked --test api faults_dispatch::a_busy_endpoint_costs_nearly_nothing_while_it_works -- --ignored --exact --test-threads=1

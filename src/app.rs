@@ -39,6 +39,14 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingress => "ingress",
+            Role::Dispatcher => "dispatcher",
+        }
+    }
+
     fn runs_ingress(self) -> bool {
         matches!(self, Role::All | Role::Ingress)
     }
@@ -61,6 +69,12 @@ pub enum StartupError {
     },
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(
+        "--role {0} needs a broker: the ingress and dispatcher processes of scaled mode hand jobs \
+         over through RabbitMQ, so set [queue] amqp_url (or PAYHOOK_AMQP_URL). Without one, run \
+         --role all (the embedded queue)"
+    )]
+    RoleNeedsQueue(&'static str),
 }
 
 pub struct BuildOptions {
@@ -111,6 +125,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 
 impl Application {
     pub async fn build(config: Config, options: BuildOptions) -> Result<Self, StartupError> {
+        // A split role without a broker would accept callbacks that no
+        // process ever delivers (the other role's jobs would sit in its
+        // own store): refused before anything starts.
+        if config.queue.is_none() {
+            match options.role {
+                Role::Ingress => return Err(StartupError::RoleNeedsQueue("ingress")),
+                Role::Dispatcher => return Err(StartupError::RoleNeedsQueue("dispatcher")),
+                Role::All => {}
+            }
+        }
         let accounts = build_accounts(&config.accounts)?;
         let store = Store::connect(&config.storage.url).await?;
         let metrics = Metrics::new();
@@ -287,6 +311,8 @@ impl Application {
 
 /// Periodic chores: forget nonces past their window, refresh gauges, and let
 /// the metrics recorder fold histogram samples.
+const ACTIVITY_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
 async fn housekeeping(
     store: Store,
     metrics: Arc<Metrics>,
@@ -295,10 +321,26 @@ async fn housekeeping(
     token: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut summarized = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = token.cancelled() => return,
+        }
+        // A line a minute at info when anything happened: a quiet relay is
+        // observable without a line per request (those are at debug).
+        if summarized.elapsed() >= ACTIVITY_SUMMARY_EVERY {
+            summarized = tokio::time::Instant::now();
+            let a = metrics.take_activity();
+            if !a.is_empty() {
+                tracing::info!(
+                    accepted = a.accepted,
+                    delivered = a.delivered,
+                    failed = a.failed,
+                    dead = a.dead,
+                    "activity in the last minute"
+                );
+            }
         }
         // Twice the window: a nonce is only useless once its timestamp would
         // be refused as stale anyway.

@@ -129,6 +129,11 @@ pub struct DeliveryConfig {
     /// In-flight deliveries to any one endpoint, so that one slow merchant
     /// cannot take every slot of `concurrency`.
     pub per_endpoint_concurrency: usize,
+    /// How long a job whose endpoint this dispatcher does not know (a
+    /// rolling config change: another process already has the endpoint)
+    /// is put back and looked at again before it goes dead; measured from
+    /// the time it became due.
+    pub unknown_endpoint_grace: Duration,
     pub allow_private_targets: bool,
     /// The only proxy deliveries go through (`[delivery] proxy`); proxies
     /// from the environment are never used, so that a stray `HTTP_PROXY`
@@ -353,6 +358,7 @@ struct FileDelivery {
     timeout: Option<String>,
     concurrency: Option<usize>,
     per_endpoint_concurrency: Option<usize>,
+    unknown_endpoint_grace: Option<String>,
     allow_private_targets: Option<bool>,
     proxy: Option<String>,
 }
@@ -495,10 +501,19 @@ impl Config {
         })?;
         let ctx = Ctx { base_dir, env };
         let server = ctx.server(file.server)?;
+        // A relative SQLite path in the file is the file's, like its key
+        // files: the same config works whichever folder payhook starts in.
+        // (`PAYHOOK_DATABASE_URL` is taken as given.)
         let storage = StorageConfig {
-            url: env("PAYHOOK_DATABASE_URL")
-                .or(file.storage.url)
-                .unwrap_or_else(|| "sqlite://payhook.db".to_owned()),
+            url: match env("PAYHOOK_DATABASE_URL") {
+                Some(url) => url,
+                None => sqlite_relative_to(
+                    base_dir,
+                    file.storage
+                        .url
+                        .unwrap_or_else(|| "sqlite://payhook.db".to_owned()),
+                ),
+            },
         };
         if !(storage.url.starts_with("sqlite:") || storage.url.starts_with("postgres")) {
             return Err(ConfigError::invalid(
@@ -549,6 +564,29 @@ impl Config {
 struct Ctx<'a> {
     base_dir: &'a Path,
     env: EnvLookup<'a>,
+}
+
+/// `sqlite://relative.db` (or `sqlite:relative.db`) with the path taken from
+/// `base`; absolute paths, `:memory:` and other URLs are returned as they are.
+fn sqlite_relative_to(base: &Path, url: String) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url;
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path.starts_with('/') || path.starts_with(':') || base.as_os_str().is_empty() {
+        return url;
+    }
+    let joined = base.join(path);
+    match query {
+        Some(query) => format!("sqlite://{}?{query}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
+    }
 }
 
 /// A required, non-empty text value: what binds notices to an account.
@@ -774,6 +812,19 @@ impl Ctx<'_> {
                 "needs at least one delay",
             ));
         }
+        // A schedule that goes backwards is almost always a typo ("15m",
+        // "5m"), and would retry a failing merchant faster the longer it
+        // fails.
+        if let Some(i) = retry_schedule.windows(2).position(|w| w[1] < w[0]) {
+            return Err(ConfigError::invalid(
+                format!("delivery.retry_schedule[{}]", i + 1),
+                format!(
+                    "{} is shorter than the delay before it ({}); delays must not decrease",
+                    humantime::format_duration(retry_schedule[i + 1]),
+                    humantime::format_duration(retry_schedule[i])
+                ),
+            ));
+        }
         if retry_schedule
             .iter()
             .any(|d| *d > Duration::from_secs(7 * 24 * 3600))
@@ -813,6 +864,16 @@ impl Ctx<'_> {
                 "must be at least 1",
             ));
         }
+        let unknown_endpoint_grace = duration(
+            "delivery.unknown_endpoint_grace",
+            d.unknown_endpoint_grace.as_deref().unwrap_or("1h"),
+        )?;
+        if unknown_endpoint_grace > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::invalid(
+                "delivery.unknown_endpoint_grace",
+                "must be at most 7 days",
+            ));
+        }
         let proxy = match d.proxy {
             None => None,
             Some(text) => {
@@ -835,6 +896,7 @@ impl Ctx<'_> {
             timeout,
             concurrency,
             per_endpoint_concurrency: per_endpoint_concurrency.min(concurrency),
+            unknown_endpoint_grace,
             allow_private_targets: d.allow_private_targets.unwrap_or(false),
             proxy,
         })
@@ -1197,6 +1259,21 @@ mod tests {
     }
 
     #[test]
+    fn a_relative_sqlite_path_is_the_config_files() {
+        let c = parse("[storage]\nurl = \"sqlite://data/payhook.db?mode=rwc\"\n").unwrap();
+        assert_eq!(c.storage.url, "sqlite:///etc/payhook/data/payhook.db?mode=rwc");
+        assert_eq!(parse("").unwrap().storage.url, "sqlite:///etc/payhook/payhook.db");
+        let c = parse("[storage]\nurl = \"sqlite:///var/lib/payhook.db\"\n").unwrap();
+        assert_eq!(c.storage.url, "sqlite:///var/lib/payhook.db");
+        let env = |name: &str| (name == "PAYHOOK_DATABASE_URL").then(|| "sqlite://here.db".to_owned());
+        let c = Config::from_toml_str("", Path::new("/etc/payhook"), &env).unwrap();
+        assert_eq!(
+            c.storage.url, "sqlite://here.db",
+            "the environment's URL is taken as given"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
             .unwrap_err()
@@ -1212,6 +1289,13 @@ mod tests {
     fn bad_values_are_named() {
         let err = parse("[delivery]\ntimeout = \"soon\"\n").unwrap_err().to_string();
         assert!(err.contains("delivery.timeout"), "{err}");
+        let err = parse("[delivery]\nretry_schedule = [\"1s\", \"15m\", \"5m\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("delivery.retry_schedule[2]") && err.contains("must not decrease"),
+            "{err}"
+        );
         let err = parse("[delivery]\nretry_schedule = [\"1s\", \"x\"]\n")
             .unwrap_err()
             .to_string();

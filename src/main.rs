@@ -37,8 +37,12 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Serve { config, role } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+        Command::Serve {
+            config: config_path,
+            role,
+        } => {
+            let config = Config::load(config_path.as_deref()).map_err(|e| e.to_string())?;
+            log_start(&config, config_path.as_deref(), role);
             let shutdown = CancellationToken::new();
             let app = Application::build(
                 config,
@@ -119,6 +123,9 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Events { command } => payhook::cli::admin_client::events(command)
             .await
             .map_err(|e| e.to_string()),
+        Command::Deliveries { command } => payhook::cli::admin_client::deliveries(command)
+            .await
+            .map_err(|e| e.to_string()),
         Command::Redeliver {
             event_id,
             dead,
@@ -128,6 +135,48 @@ async fn run(command: Command) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string()),
         Command::Demo => payhook::cli::demo::run().await.map_err(|e| e.to_string()),
+    }
+}
+
+/// One line that says what this process is: version, config file, store (no
+/// password), queue, role, and how many accounts and endpoints it serves; and
+/// a warning for a config that can accept or deliver nothing.
+fn log_start(config: &Config, path: Option<&std::path::Path>, role: payhook::app::Role) {
+    let config_file = match path {
+        Some(p) => p.display().to_string(),
+        None => std::env::var("PAYHOOK_CONFIG")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .or_else(|| {
+                std::path::Path::new("payhook.toml")
+                    .exists()
+                    .then(|| "payhook.toml".to_owned())
+            })
+            .unwrap_or_else(|| "none (built-in defaults)".to_owned()),
+    };
+    let queue = match &config.queue {
+        Some(q) => format!(
+            "rabbitmq {} (prefix {})",
+            payhook::config::redact_url_password(q.amqp_url.expose()),
+            q.prefix
+        ),
+        None => "embedded".to_owned(),
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_file,
+        store = %payhook::config::redact_url_password(&config.storage.url),
+        queue = %queue,
+        role = role.as_str(),
+        accounts = config.accounts.len(),
+        endpoints = config.endpoints.len(),
+        "payhook starting"
+    );
+    if config.accounts.is_empty() {
+        tracing::warn!("no [[accounts]] configured: every callback will be answered 404 unknown account");
+    }
+    if config.endpoints.is_empty() {
+        tracing::warn!("no [[endpoints]] configured: callbacks are stored but delivered to no one");
     }
 }
 

@@ -52,6 +52,10 @@ pub enum AttemptOutcome {
     Timeout,
     ConnectError,
     RefusedTarget,
+    /// The job's endpoint is not in this dispatcher's config (a rolling
+    /// config change): put back without an attempt, or dead once
+    /// `[delivery] unknown_endpoint_grace` has passed.
+    UnknownEndpoint,
 }
 
 impl AttemptOutcome {
@@ -62,6 +66,7 @@ impl AttemptOutcome {
             AttemptOutcome::Timeout => "timeout",
             AttemptOutcome::ConnectError => "connect_error",
             AttemptOutcome::RefusedTarget => "refused_target",
+            AttemptOutcome::UnknownEndpoint => "unknown_endpoint",
         }
     }
 
@@ -72,6 +77,7 @@ impl AttemptOutcome {
             AttemptOutcome::Timeout,
             AttemptOutcome::ConnectError,
             AttemptOutcome::RefusedTarget,
+            AttemptOutcome::UnknownEndpoint,
         ]
         .into_iter()
         .find(|o| o.as_str() == text)
@@ -81,6 +87,33 @@ impl AttemptOutcome {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// What happened since the last periodic summary line.
+    activity: Activity,
+}
+
+/// Counts behind the summary line that keeps a quiet relay observable at
+/// `info` without a line per request.
+#[derive(Debug, Default)]
+struct Activity {
+    accepted: std::sync::atomic::AtomicU64,
+    delivered: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    dead: std::sync::atomic::AtomicU64,
+}
+
+/// Callbacks accepted and delivery attempts made since the previous summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ActivitySummary {
+    pub accepted: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead: u64,
+}
+
+impl ActivitySummary {
+    pub fn is_empty(&self) -> bool {
+        *self == ActivitySummary::default()
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,7 +142,11 @@ impl Metrics {
         };
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let metrics = Self { recorder, handle };
+        let metrics = Self {
+            recorder,
+            handle,
+            activity: Activity::default(),
+        };
         metrics.describe();
         Arc::new(metrics)
     }
@@ -144,6 +181,21 @@ impl Metrics {
             None,
             "Outbox rows not yet published.".into(),
         );
+        let h = |name: &'static str, text: &'static str| {
+            self.recorder.describe_histogram(name.into(), None, text.into());
+        };
+        h(
+            "payhook_ingress_duration_seconds",
+            "Time from a callback's arrival to the provider's answer, by provider.",
+        );
+        h(
+            "payhook_delivery_duration_seconds",
+            "Duration of delivery attempts to merchant endpoints.",
+        );
+        h(
+            "payhook_event_to_delivery_seconds",
+            "Time from an event's receipt to its successful delivery.",
+        );
     }
 
     /// The Prometheus text exposition.
@@ -170,7 +222,24 @@ impl Metrics {
         self.recorder.register_gauge(&Key::from_name(name), &META)
     }
 
+    /// The counts since the previous call, which starts the next period.
+    pub fn take_activity(&self) -> ActivitySummary {
+        use std::sync::atomic::Ordering::Relaxed;
+        let a = &self.activity;
+        ActivitySummary {
+            accepted: a.accepted.swap(0, Relaxed),
+            delivered: a.delivered.swap(0, Relaxed),
+            failed: a.failed.swap(0, Relaxed),
+            dead: a.dead.swap(0, Relaxed),
+        }
+    }
+
     pub fn ingress_request(&self, provider: &str, account: &str, outcome: IngressOutcome) {
+        if outcome == IngressOutcome::Accepted {
+            self.activity
+                .accepted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.counter(
             "payhook_ingress_requests_total",
             &[
@@ -188,6 +257,12 @@ impl Metrics {
     }
 
     pub fn delivery_attempt(&self, endpoint: &str, outcome: AttemptOutcome, seconds: f64) {
+        let counted = if outcome == AttemptOutcome::Delivered {
+            &self.activity.delivered
+        } else {
+            &self.activity.failed
+        };
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.counter(
             "payhook_delivery_attempts_total",
             &[("endpoint", endpoint), ("outcome", outcome.as_str())],
@@ -197,7 +272,24 @@ impl Metrics {
             .record(seconds);
     }
 
+    /// A job put back because this dispatcher does not know its endpoint:
+    /// counted under outcome `unknown_endpoint`, but no request was made, so
+    /// nothing goes into the attempt-duration histogram.
+    pub fn delivery_unknown_endpoint(&self, endpoint: &str) {
+        self.counter(
+            "payhook_delivery_attempts_total",
+            &[
+                ("endpoint", endpoint),
+                ("outcome", AttemptOutcome::UnknownEndpoint.as_str()),
+            ],
+        )
+        .increment(1);
+    }
+
     pub fn delivery_dead(&self, endpoint: &str) {
+        self.activity
+            .dead
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.counter("payhook_deliveries_dead_total", &[("endpoint", endpoint)])
             .increment(1);
     }
@@ -235,28 +327,109 @@ pub fn init_logging() {
     init_logging_with_default("info");
 }
 
+/// Libraries' chatter kept out of the default `info` output: PostgreSQL's
+/// notices ("relation _sqlx_migrations already exists, skipping") and the
+/// AMQP library's internal errors, which payhook reports itself, once per
+/// reconnect attempt, with the broker's address. `PAYHOOK_LOG=debug` (or
+/// `PAYHOOK_LOG=info,lapin=debug`) shows them.
+const QUIET_LIBRARIES: &str = "sqlx::postgres::notice=warn,lapin=off";
+
 /// As [`init_logging`], with `default_filter` when `PAYHOOK_LOG` is unset.
 pub fn init_logging_with_default(default_filter: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_env("PAYHOOK_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let mut warnings = Vec::new();
+    let default = || EnvFilter::new(format!("{default_filter},{QUIET_LIBRARIES}"));
+    let filter = match std::env::var("PAYHOOK_LOG") {
+        Err(_) => default(),
+        Ok(text) => EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            warnings.push(format!(
+                "PAYHOOK_LOG={text:?} is not a valid filter ({e}); using {default_filter}"
+            ));
+            default()
+        }),
+    };
     let format = match std::env::var("PAYHOOK_LOG_FORMAT").as_deref() {
         Ok("pretty") => LogFormat::Pretty,
-        _ => LogFormat::Json,
+        Ok("json") | Err(_) => LogFormat::Json,
+        Ok(other) => {
+            warnings.push(format!(
+                "PAYHOOK_LOG_FORMAT={other:?} is not json or pretty; using json"
+            ));
+            LogFormat::Json
+        }
     };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal, never in files or
+    // journald.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
+        // The current span's fields once per line (`span`), not again in a
+        // list of every open span (`spans`).
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Pretty => builder.pretty().try_init(),
     };
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activity_is_counted_per_period() {
+        let m = Metrics::new();
+        assert!(m.take_activity().is_empty());
+        m.ingress_request("dryad", "d1", IngressOutcome::Accepted);
+        m.ingress_request("dryad", "d1", IngressOutcome::Accepted);
+        m.ingress_request("dryad", "d1", IngressOutcome::BadSignature);
+        m.delivery_attempt("shop", AttemptOutcome::Delivered, 0.01);
+        m.delivery_attempt("shop", AttemptOutcome::HttpError, 0.01);
+        m.delivery_dead("shop");
+        let want = ActivitySummary {
+            accepted: 2,
+            delivered: 1,
+            failed: 1,
+            dead: 1,
+        };
+        assert_eq!(m.take_activity(), want);
+        assert!(m.take_activity().is_empty(), "each period starts at zero");
+    }
+
+    #[test]
+    fn every_metric_has_help() {
+        let m = Metrics::new();
+        m.ingress_request("dryad", "d1", IngressOutcome::Accepted);
+        m.ingress_duration("dryad", 0.001);
+        m.delivery_attempt("shop", AttemptOutcome::Delivered, 0.01);
+        m.delivery_dead("shop");
+        m.event_to_delivery(0.5);
+        m.events_published(1);
+        m.set_deliveries_pending(1);
+        m.set_outbox_pending(1);
+        let text = m.render();
+        let typed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(typed.len(), 9, "{text}");
+        for name in typed {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP line:\n{text}"
+            );
+        }
+    }
 
     #[test]
     fn renders_contract_names() {

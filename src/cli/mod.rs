@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     #[command(
-        after_help = "Examples:\n  payhook serve                                # embedded default (SQLite), ./payhook.toml if present\n  payhook serve --config payhook.toml\n  payhook serve --config payhook.toml --role dispatcher   # scaled mode, delivery only"
+        after_help = "Examples:\n  payhook serve                                # embedded default (SQLite), ./payhook.toml if present\n  payhook serve --config payhook.toml\n  payhook serve --config payhook.toml --role ingress\n  PAYHOOK_ADMIN_LISTEN=127.0.0.1:9091 payhook serve --config payhook.toml --role dispatcher\n\nScaled mode: --role ingress and --role dispatcher need [queue] amqp_url (RabbitMQ)\nand refuse to start without it. Each process has its own admin port: on one\nhost, give the second one another with PAYHOOK_ADMIN_LISTEN or server.admin_listen."
     )]
     /// Run the relay: provider ingress, dispatcher and admin port.
     Serve {
@@ -81,7 +81,7 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     #[command(
-        after_help = "Examples:\n  payhook sink --secret whsec_... \n  payhook sink --listen 127.0.0.1:9000 --fail-every 3        # watch retries"
+        after_help = "Examples:\n  payhook sink --secret whsec_... \n  payhook sink --listen 127.0.0.1:9000 --fail-every 3        # every 3rd event fails: retries, then dead"
     )]
     /// Run a sample merchant endpoint that verifies and prints deliveries.
     Sink {
@@ -91,7 +91,9 @@ pub enum Command {
         /// The endpoint secret, to check the delivery signatures.
         #[arg(long, env = "PAYHOOK_SINK_SECRET")]
         secret: Option<String>,
-        /// Answer 500 to every Nth delivery (0 = never), to watch retries.
+        /// Answer 500 to every attempt for every Nth event (0 = never), to
+        /// watch its retries and, once the retry schedule is spent, its
+        /// delivery go dead.
         #[arg(long, default_value_t = 0)]
         fail_every: u64,
     },
@@ -114,6 +116,14 @@ pub enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    #[command(
+        after_help = "Examples:\n  payhook deliveries list --status dead --config payhook.toml\n  payhook deliveries list --status pending --json"
+    )]
+    /// Deliveries by state (pending, delivered, dead), through the admin API.
+    Deliveries {
+        #[command(subcommand)]
+        command: admin_client::DeliveriesCommand,
     },
     #[command(
         after_help = "Examples:\n  payhook redeliver evt_01J... --config payhook.toml\n  payhook redeliver --dead --config payhook.toml             # every dead delivery, with progress"

@@ -1,10 +1,12 @@
 //! `payhook sink`: a tiny merchant endpoint for trying payhook locally. It
 //! checks both delivery signatures, prints one line per delivery and answers
-//! 200, or fails a share of requests to show retries.
+//! 200, or fails every attempt for every Nth event, to show retries and, once
+//! the schedule is spent, a dead delivery.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,6 +22,33 @@ struct SinkState {
     secret: Option<String>,
     fail_every: u64,
     count: Arc<AtomicU64>,
+    /// Every event seen, by id, and whether it is one that fails: the Nth
+    /// distinct event fails on every attempt, retries included, so that it
+    /// goes dead even when deliveries arrive one at a time.
+    events: Arc<Mutex<HashMap<String, bool>>>,
+}
+
+/// A sink for trying payhook is not meant to run for months; past this many
+/// events it forgets the old ones.
+const REMEMBERED_EVENTS: usize = 100_000;
+
+impl SinkState {
+    fn fails(&self, event_id: &str) -> bool {
+        if self.fail_every == 0 {
+            return false;
+        }
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(failing) = events.get(event_id) {
+            return *failing;
+        }
+        if events.len() >= REMEMBERED_EVENTS {
+            events.clear();
+        }
+        let nth = events.len() as u64 + 1;
+        let failing = nth % self.fail_every == 0;
+        events.insert(event_id.to_owned(), failing);
+        failing
+    }
 }
 
 /// Whether both signature header sets verify with `secret`.
@@ -48,7 +77,7 @@ async fn receive(
         Some(_) => "SIGNATURE MISMATCH",
         None => "signatures not checked",
     };
-    let failing = state.fail_every > 0 && n % state.fail_every == 0;
+    let failing = state.fails(event["id"].as_str().unwrap_or("?"));
     println!(
         "#{n} {} {} {} amount={} order={} attempt={} [{signed}]{}",
         event["id"].as_str().unwrap_or("?"),
@@ -74,6 +103,7 @@ pub async fn run(listen: SocketAddr, secret: Option<String>, fail_every: u64) ->
         secret,
         fail_every,
         count: Arc::new(AtomicU64::new(0)),
+        events: Arc::new(Mutex::new(HashMap::new())),
     };
     let router = Router::new().fallback(post(receive)).with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -249,7 +249,7 @@ impl DeliveryClient {
             }
         }
         drop(stream);
-        let excerpt = (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned());
+        let excerpt = (!excerpt.is_empty()).then(|| storable_text(&String::from_utf8_lossy(&excerpt)));
         if status.is_success() {
             // A 2xx counts even if the merchant then stalls its body: the
             // status is the confirmation.
@@ -272,6 +272,15 @@ impl DeliveryClient {
             retry_after,
         }
     }
+}
+
+/// `text` as every store can hold it. PostgreSQL's `text` refuses NUL (and
+/// with it the whole attempt record, which would leave the job to be sent
+/// again at every lease expiry), so NUL becomes U+FFFD, as invalid UTF-8
+/// already does in an excerpt; every other character of a Rust string is
+/// valid UTF-8 that both stores keep.
+pub fn storable_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 fn failure(outcome: AttemptOutcome, error: String) -> AttemptResult {
@@ -463,6 +472,13 @@ mod tests {
         // Debug never shows the proxy's password.
         let shown = format!("{proxy:?}");
         assert!(shown.contains("127.0.0.1:9") && !shown.contains("pw"), "{shown}");
+    }
+
+    #[test]
+    fn excerpts_hold_no_nul() {
+        assert_eq!(storable_text("a\0b\u{1}"), "a\u{FFFD}b\u{1}");
+        let gzip = String::from_utf8_lossy(&[0x1f, 0x8b, 0x08, 0x00, 0x00, 0xff]).into_owned();
+        assert!(!storable_text(&gzip).contains('\0'));
     }
 
     #[test]

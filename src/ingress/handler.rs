@@ -175,7 +175,8 @@ pub async fn notify(
     let outcome = reply.outcome();
     span.record("outcome", outcome.as_str());
     match &reply {
-        Reply::Stored | Reply::Duplicate => {}
+        Reply::Stored => tracing::debug!("callback accepted"),
+        Reply::Duplicate => tracing::debug!("callback is a duplicate; answered as accepted"),
         // The field's name, never its value: the value is the other
         // merchant's, and logs are read by more people than the store.
         Reply::Rejected(Rejection::WrongAccount(field)) => {

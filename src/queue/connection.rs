@@ -81,7 +81,7 @@ impl Broker {
         let connection = Connection::connect(self.url.expose(), properties).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.topology.declare(&channel).await?;
+        self.topology.declare(&connection, &channel).await?;
         Ok(Session { connection, channel })
     }
 
@@ -98,19 +98,41 @@ impl Broker {
                     .without_max_times(),
             )
             .notify(|e: &lapin::Error, wait: Duration| {
-                // The error text never contains the URL's password.
-                tracing::warn!(component, error = %e, retry_in = ?wait, "RabbitMQ unreachable; retrying");
+                // One line per attempt, naming the broker (never the URL's
+                // password) and when the next try is due; lapin's own lines
+                // are kept at debug (telemetry's default filter).
+                let retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                tracing::warn!(
+                    component,
+                    broker = %self.endpoint(),
+                    error = %e,
+                    retry_in_ms,
+                    "RabbitMQ unreachable; retrying"
+                );
             });
         tokio::select! {
             session = retrying => match session {
                 Ok(session) => {
-                    tracing::info!(component, "connected to RabbitMQ");
+                    tracing::info!(component, broker = %self.endpoint(), "connected to RabbitMQ");
                     self.status.set(component, true);
                     Some(session)
                 }
                 Err(_) => None,
             },
             _ = shutdown.cancelled() => None,
+        }
+    }
+
+    /// `host:port/vhost` of the broker, for logs: no user, no password.
+    pub fn endpoint(&self) -> String {
+        match url::Url::parse(self.url.expose()) {
+            Ok(url) => format!(
+                "{}:{}{}",
+                url.host_str().unwrap_or("?"),
+                url.port().unwrap_or(5672),
+                url.path()
+            ),
+            Err(_) => "an unparsable amqp_url".to_owned(),
         }
     }
 

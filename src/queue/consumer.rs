@@ -2,15 +2,19 @@
 //! and a bounded prefetch, and acks each only after its attempt (and the
 //! message for its next step) is stored.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::Channel;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,7 +49,15 @@ impl DeliveryConsumer {
         let concurrency = self.deliverer.delivery.concurrency;
         let slots = Arc::new(Semaphore::new(concurrency));
         let tasks = TaskTracker::new();
-        let per_endpoint = EndpointSlots::new(self.deliverer.delivery.per_endpoint_concurrency);
+        let gates = EndpointGates::new(self.deliverer.delivery.per_endpoint_concurrency, concurrency);
+        let held = HeldLeases::default();
+        // Runs until the last attempt has ended, after the shutdown.
+        let stop_keeper = CancellationToken::new();
+        let keeper = tokio::spawn(keep_leases(
+            self.deliverer.clone(),
+            held.clone(),
+            stop_keeper.clone(),
+        ));
         let mut last_session = None;
         'connect: while !self.shutdown.is_cancelled() {
             let Some(session) = self.broker.open(COMPONENT, &self.shutdown).await else {
@@ -80,7 +92,8 @@ impl DeliveryConsumer {
             let handling = Arc::new(Handling {
                 broker: self.broker.clone(),
                 deliverer: self.deliverer.clone(),
-                per_endpoint: per_endpoint.clone(),
+                gates: gates.clone(),
+                held: held.clone(),
                 channel: session.channel.clone(),
                 slots: slots.clone(),
                 tasks: tasks.clone(),
@@ -115,6 +128,8 @@ impl DeliveryConsumer {
         tasks.close();
         let grace = self.deliverer.delivery.timeout + Duration::from_secs(2);
         let _ = tokio::time::timeout(grace, tasks.wait()).await;
+        stop_keeper.cancel();
+        let _ = keeper.await;
         if let Some(session) = last_session {
             let _ = session.connection.close(200, "shutdown".into()).await;
         }
@@ -161,61 +176,257 @@ async fn park(broker: &Broker, channel: &Channel, job: JobRef, wait: Duration) -
     .await
 }
 
-/// In-flight attempts per endpoint, so that one slow merchant cannot hold
-/// every slot of the prefetch.
-#[derive(Clone)]
-struct EndpointSlots {
-    limit: usize,
-    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+/// How long a job for a busy endpoint may expect to wait for one of its
+/// slots in this dispatcher. Expected sooner, it waits here, in the
+/// endpoint's line; later, it waits in the broker (see `Admission::Later`),
+/// so that a slow endpoint's jobs cannot fill the prefetch window for long.
+const HOLD_BUDGET: Duration = Duration::from_secs(5);
+/// The longest a busy endpoint's job is sent away for at once: the estimate
+/// behind it may be stale (the merchant may have become fast again).
+const MAX_SEND_BACK: Duration = Duration::from_secs(300);
+/// The shortest: a job sent away comes back no sooner, so that an endpoint
+/// whose answers take no time does not make its overflow spin.
+const MIN_SEND_BACK: Duration = Duration::from_millis(50);
+/// A job sent away for at most this long waits here, then goes to the back
+/// of the deliveries queue: the retry queues' delays (a minute by default)
+/// would hold up an endpoint that is merely busy, not slow.
+const SHORT_SEND_BACK: Duration = Duration::from_secs(1);
+
+/// One endpoint's attempt slots (`per_endpoint_concurrency`) and the line of
+/// jobs waiting for them. A tokio semaphore hands out its permits in order
+/// of request, so the line is first come, first served.
+struct Gate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    /// Moving average of its attempts' duration (ms); 0 before the first.
+    latency_ms: AtomicU64,
+    /// When each attempt in flight started: the oldest one's age is a lower
+    /// bound of how long this endpoint takes, known before any attempt ends.
+    running: std::sync::Mutex<HashMap<u64, Instant>>,
+    next_run: AtomicU64,
 }
 
-/// A taken slot; given back on drop.
-struct EndpointSlot {
-    slots: EndpointSlots,
-    endpoint: String,
+/// An attempt in flight at an endpoint; over once dropped.
+struct Running {
+    gate: Arc<Gate>,
+    id: u64,
 }
 
-impl EndpointSlots {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            in_flight: Arc::default(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
-        match self.in_flight.lock() {
+impl Gate {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        match self.running.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    fn try_take(&self, endpoint: &str) -> Option<EndpointSlot> {
-        let mut map = self.lock();
-        let n = map.entry(endpoint.to_owned()).or_default();
-        if *n >= self.limit {
-            return None;
+    fn start(self: &Arc<Self>) -> Running {
+        let id = self.next_run.fetch_add(1, Ordering::Relaxed);
+        self.running().insert(id, Instant::now());
+        Running {
+            gate: self.clone(),
+            id,
         }
-        *n += 1;
-        Some(EndpointSlot {
-            slots: self.clone(),
-            endpoint: endpoint.to_owned(),
-        })
+    }
+
+    fn observe(&self, took: Duration) {
+        let took = u64::try_from(took.as_millis()).unwrap_or(u64::MAX / 4).max(1);
+        let before = self.latency_ms.load(Ordering::Relaxed);
+        let now = if before == 0 {
+            took
+        } else {
+            (3 * before + took) / 4
+        };
+        self.latency_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long an attempt here takes, as far as is known: the moving
+    /// average, or longer if an attempt in flight has already taken longer.
+    fn latency(&self) -> Duration {
+        let average = Duration::from_millis(self.latency_ms.load(Ordering::Relaxed));
+        let oldest = self
+            .running()
+            .values()
+            .map(|started| started.elapsed())
+            .max()
+            .unwrap_or_default();
+        average.max(oldest)
     }
 }
 
-impl Drop for EndpointSlot {
+impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(n) = self.slots.lock().get_mut(&self.endpoint) {
-            *n = n.saturating_sub(1);
-        }
+        self.gate.running().remove(&self.id);
     }
 }
 
-/// How long a job for a saturated endpoint waits before it goes to the back
-/// of the deliveries queue (a pause, so a saturated endpoint's jobs do not
-/// spin through the queue).
-const BUSY_ENDPOINT_PAUSE: Duration = Duration::from_millis(50);
+/// Every endpoint's gate, so that one slow merchant cannot take every slot
+/// of the prefetch, and its waiting jobs cost nothing while it works.
+#[derive(Clone)]
+struct EndpointGates {
+    limit: usize,
+    /// The most jobs one endpoint may have waiting here: its attempts and
+    /// its line together take at most half the prefetch window (or its own
+    /// limit), so that the other endpoints' messages still come in.
+    max_waiting: usize,
+    gates: Arc<std::sync::Mutex<HashMap<String, Arc<Gate>>>>,
+}
+
+/// What a job for a known endpoint gets from its gate.
+enum Admission {
+    /// A slot, at once.
+    Now(OwnedSemaphorePermit),
+    /// A place in the endpoint's line; its turn is expected within
+    /// `HOLD_BUDGET`.
+    Wait(Waiting),
+    /// The line is too long: about this long until a slot would be free.
+    Later(Duration),
+}
+
+/// A place in an endpoint's line; leaving it (with a slot or not) shortens it.
+struct Waiting {
+    gate: Arc<Gate>,
+}
+
+impl Waiting {
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.gate.slots.clone().acquire_owned().await.ok()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.gate.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl EndpointGates {
+    fn new(limit: usize, concurrency: usize) -> Self {
+        let limit = limit.max(1);
+        Self {
+            limit,
+            max_waiting: (concurrency / 2).max(limit) - limit,
+            gates: Arc::default(),
+        }
+    }
+
+    /// The endpoint's gate. Only configured endpoints get one, so the map
+    /// is as small as the config.
+    fn gate(&self, endpoint: &str) -> Arc<Gate> {
+        let mut map = match self.gates.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(endpoint.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Gate {
+                    slots: Arc::new(Semaphore::new(self.limit)),
+                    waiting: AtomicUsize::new(0),
+                    latency_ms: AtomicU64::new(0),
+                    running: std::sync::Mutex::default(),
+                    next_run: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    fn admit(&self, endpoint: &str) -> Admission {
+        let gate = self.gate(endpoint);
+        if let Ok(slot) = gate.slots.clone().try_acquire_owned() {
+            return Admission::Now(slot);
+        }
+        // Rounds of `limit` attempts before this job's turn, the one in
+        // flight included.
+        let waiting = gate.waiting.load(Ordering::Relaxed);
+        let rounds = waiting / self.limit + 1;
+        let expected = gate
+            .latency()
+            .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
+        if waiting < self.max_waiting && expected <= HOLD_BUDGET {
+            gate.waiting.fetch_add(1, Ordering::Relaxed);
+            Admission::Wait(Waiting { gate })
+        } else {
+            Admission::Later(expected.clamp(MIN_SEND_BACK, MAX_SEND_BACK))
+        }
+    }
+
+    fn observe(&self, endpoint: &str, took: Duration) {
+        self.gate(endpoint).observe(took);
+    }
+}
+
+/// The jobs this dispatcher has claimed and not yet settled, with when each
+/// lease was last set. `keep_leases` renews them, so that a job waiting in
+/// its endpoint's line (or for an attempt slot) stays leased: no other
+/// dispatcher and no overdue sweep takes it while its message is here.
+#[derive(Clone, Default)]
+struct HeldLeases(Arc<std::sync::Mutex<HashMap<i64, Instant>>>);
+
+/// One held job; no longer held once dropped.
+struct Held {
+    leases: HeldLeases,
+    delivery_id: i64,
+}
+
+impl HeldLeases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn hold(&self, delivery_id: i64) -> Held {
+        self.lock().insert(delivery_id, Instant::now());
+        Held {
+            leases: self.clone(),
+            delivery_id,
+        }
+    }
+
+    /// Jobs whose lease was set at least `age` ago, now marked renewed.
+    fn due_for_renewal(&self, age: Duration) -> Vec<i64> {
+        let now = Instant::now();
+        let mut held = self.lock();
+        let mut due = Vec::new();
+        for (id, set) in held.iter_mut() {
+            if now.duration_since(*set) >= age {
+                *set = now;
+                due.push(*id);
+            }
+        }
+        due
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.leases.lock().remove(&self.delivery_id);
+    }
+}
+
+/// Renews the leases of held jobs every third of a lease, in one statement,
+/// and only those held that long: an attempt that ends in time costs no
+/// renewal. A renewal is due when a lease has at least a third left.
+async fn keep_leases(deliverer: Deliverer, held: HeldLeases, stop: CancellationToken) {
+    let lease = deliverer.lease();
+    let every = (lease / 3).max(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let ids = held.due_for_renewal(every);
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = deliverer.store.extend_leases(&ids, lease).await {
+            // A lease that runs out lets another dispatcher repeat the job
+            // (at-least-once); the next round tries again.
+            tracing::warn!(error = %e, count = ids.len(), "cannot renew the leases of held delivery jobs");
+        }
+    }
+}
 
 /// What handling the messages of one broker session needs: the slots
 /// attempts take, where jobs run, and the channel their acks and parked jobs
@@ -223,7 +434,8 @@ const BUSY_ENDPOINT_PAUSE: Duration = Duration::from_millis(50);
 struct Handling {
     broker: Broker,
     deliverer: Deliverer,
-    per_endpoint: EndpointSlots,
+    gates: EndpointGates,
+    held: HeldLeases,
     channel: Channel,
     /// One permit per attempt in flight (`[delivery] concurrency`).
     slots: Arc<Semaphore>,
@@ -231,9 +443,9 @@ struct Handling {
     shutdown: CancellationToken,
 }
 
-/// Runs every job of a message, each in a slot and task of its own, and
-/// acks the message once all their outcomes are stored; if one could not be,
-/// the whole message returns to the queue (its finished jobs are stale there).
+/// Runs every job of a message, each in a task of its own, and acks the
+/// message once all their outcomes are stored; if one could not be, the
+/// whole message returns to the queue (its finished jobs are stale there).
 async fn handle_message(handling: Arc<Handling>, delivery: Delivery) {
     let Some(task) = QueueTask::from_bytes(&delivery.data) else {
         tracing::warn!("unreadable message on the deliveries queue dropped");
@@ -242,21 +454,8 @@ async fn handle_message(handling: Arc<Handling>, delivery: Delivery) {
     };
     let mut running = Vec::with_capacity(task.jobs().len());
     for &job in task.jobs() {
-        let permit = tokio::select! {
-            permit = handling.slots.clone().acquire_owned() => permit.ok(),
-            _ = handling.shutdown.cancelled() => None,
-        };
-        let Some(permit) = permit else {
-            // Shutting down before every job started: the unacked message
-            // returns to the queue when the channel closes.
-            return;
-        };
         let for_job = handling.clone();
-        running.push(handling.tasks.spawn(async move {
-            let done = for_job.handle_job(job).await;
-            drop(permit);
-            done
-        }));
+        running.push(handling.tasks.spawn(async move { for_job.handle_job(job).await }));
     }
     let mut all_done = true;
     for job in running {
@@ -276,14 +475,27 @@ async fn settle(delivery: &Delivery, done: bool) {
 }
 
 impl Handling {
+    /// Waits for `what`, or gives up (`None`) when the dispatcher stops.
+    async fn unless_stopping<T>(&self, what: impl std::future::Future<Output = Option<T>>) -> Option<T> {
+        tokio::select! {
+            got = what => got,
+            _ = self.shutdown.cancelled() => None,
+        }
+    }
+
     /// Makes one job's attempt (or parks it), and stores what comes next. True
     /// once nothing more is needed of the message for this job; false if its
     /// outcome could not be stored and the message must return to the queue.
+    ///
+    /// The job is claimed first (which says its endpoint), and stays leased
+    /// while it waits for its endpoint's slot and an attempt slot: waiting
+    /// costs no statement, no publish and no CPU, however long the merchant
+    /// takes.
     async fn handle_job(&self, job: JobRef) -> bool {
         let Handling {
             broker,
             deliverer,
-            per_endpoint,
+            gates,
             channel,
             ..
         } = self;
@@ -305,27 +517,58 @@ impl Handling {
                 return false;
             }
         };
-        let Some(_slot) = per_endpoint.try_take(&claimed.endpoint_id) else {
-            // The endpoint is at its limit: give the job back and put it at the
-            // back of the queue, leaving this slot to other endpoints' jobs.
-            let released = deliverer.store.release(&[claimed.delivery_id]).await;
-            tokio::time::sleep(BUSY_ENDPOINT_PAUSE).await;
-            return matches!(
-                (released, park(broker, channel, job, Duration::ZERO).await),
-                (Ok(()), Ok(true))
-            );
+        let _held = self.held.hold(claimed.delivery_id);
+        // A job whose endpoint this process does not know needs no endpoint
+        // slot: the deliverer puts it back or lets it die, without a request.
+        let known = deliverer.endpoints.contains_key(&claimed.endpoint_id);
+        let endpoint_slot = if known {
+            match gates.admit(&claimed.endpoint_id) {
+                Admission::Now(slot) => Some(slot),
+                Admission::Wait(place) => {
+                    let slot = self.unless_stopping(place.slot()).await;
+                    drop(place);
+                    match slot {
+                        Some(slot) => Some(slot),
+                        None => return self.give_back(job).await,
+                    }
+                }
+                Admission::Later(wait) => return self.send_back(job, wait).await,
+            }
+        } else {
+            None
         };
-        let settled = match deliverer.attempt(&claimed).await {
+        let permit = self
+            .unless_stopping(async { self.slots.clone().acquire_owned().await.ok() })
+            .await;
+        let Some(permit) = permit else {
+            return self.give_back(job).await;
+        };
+        let started = Instant::now();
+        let running = known.then(|| gates.gate(&claimed.endpoint_id).start());
+        let attempted = deliverer.attempt(&claimed).await;
+        drop(running);
+        drop(permit);
+        drop(endpoint_slot);
+        let settled = match attempted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "attempt outcome not stored; the job returns to the queue");
                 return false;
             }
         };
+        if known {
+            gates.observe(&claimed.endpoint_id, started.elapsed());
+        }
         if settled.record == RecordOutcome::Applied {
-            let next_job = JobRef {
-                delivery_id: job.delivery_id,
-                attempt: job.attempt + 1,
+            // Put back without an attempt (unknown endpoint): the same
+            // attempt again, later.
+            let next_job = if settled.deferred {
+                job
+            } else {
+                JobRef {
+                    delivery_id: job.delivery_id,
+                    attempt: job.attempt + 1,
+                }
             };
             let published = match settled.next {
                 NextStep::Delivered => Ok(true),
@@ -352,10 +595,65 @@ impl Handling {
         }
         true
     }
+
+    /// A busy endpoint's job that would wait too long here waits in the
+    /// broker instead: put aside in the store for as long (leased to nobody,
+    /// so that no claim or sweep takes it meanwhile) and parked in the retry
+    /// queue that fits. One statement and one publish per `wait`, instead of
+    /// a message held in the prefetch window that other endpoints need.
+    async fn send_back(&self, job: JobRef, wait: Duration) -> bool {
+        if wait <= SHORT_SEND_BACK {
+            // Busy, not slow: after a pause (still leased, so nobody else
+            // takes it meanwhile) to the back of the deliveries queue, where
+            // the messages that came after it get their turn first.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return self.give_back(job).await,
+            }
+            if let Err(e) = self.deliverer.store.release(&[job.delivery_id]).await {
+                tracing::warn!(error = %e, "cannot release a busy endpoint's job; returning it to the queue");
+                return false;
+            }
+            return matches!(
+                park(&self.broker, &self.channel, job, Duration::ZERO).await,
+                Ok(true)
+            );
+        }
+        // The parked message comes back after `wait` or, if every retry
+        // queue is longer, after the shortest one: it is put aside for as
+        // long, so that it never comes back to a job free for the taking.
+        let shortest = self.broker.topology.delays.first().copied().unwrap_or_default();
+        let hold = wait.max(shortest) + super::topology::PARK_SLACK;
+        match self.deliverer.store.defer(job, hold).await {
+            Ok(Some(_)) => matches!(park(&self.broker, &self.channel, job, wait).await, Ok(true)),
+            // Moved on meanwhile: this message is not needed.
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot put a busy endpoint's job aside; returning it to the queue");
+                false
+            }
+        }
+    }
+
+    /// Stopping before a held job's attempt: its lease is given back, so that
+    /// whoever gets its message next (it returns to the queue unacked) can
+    /// take it at once.
+    async fn give_back(&self, job: JobRef) -> bool {
+        if let Err(e) = self.deliverer.store.release(&[job.delivery_id]).await {
+            tracing::warn!(error = %e, "could not release a lease; it expires on its own");
+        }
+        false
+    }
 }
 
 /// Publishes pending jobs whose time has long passed and that nobody holds:
 /// their message was lost (e.g. a crash between storing and publishing).
+///
+/// Jobs this or another dispatcher holds are leased (also while they wait
+/// for a busy endpoint) and jobs sent back to the broker are put aside for
+/// as long, so neither is ever overdue. What the store cannot see is a
+/// message still waiting in the deliveries queue behind a backlog: while
+/// that queue has messages ready, no job is called lost.
 async fn sweep_overdue(broker: Broker, deliverer: Deliverer, shutdown: CancellationToken) {
     let grace_ms =
         i64::try_from((deliverer.lease() + Duration::from_secs(30)).as_millis()).unwrap_or(i64::MAX / 4);
@@ -367,6 +665,26 @@ async fn sweep_overdue(broker: Broker, deliverer: Deliverer, shutdown: Cancellat
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = shutdown.cancelled() => break 'connect,
+            }
+            let ready = session
+                .channel
+                .queue_declare(
+                    ShortString::from(broker.topology.deliveries_queue()),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match ready {
+                Ok(queue) if queue.message_count() > 0 => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeper lost the broker; reconnecting");
+                    broker.mark_down(SWEEPER);
+                    continue 'connect;
+                }
             }
             let overdue = match deliverer.store.requeue_overdue(now_ms() - grace_ms, 500).await {
                 Ok(jobs) => jobs,

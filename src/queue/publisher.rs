@@ -5,12 +5,13 @@
 //! again: at-least-once, never lost.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,6 +40,11 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(8);
 /// numerous statement in scaled mode (docs/benchmarks/history.md, 2026-12-02). Far below
 /// `OUTBOX_LEASE`, so no scan takes a confirmed row meanwhile.
 const FORGET_AFTER: Duration = Duration::from_millis(50);
+/// After the broker returned a job message (no queue took it), the pause
+/// before the topology is declared again and the message sent again: a
+/// queue deleted by hand comes back at once, and a topology that keeps
+/// refusing messages is not hammered.
+const RETURNED_PAUSE: Duration = Duration::from_secs(2);
 
 /// Rows sent in a session that failed before their confirms came. The next
 /// session sends them first, so that a dropped connection delays them by a
@@ -96,6 +102,9 @@ impl OutboxPublisher {
         // finish, so that confirmed rows are forgotten rather than republished.
         let confirms = TaskTracker::new();
         let unsettled = Unsettled::default();
+        // Set by a confirm wait whose messages came back unroutable: the
+        // topology is declared again before the next batch.
+        let returned = Arc::new(AtomicBool::new(false));
         let (forget, confirmed) = mpsc::unbounded_channel();
         let forgetter = tokio::spawn(forget_confirmed(self.store.clone(), confirmed));
         'connect: while !self.shutdown.is_cancelled() {
@@ -120,6 +129,23 @@ impl OutboxPublisher {
                 if failed.is_cancelled() {
                     self.broker.mark_down(COMPONENT);
                     continue 'connect;
+                }
+                if returned.swap(false, Ordering::AcqRel) {
+                    self.idle_until(RETURNED_PAUSE, &failed).await;
+                    if self.shutdown.is_cancelled() {
+                        break 'connect;
+                    }
+                    if let Err(e) = self
+                        .broker
+                        .topology
+                        .declare(&session.connection, &session.channel)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot declare the topology again; reconnecting");
+                        self.broker.mark_down(COMPONENT);
+                        continue 'connect;
+                    }
+                    tracing::info!("topology declared again; sending the returned jobs again");
                 }
                 // Rows this process just committed come in memory. The scan
                 // finds the rest (other processes' rows whose lease ran out,
@@ -185,12 +211,26 @@ impl OutboxPublisher {
                 let metrics = self.metrics.clone();
                 let failed = failed.clone();
                 let unsettled = unsettled.clone();
+                let returned = returned.clone();
                 confirms.spawn(async move {
-                    if !settle_batch(&forget, &metrics, &items, pending).await {
-                        // Requeued before the cancel, so that the next
-                        // session finds them.
-                        requeue(&unsettled, items);
-                        failed.cancel();
+                    match settle_batch(&forget, &metrics, &items, pending).await {
+                        Settled::Done => {}
+                        Settled::Returned(ids) => {
+                            // Flagged before the rows are requeued, so that
+                            // the loop declares the topology before it sends
+                            // them again.
+                            returned.store(true, Ordering::Release);
+                            requeue(
+                                &unsettled,
+                                items.into_iter().filter(|i| ids.contains(&i.outbox_id)).collect(),
+                            );
+                        }
+                        Settled::Failed => {
+                            // Requeued before the cancel, so that the next
+                            // session finds them.
+                            requeue(&unsettled, items);
+                            failed.cancel();
+                        }
                     }
                     drop(permit);
                 });
@@ -244,11 +284,17 @@ impl OutboxPublisher {
             let refs: Vec<JobRef> = chunk.iter().map(|(_, job)| *job).collect();
             let mut rows: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
             rows.dedup();
+            // Mandatory: a job message no queue takes (the deliveries queue
+            // deleted or not declared) comes back instead of being confirmed
+            // and dropped, and its rows stay (`confirmed_ids`).
             let confirm = channel
                 .basic_publish(
                     ShortString::from(""),
                     deliveries.clone(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     &QueueTask::for_jobs(refs).to_bytes(),
                     persistent("application/json"),
                 )
@@ -256,6 +302,15 @@ impl OutboxPublisher {
             pending.push((rows, confirm));
         }
         Ok(pending)
+    }
+
+    /// Sleeps for `wait` (commits do not cut it short).
+    async fn idle_until(&self, wait: Duration, failed: &CancellationToken) {
+        tokio::select! {
+            _ = failed.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
     }
 
     async fn idle(&self, wait: Duration, failed: &CancellationToken) {
@@ -268,17 +323,28 @@ impl OutboxPublisher {
     }
 }
 
+/// What became of a sent batch.
+enum Settled {
+    /// Every confirm came; the confirmed rows are being forgotten (a row the
+    /// broker refused stays, and its lease runs out).
+    Done,
+    /// As `Done`, but the messages of these rows came back unroutable: they
+    /// are to be sent again once the topology is declared again.
+    Returned(HashSet<i64>),
+    /// The confirms did not come: the channel is unusable, and the rows are
+    /// to be sent again (they stay in the outbox meanwhile).
+    Failed,
+}
+
 /// Waits for a sent batch's confirms and has the rows they cover forgotten.
-/// False if they did not come: the channel is unusable, and the rows are to
-/// be sent again (they stay in the outbox meanwhile).
 async fn settle_batch(
     forget: &mpsc::UnboundedSender<Vec<i64>>,
     metrics: &Metrics,
     items: &[OutboxItem],
     pending: PendingConfirms,
-) -> bool {
+) -> Settled {
     match tokio::time::timeout(CONFIRM_WAIT, confirmed_ids(items, pending)).await {
-        Ok(Ok(confirmed)) => {
+        Ok(Ok((confirmed, returned))) => {
             // Redelivery rows publish jobs only, not their event.
             let count = items
                 .iter()
@@ -290,17 +356,21 @@ async fn settle_batch(
                 tracing::warn!("outbox rows published but not forgotten: the publisher is stopping");
             }
             metrics.events_published(count);
-            true
+            if returned.is_empty() {
+                Settled::Done
+            } else {
+                Settled::Returned(returned)
+            }
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "waiting for publisher confirms failed; reconnecting");
-            false
+            Settled::Failed
         }
         Err(_) => {
             // Left unconfirmed, the rows' leases would run out and another
             // claim publish them beside these.
             tracing::warn!("no publisher confirms within the outbox lease; reconnecting");
-            false
+            Settled::Failed
         }
     }
 }
@@ -362,12 +432,32 @@ fn take_handed_off(handoff: Option<&mut mpsc::Receiver<OutboxItem>>, limit: usiz
 type PendingConfirms = Vec<(Vec<i64>, PublisherConfirm)>;
 
 /// Waits for every confirm of a batch. Returns the outbox ids whose messages
-/// were all acknowledged.
-async fn confirmed_ids(items: &[OutboxItem], pending: PendingConfirms) -> Result<Vec<i64>, lapin::Error> {
+/// were all acknowledged and routed, and those with a message that came back
+/// unroutable. A returned message is acked too (the broker sends
+/// `basic.return`, then `basic.ack`): only the return tells it from one a
+/// queue took, and its row must stay.
+async fn confirmed_ids(
+    items: &[OutboxItem],
+    pending: PendingConfirms,
+) -> Result<(Vec<i64>, HashSet<i64>), lapin::Error> {
     let mut refused = HashSet::new();
+    let mut returned = HashSet::new();
     for (ids, confirm) in pending {
-        if !confirm.await?.is_ack() {
-            refused.extend(ids);
+        match confirm.await? {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(message)) => {
+                tracing::warn!(
+                    reply_code = message.reply_code,
+                    reply_text = %message.reply_text,
+                    routing_key = %message.delivery.routing_key,
+                    rows = ids.len(),
+                    "the broker returned a job message: no queue took it (was the deliveries queue \
+                     deleted?); its outbox rows stay and are sent again after the topology is \
+                     declared again"
+                );
+                returned.extend(ids);
+            }
+            Confirmation::Nack(_) | Confirmation::NotRequested => refused.extend(ids),
         }
     }
     if !refused.is_empty() {
@@ -376,9 +466,10 @@ async fn confirmed_ids(items: &[OutboxItem], pending: PendingConfirms) -> Result
             "broker refused some publishes; they will be retried"
         );
     }
-    Ok(items
+    let confirmed = items
         .iter()
         .map(|i| i.outbox_id)
-        .filter(|id| !refused.contains(id))
-        .collect())
+        .filter(|id| !refused.contains(id) && !returned.contains(id))
+        .collect();
+    Ok((confirmed, returned))
 }

@@ -6,12 +6,19 @@ use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
 /// Waits this short go straight to the deliveries queue (after a pause of
 /// that length, see `consumer::park`), and a retry queue up to this much
 /// shorter than the wait is still used.
 pub const PARK_SLACK: Duration = Duration::from_millis(25);
+
+/// The most messages `{prefix}.dead` keeps; beyond it the oldest are dropped
+/// (`x-overflow = drop-head`). Nothing reads that queue to make progress: the
+/// store is the record of dead deliveries (listed and redelivered through
+/// the admin API), and the queue only lets a consumer watch them, so without
+/// a bound it would grow for as long as merchants fail.
+pub const DEAD_MAX_LENGTH: i64 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -87,7 +94,27 @@ impl Topology {
         }
     }
 
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// The dead queue's arguments: a quorum queue that keeps the newest
+    /// `DEAD_MAX_LENGTH` messages.
+    pub fn dead_queue_arguments() -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(DEAD_MAX_LENGTH));
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString(LongString::from("drop-head")),
+        );
+        args
+    }
+
+    /// Declares everything on `channel`, except the dead queue, which gets a
+    /// channel of its own from `connection`: a broker that has it from an
+    /// older payhook, without its length bound, refuses the new arguments
+    /// with PRECONDITION_FAILED, which closes the channel it came on.
+    pub async fn declare(&self, connection: &Connection, channel: &Channel) -> Result<(), lapin::Error> {
         channel
             .exchange_declare(
                 ShortString::from(self.events_exchange()),
@@ -108,11 +135,10 @@ impl Topology {
             "x-queue-type".into(),
             AMQPValue::LongString(LongString::from("quorum")),
         );
-        for queue in [self.deliveries_queue(), self.dead_queue()] {
-            channel
-                .queue_declare(ShortString::from(queue), durable, quorum.clone())
-                .await?;
-        }
+        channel
+            .queue_declare(ShortString::from(self.deliveries_queue()), durable, quorum)
+            .await?;
+        self.declare_dead(connection, durable).await?;
         for delay in &self.delays {
             let mut args = FieldTable::default();
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
@@ -130,6 +156,49 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn declare_dead(
+        &self,
+        connection: &Connection,
+        durable: QueueDeclareOptions,
+    ) -> Result<(), lapin::Error> {
+        let probe = connection.create_channel().await?;
+        let declared = probe
+            .queue_declare(
+                ShortString::from(self.dead_queue()),
+                durable,
+                Self::dead_queue_arguments(),
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                // A failed close leaves a channel the connection's end closes.
+                let _ = probe.close(200, ShortString::from("declared")).await;
+                Ok(())
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::ProtocolError(p) if p.get_id() == 406) => {
+                // The queue exists with other arguments (an older payhook's,
+                // unbounded). Dead jobs still reach it, and the store keeps
+                // the record of them, so carry on; an operator bounds it.
+                // (AMQP cannot set a policy, and a new name would strand
+                // what the old queue holds.)
+                let queue = self.dead_queue();
+                tracing::warn!(
+                    queue = %queue,
+                    error = %e,
+                    "the dead queue was declared by an older payhook without its length bound \
+                     ({DEAD_MAX_LENGTH}, drop-head); it is used as it is, and unless a policy bounds it, it \
+                     grows for as long as deliveries die. Bound it with `rabbitmqctl set_policy \
+                     --apply-to queues payhook-dead '^{queue}$' \
+                     '{{\"max-length\":{DEAD_MAX_LENGTH},\"overflow\":\"drop-head\"}}'`, or delete it \
+                     (`rabbitmqctl delete_queue {queue}`: the store keeps every dead delivery) and it is \
+                     declared bounded at the next connect"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

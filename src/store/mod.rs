@@ -308,6 +308,29 @@ impl Store {
         }
     }
 
+    /// Renews the leases of jobs this dispatcher still holds (waiting for a
+    /// slot of their endpoint, or in an attempt) for another `lease`. Only
+    /// live leases of pending jobs are renewed: one that ran out may be
+    /// another dispatcher's now, and a finished job needs none.
+    pub async fn extend_leases(&self, delivery_ids: &[i64], lease: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.extend_leases(delivery_ids, lease).await,
+            Store::Postgres(s) => s.extend_leases(delivery_ids, lease).await,
+        }
+    }
+
+    /// Puts a leased job aside for `hold` without an attempt: it stays
+    /// pending at the same attempt and due time, leased to nobody until then,
+    /// so that no claim, sweep or embedded worker takes it before. Returns
+    /// its `next_attempt_at` (how long it has been due), or `None` if it is
+    /// no longer pending at `attempt`.
+    pub async fn defer(&self, job: JobRef, hold: Duration) -> Result<Option<i64>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.defer(job, hold).await,
+            Store::Postgres(s) => s.defer(job, hold).await,
+        }
+    }
+
     pub async fn prune_nonces(&self, older_than_ms: i64) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.prune_nonces(older_than_ms).await,

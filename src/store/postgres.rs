@@ -23,6 +23,41 @@ use super::{
 };
 use crate::domain::EventId;
 
+/// The database's clock in epoch ms, for SQL. In scaled mode many processes
+/// on many machines share the rows, so leases, due times and the nonce
+/// window are all read and written on this one clock: a process whose own
+/// clock is off by minutes would otherwise take jobs others hold, or before
+/// they are due, and prune nonces still inside their window. `now()` is the
+/// transaction's start: one value for the whole statement, and stable, so
+/// that index conditions can still use it.
+macro_rules! db_now {
+    () => {
+        "(extract(epoch from now()) * 1000)::int8"
+    };
+}
+
+/// How far the database's clock is ahead of the caller's, in ms, given the
+/// caller's now (a parameter): the correction for the absolute times a
+/// caller passes (a retry's due time, a cut-off) or gets back (when a job is
+/// due or its lease ends). Clocks that agree within 1 s count as agreeing
+/// (0): that is about a statement's latency, and keeps a caller's times
+/// exact where nothing is skewed (so a retry may come up to that much early).
+macro_rules! db_skew {
+    ($caller_now:literal) => {
+        concat!(
+            "(CASE WHEN abs(",
+            db_now!(),
+            " - ",
+            $caller_now,
+            ") <= 1000 THEN 0 ELSE ",
+            db_now!(),
+            " - ",
+            $caller_now,
+            " END)"
+        )
+    };
+}
+
 mod batched;
 mod batcher;
 
@@ -179,40 +214,48 @@ impl PostgresStore {
         lease: Duration,
         busy: &[String],
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        let now = now_ms();
         // Rows another dispatcher is claiming right now are locked: skip them
         // rather than wait, and never hand out a row twice (a row whose lease
         // was set by a transaction that committed meanwhile is re-checked
-        // against `lease_until <= now` before it is locked).
-        let rows = sqlx::query(
+        // against `lease_until <= now` before it is locked). Due and leased
+        // by the database's clock.
+        let rows = sqlx::query(concat!(
             "WITH picked AS MATERIALIZED ( \
                  SELECT id FROM deliveries \
-                 WHERE status = 'pending' AND next_attempt_at <= $1 AND lease_until <= $1 \
-                   AND endpoint_id <> ALL($2) \
-                 ORDER BY next_attempt_at LIMIT $3 \
+                 WHERE status = 'pending' AND next_attempt_at <= ",
+            db_now!(),
+            " AND lease_until <= ",
+            db_now!(),
+            " AND endpoint_id <> ALL($1) \
+                 ORDER BY next_attempt_at LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
              ), upd AS ( \
-                 UPDATE deliveries d SET lease_until = $4 FROM picked WHERE d.id = picked.id \
+                 UPDATE deliveries d SET lease_until = ",
+            db_now!(),
+            " + $3 FROM picked WHERE d.id = picked.id \
                  RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.next_attempt_at \
              ) \
              SELECT upd.id, upd.event_id, upd.endpoint_id, upd.attempts, e.payload, e.received_at \
              FROM upd JOIN events e ON e.id = upd.event_id \
-             ORDER BY upd.next_attempt_at, upd.id",
-        )
-        .bind(now)
+             ORDER BY upd.next_attempt_at, upd.id"
+        ))
         .bind(busy)
         .bind(limit_param(limit))
-        .bind(now.saturating_add(millis(lease)))
+        .bind(millis(lease))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(claimed_job).collect()
     }
 
     pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT next_attempt_at FROM deliveries WHERE status = 'pending' AND lease_until <= $1 \
-             ORDER BY next_attempt_at LIMIT 1",
-        )
+        // On the caller's clock: it waits until then by its own.
+        let at: Option<i64> = sqlx::query_scalar(concat!(
+            "SELECT next_attempt_at - ",
+            db_skew!("$1::int8"),
+            " FROM deliveries WHERE status = 'pending' AND lease_until <= ",
+            db_now!(),
+            " ORDER BY next_attempt_at LIMIT 1"
+        ))
         .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
@@ -230,11 +273,52 @@ impl PostgresStore {
         Ok(())
     }
 
+    pub async fn extend_leases(&self, delivery_ids: &[i64], lease: Duration) -> Result<(), StoreError> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        // Leases are on the database's clock, as the claims that set them.
+        sqlx::query(concat!(
+            "UPDATE deliveries SET lease_until = ",
+            db_now!(),
+            " + $2 WHERE status = 'pending' AND id = ANY($1) AND lease_until > ",
+            db_now!()
+        ))
+        .bind(delivery_ids)
+        .bind(millis(lease))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn defer(&self, job: JobRef, hold: Duration) -> Result<Option<i64>, StoreError> {
+        // Leased on the database's clock; the due time comes back on the
+        // caller's, which compares it with its own now.
+        let due: Option<i64> = sqlx::query_scalar(concat!(
+            "UPDATE deliveries SET lease_until = ",
+            db_now!(),
+            " + $3 WHERE id = $1 AND status = 'pending' AND attempts = $2 RETURNING next_attempt_at - ",
+            db_skew!("$4::int8")
+        ))
+        .bind(job.delivery_id)
+        .bind(i64::from(job.attempt) - 1)
+        .bind(millis(hold))
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(due)
+    }
+
     pub async fn prune_nonces(&self, older_than_ms: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM nonces WHERE seen_at < $1")
-            .bind(older_than_ms)
-            .execute(&self.pool)
-            .await?;
+        // The cut-off is on the caller's clock; `seen_at` on the database's.
+        let r = sqlx::query(concat!(
+            "DELETE FROM nonces WHERE seen_at < $1::int8 + ",
+            db_skew!("$2::int8")
+        ))
+        .bind(older_than_ms)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected())
     }
 
@@ -294,19 +378,22 @@ impl PostgresStore {
     }
 
     pub async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxItem>, StoreError> {
-        let now = now_ms();
         // One statement: lease the rows, and read each one's event and its
         // pending jobs (as two arrays in the same order) from one snapshot.
         // The jobs are found by event only, and filtered on status in the
         // aggregate: with `status = 'pending'` in the WHERE clause the planner
         // ANDs in the partial index of *all* pending jobs, which costs a scan
         // of the whole retry backlog per outbox row.
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "WITH picked AS MATERIALIZED ( \
-                 SELECT id FROM outbox WHERE lease_until <= $1 ORDER BY id LIMIT $2 \
+                 SELECT id FROM outbox WHERE lease_until <= ",
+            db_now!(),
+            " ORDER BY id LIMIT $1 \
                  FOR UPDATE SKIP LOCKED \
              ), upd AS ( \
-                 UPDATE outbox o SET lease_until = $3 FROM picked WHERE o.id = picked.id \
+                 UPDATE outbox o SET lease_until = ",
+            db_now!(),
+            " + $2 FROM picked WHERE o.id = picked.id \
                  RETURNING o.id, o.event_id, o.publish_event \
              ) \
              SELECT upd.id, upd.event_id, upd.publish_event, e.provider, e.event_type, e.payload, \
@@ -317,11 +404,10 @@ impl PostgresStore {
                      array_agg(d.attempts ORDER BY d.id) FILTER (WHERE d.status = 'pending') AS job_attempts \
                  FROM deliveries d WHERE d.event_id = upd.event_id \
              ) j \
-             ORDER BY upd.id",
-        )
-        .bind(now)
+             ORDER BY upd.id"
+        ))
         .bind(limit_param(limit))
-        .bind(now.saturating_add(millis(lease)))
+        .bind(millis(lease))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -401,20 +487,26 @@ impl PostgresStore {
     }
 
     pub async fn requeue_overdue(&self, due_before_ms: i64, limit: usize) -> Result<Vec<JobRef>, StoreError> {
-        let now = now_ms();
-        let rows = sqlx::query(
+        // The cut-off is on the caller's clock; leases and the new due time
+        // on the database's.
+        let rows = sqlx::query(concat!(
             "WITH picked AS MATERIALIZED ( \
                  SELECT id FROM deliveries \
-                 WHERE status = 'pending' AND next_attempt_at < $2 AND lease_until <= $1 \
-                 ORDER BY next_attempt_at LIMIT $3 \
+                 WHERE status = 'pending' AND next_attempt_at < $1::int8 + ",
+            db_skew!("$3::int8"),
+            " AND lease_until <= ",
+            db_now!(),
+            " ORDER BY next_attempt_at LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
              ) \
-             UPDATE deliveries d SET next_attempt_at = $1 FROM picked WHERE d.id = picked.id \
-             RETURNING d.id, d.attempts",
-        )
-        .bind(now)
+             UPDATE deliveries d SET next_attempt_at = ",
+            db_now!(),
+            " FROM picked WHERE d.id = picked.id \
+             RETURNING d.id, d.attempts"
+        ))
         .bind(due_before_ms)
         .bind(limit_param(limit))
+        .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_ref).collect()
@@ -424,34 +516,53 @@ impl PostgresStore {
 /// Takes one specific job: the single-row path, and the batch's fallback
 /// for a job the batch did not take (which says why).
 async fn claim_one(pool: &PgPool, job: JobRef, lease: Duration) -> Result<JobClaim, StoreError> {
-    let now = now_ms();
     // A concurrent claim of the same row waits for the first to commit,
     // then re-checks the conditions against the leased row and fails.
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "WITH upd AS ( \
-             UPDATE deliveries SET lease_until = $1 \
-             WHERE id = $2 AND status = 'pending' AND attempts = $3 AND lease_until <= $4 \
-             AND next_attempt_at <= $5 \
+             UPDATE deliveries SET lease_until = ",
+        db_now!(),
+        " + $1 \
+             WHERE id = $2 AND status = 'pending' AND attempts = $3 AND lease_until <= ",
+        db_now!(),
+        " AND next_attempt_at <= ",
+        db_now!(),
+        " + $4 \
              RETURNING id, event_id, endpoint_id, attempts \
          ) \
          SELECT upd.id, upd.event_id, upd.endpoint_id, upd.attempts, e.payload, e.received_at \
-         FROM upd JOIN events e ON e.id = upd.event_id",
-    )
-    .bind(now.saturating_add(millis(lease)))
+         FROM upd JOIN events e ON e.id = upd.event_id"
+    ))
+    .bind(millis(lease))
     .bind(job.delivery_id)
     .bind(i64::from(job.attempt) - 1)
-    .bind(now)
-    .bind(now.saturating_add(DUE_TOLERANCE_MS))
+    .bind(DUE_TOLERANCE_MS)
     .fetch_optional(pool)
     .await?;
     if let Some(row) = row {
         return Ok(JobClaim::Claimed(claimed_job(&row)?));
     }
-    let state =
-        sqlx::query("SELECT status, attempts, next_attempt_at, lease_until FROM deliveries WHERE id = $1")
-            .bind(job.delivery_id)
-            .fetch_optional(pool)
-            .await?;
+    // Why not, with the times on the caller's clock (it parks the job until
+    // then by its own), and compared with the database's now on that clock.
+    let state = sqlx::query(concat!(
+        "SELECT status, attempts, next_attempt_at - ",
+        db_skew!("$2::int8"),
+        " AS next_attempt_at, lease_until - ",
+        db_skew!("$2::int8"),
+        " AS lease_until, ",
+        db_now!(),
+        " - ",
+        db_skew!("$2::int8"),
+        " AS now_ms FROM deliveries WHERE id = $1"
+    ))
+    .bind(job.delivery_id)
+    .bind(now_ms())
+    .fetch_optional(pool)
+    .await?;
+    let now = match &state {
+        Some(row) => row.try_get("now_ms")?,
+        None => now_ms(),
+    };
     classify_unclaimed_row(job, now, state)
 }
 
@@ -497,20 +608,30 @@ async fn existing_event(pool: &PgPool, new: &NewEvent) -> Result<Option<EventId>
 /// applies only if nobody has moved the job on since this attempt was
 /// claimed (attempt n may only follow n-1); a concurrent record of the same
 /// attempt waits on the row lock, re-checks `attempts`, and is superseded.
-pub const RECORD: &str = "\
+///
+/// `$10` is the retry's due time on the caller's clock, whose now is `$11`
+/// (see `db_skew!`); NULL for "now" (delivered, dead).
+pub const RECORD: &str = concat!(
+    "\
     WITH a AS ( \
         INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, \
             response_excerpt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING \
     ), u AS ( \
-        UPDATE deliveries SET status = $9, attempts = $2, next_attempt_at = $10, lease_until = 0, \
-            updated_at = $11, last_error = $7 \
+        UPDATE deliveries SET status = $9, attempts = $2, next_attempt_at = COALESCE($10::int8 + ",
+    db_skew!("$11::int8"),
+    ", ",
+    db_now!(),
+    "), lease_until = 0, \
+            updated_at = ",
+    db_now!(),
+    ", last_error = $7 \
         WHERE id = $1 AND status = 'pending' AND attempts = $12 RETURNING 1 \
     ) \
-    SELECT count(*) AS applied FROM u";
+    SELECT count(*) AS applied FROM u"
+);
 
 async fn record_in(pool: &PgPool, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
-    let now = now_ms();
-    let (status, next_at) = record_step(rec, now);
+    let (status, next_at) = record_step(rec);
     let applied: i64 = sqlx::query_scalar(RECORD)
         .bind(rec.delivery_id)
         .bind(i64::from(rec.attempt))
@@ -522,7 +643,7 @@ async fn record_in(pool: &PgPool, rec: &AttemptRecord) -> Result<RecordOutcome, 
         .bind(rec.response_excerpt.as_deref())
         .bind(status)
         .bind(next_at)
-        .bind(now)
+        .bind(now_ms())
         .bind(i64::from(rec.attempt) - 1)
         .fetch_one(pool)
         .await?;
@@ -533,11 +654,12 @@ async fn record_in(pool: &PgPool, rec: &AttemptRecord) -> Result<RecordOutcome, 
     })
 }
 
-/// The job's status and next due time after `rec`.
-fn record_step(rec: &AttemptRecord, now: i64) -> (&'static str, i64) {
+/// The job's status and next due time after `rec`: a retry's on the
+/// caller's clock, `None` for the database's now.
+fn record_step(rec: &AttemptRecord) -> (&'static str, Option<i64>) {
     match rec.next {
-        NextStep::Delivered => ("delivered", now),
-        NextStep::RetryAt(at) => ("pending", at),
-        NextStep::Dead => ("dead", now),
+        NextStep::Delivered => ("delivered", None),
+        NextStep::RetryAt(at) => ("pending", Some(at)),
+        NextStep::Dead => ("dead", None),
     }
 }

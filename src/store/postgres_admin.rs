@@ -7,8 +7,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{
-    now_ms, BulkRedelivery, DeliveryDetail, DeliveryFilter, EventFilter, NewDelivery, PostgresStore,
-    StoreError, StoredEvent,
+    BulkRedelivery, DeliveryDetail, DeliveryFilter, EventFilter, NewDelivery, PostgresStore, StoreError,
+    StoredEvent,
 };
 use crate::domain::EndpointId;
 
@@ -141,8 +141,8 @@ impl PostgresStore {
         if endpoints.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let now = database_now(&mut tx).await?;
         let mut created = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let linked: Option<i64> = sqlx::query_scalar(INSERT_REDELIVERY)
@@ -189,9 +189,9 @@ impl PostgresStore {
         if endpoints.is_empty() {
             return Ok(BulkRedelivery::default());
         }
-        let now = now_ms();
         let endpoints: Vec<&str> = endpoints.iter().map(|e| e.as_str()).collect();
         let mut tx = self.pool.begin().await?;
+        let now = database_now(&mut tx).await?;
         let event_ids: Vec<String> = sqlx::query_scalar(
             "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
              created_at, updated_at, redelivery_of) \
@@ -230,4 +230,15 @@ impl PostgresStore {
             remaining: u64::try_from(remaining).unwrap_or(0),
         })
     }
+}
+
+/// The database's clock in epoch ms: redeliveries become due by the same
+/// clock that dispatchers' claims compare with, whatever this process's
+/// clock says (scaled mode runs on the database's clock).
+async fn database_now(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT (extract(epoch from now()) * 1000)::int8")
+            .fetch_one(&mut **tx)
+            .await?,
+    )
 }

@@ -149,6 +149,38 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub async fn extend_leases(&self, delivery_ids: &[i64], lease: Duration) -> Result<(), StoreError> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE deliveries SET lease_until = ");
+        q.push_bind(now.saturating_add(millis(lease)));
+        q.push(" WHERE status = 'pending' AND lease_until > ");
+        q.push_bind(now);
+        q.push(" AND id IN (");
+        let mut sep = q.separated(", ");
+        for id in delivery_ids {
+            sep.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&self.write).await?;
+        Ok(())
+    }
+
+    pub async fn defer(&self, job: JobRef, hold: Duration) -> Result<Option<i64>, StoreError> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET lease_until = ?3 \
+             WHERE id = ?1 AND status = 'pending' AND attempts = ?2 RETURNING next_attempt_at",
+        )
+        .bind(job.delivery_id)
+        .bind(i64::from(job.attempt) - 1)
+        .bind(now_ms().saturating_add(millis(hold)))
+        .fetch_optional(&self.write)
+        .await?;
+        Ok(due)
+    }
+
     pub async fn prune_nonces(&self, older_than_ms: i64) -> Result<u64, StoreError> {
         let r = sqlx::query("DELETE FROM nonces WHERE seen_at < ?1")
             .bind(older_than_ms)

@@ -182,3 +182,36 @@ fn the_suite_script_runs_its_configurations_and_keeps_every_report() {
         "--only runs nothing else"
     );
 }
+
+/// `--provider hostile-form`: unsigned 64 KiB forms of 10,000 keys, each
+/// refused with 400 (the refusal is the expected answer); the report names
+/// the commit, the CPU and the machine it ran on.
+#[test]
+fn the_hostile_form_case_counts_refusals_and_the_report_names_its_build() {
+    let refused = Command::new(env!("CARGO_BIN_EXE_payhook"))
+        .args(["bench", "-n", "10", "--provider", "hostile-form", "--no-baseline"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--ingress-only"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_payhook"))
+        .args(["bench", "-n", "200", "-c", "8", "--provider", "HOSTILE-FORM"])
+        .args(["--ingress-only", "--no-baseline", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["setup"]["provider"], "hostile-form");
+    assert_eq!(report["relay"]["accepted"], 200, "{report:#}");
+    let machine = &report["machine"];
+    assert!(
+        machine["commit"].as_str().is_some_and(|c| !c.is_empty()),
+        "{machine}"
+    );
+    assert!(
+        machine["cpu_model"].as_str().is_some_and(|c| !c.is_empty()),
+        "{machine}"
+    );
+    assert_eq!(machine["payhook"], env!("CARGO_PKG_VERSION"));
+}

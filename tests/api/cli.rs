@@ -21,6 +21,7 @@ fn every_command_has_help() {
         vec!["events", "list", "--help"],
         vec!["events", "show", "--help"],
         vec!["redeliver", "--help"],
+        vec!["deliveries", "list", "--help"],
     ] {
         let out = payhook().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -218,4 +219,85 @@ async fn simulate_exits_non_zero_when_the_relay_refuses_or_is_unreachable() {
         err.contains("no account `nope`") && err.contains("dryad-main (dryad)"),
         "{err}"
     );
+}
+
+/// `payhook deliveries list --status …` lists deliveries by state, through
+/// the admin API; an empty list says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_list_by_status() {
+    use crate::helpers::{dryad_callback, spawn_app, Backend, ADMIN_TOKEN};
+    let app = spawn_app(Backend::Sqlite).await;
+    let list = |status: &str| {
+        let out = payhook()
+            .args([
+                "deliveries",
+                "list",
+                "--status",
+                status,
+                "--admin-url",
+                &app.admin_url,
+            ])
+            .args(["--admin-token", ADMIN_TOKEN])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(list("dead"), "no dead deliveries\n");
+    app.merchant.always_fail(true);
+    let (status, _) = app
+        .post_signed("dryad-main", &dryad_callback("DL-1", 100, chrono::Utc::now()))
+        .await;
+    assert_eq!(status, 200);
+    let dead = app.wait_for_dead(1, std::time::Duration::from_secs(15)).await;
+    let event_id = dead[0]["event_id"].as_str().unwrap().to_owned();
+    let shown = list("DEAD");
+    assert!(shown.starts_with("ID  "), "{shown}");
+    assert!(shown.contains(&event_id) && shown.contains(" dead "), "{shown}");
+    assert_eq!(list("delivered"), "no delivered deliveries\n");
+}
+
+/// `payhook sink --fail-every 2` fails every attempt for every second event,
+/// so that even one delivery at a time shows retries and then a dead delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_fail_every_makes_every_nth_event_dead() {
+    use crate::helpers::{dryad_callback, free_port, spawn_app_with, TestOptions};
+    let port = free_port();
+    let mut sink = std::process::Command::new(env!("CARGO_BIN_EXE_payhook"))
+        .args([
+            "sink",
+            "--fail-every",
+            "2",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = crate::helpers::eventually(std::time::Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    assert!(up, "the sink listens");
+    let app = spawn_app_with(TestOptions {
+        extra_endpoints: format!(
+            "[[endpoints]]\nid = \"sink\"\nurl = \"http://127.0.0.1:{port}/\"\nsecret = \"whsec_c2luaw==\"\naccounts = [\"*\"]\nevents = [\"*\"]\n"
+        ),
+        ..TestOptions::default()
+    })
+    .await;
+    for order in ["SINK-1", "SINK-2", "SINK-3"] {
+        let (status, _) = app
+            .post_signed("dryad-main", &dryad_callback(order, 100, chrono::Utc::now()))
+            .await;
+        assert_eq!(status, 200);
+        // One at a time, as a person trying it would send them.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    let dead = app.wait_for_dead(1, std::time::Duration::from_secs(15)).await;
+    let _ = sink.kill();
+    let _ = sink.wait();
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["endpoint"], "sink");
+    assert_eq!(dead[0]["attempts"], 4, "the first attempt and three retries");
 }

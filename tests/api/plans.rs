@@ -64,7 +64,7 @@ async fn claims_records_and_releases_never_scan_every_pending_job() {
     .expect("seed");
 
     let checks = [
-        ("claim", CLAIM_MANY, "('{1,2,3}', '{0,0,0}', '{9,9,9}', 1, 1)"),
+        ("claim", CLAIM_MANY, "('{1,2,3}', '{0,0,0}', '{9,9,9}', 0)"),
         (
             "record",
             RECORD_MANY,

@@ -96,7 +96,14 @@ fn simulate(config: &std::path::Path, url: &str, provider: &str, account: &str, 
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A refusal (the forgeries) exits 1, so that scripts see it.
+    let refused = extra.contains(&"--forge");
+    assert_eq!(
+        out.status.code(),
+        Some(if refused { 1 } else { 0 }),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -63,12 +63,17 @@ async fn the_topology_has_the_spec_names_and_properties() {
     );
     // Re-declaring with identical properties succeeds; with different ones the
     // broker refuses (PRECONDITION_FAILED). Together they pin the properties.
-    for q in [format!("{p}.deliveries"), format!("{p}.dead")] {
+    // The dead queue is also bounded (the newest 10,000 jobs).
+    let dead_args = payhook::queue::topology::Topology::dead_queue_arguments();
+    for (q, args) in [
+        (format!("{p}.deliveries"), quorum()),
+        (format!("{p}.dead"), dead_args),
+    ] {
         assert!(
-            declare_ok(&conn, &q, true, quorum()).await,
+            declare_ok(&conn, &q, true, args.clone()).await,
             "{q} is a durable quorum queue"
         );
-        assert!(!declare_ok(&conn, &q, false, quorum()).await, "{q} is durable");
+        assert!(!declare_ok(&conn, &q, false, args).await, "{q} is durable");
         assert!(
             !declare_ok(&conn, &q, true, FieldTable::default()).await,
             "{q} is quorum"

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::batcher::{rounds, Batched};
@@ -24,8 +25,11 @@ use crate::store::{
 /// - `ev`: only for a fresh nonce (or none); a dedup identity already stored
 ///   makes it a duplicate (which still remembers its nonce, as in SQLite);
 /// - `dl`, `ob`: the delivery jobs, in endpoint order, and the outbox row
-///   (leased until `$17`: 0 for any publisher's scan, later when it is handed
-///   to this process's publisher in memory), only for an event inserted.
+///   (leased for `$13` ms: NULL, lease 0, for any publisher's scan; a lease
+///   when it is handed to this process's publisher in memory), only for an
+///   event inserted.
+///
+/// Nonces, due times and leases are on the database's clock (`db_now!`).
 ///
 /// `$15`/`$16` list the delivery jobs as (1-based index of the event in the
 /// batch, endpoint), in order. Returns, per input row in order, whether its
@@ -34,7 +38,8 @@ use crate::store::{
 /// identity in different statements, so each row's `RETURNING` is its own
 /// and the joins back to `input` match at most one row. (Joins, not
 /// `EXISTS` in the select list: that would scan the CTE once per row.)
-const INGEST_MANY: &str = "\
+const INGEST_MANY: &str = concat!(
+    "\
     WITH input AS MATERIALIZED ( \
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
             $7::text[], $8::text[], $9::bytea[], $10::text[], $11::int8[], $12::text[], $14::bool[]) \
@@ -42,7 +47,9 @@ const INGEST_MANY: &str = "\
                 merchant_order_no, payload, raw_body, raw_headers, received_at, nonce, outbox, ord) \
     ), nonce AS ( \
         INSERT INTO nonces (account, nonce, seen_at) \
-        SELECT account, nonce, $13 FROM input WHERE nonce IS NOT NULL ORDER BY ord \
+        SELECT account, nonce, ",
+    db_now!(),
+    " FROM input WHERE nonce IS NOT NULL ORDER BY ord \
         ON CONFLICT DO NOTHING RETURNING account, nonce \
     ), fresh AS MATERIALIZED ( \
         SELECT i.ord, (i.nonce IS NULL OR n.nonce IS NOT NULL) AS fresh \
@@ -57,20 +64,31 @@ const INGEST_MANY: &str = "\
     ), dl AS ( \
         INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
             created_at, updated_at) \
-        SELECT i.id, d.endpoint_id, 'pending', 0, $13, 0, $13, $13 \
+        SELECT i.id, d.endpoint_id, 'pending', 0, ",
+    db_now!(),
+    ", 0, ",
+    db_now!(),
+    ", ",
+    db_now!(),
+    " \
         FROM unnest($15::int8[], $16::text[]) WITH ORDINALITY AS d (idx, endpoint_id, ord) \
         JOIN input i ON i.ord = d.idx JOIN ev ON ev.id = i.id ORDER BY d.ord \
         RETURNING id, event_id \
     ), ob AS ( \
         INSERT INTO outbox (event_id, created_at, lease_until) \
-        SELECT i.id, $13, $17 FROM input i JOIN ev ON ev.id = i.id WHERE i.outbox ORDER BY i.ord \
+        SELECT i.id, ",
+    db_now!(),
+    ", COALESCE(",
+    db_now!(),
+    " + $13::int8, 0) FROM input i JOIN ev ON ev.id = i.id WHERE i.outbox ORDER BY i.ord \
         RETURNING id, event_id \
     ), jobs AS ( \
         SELECT event_id, array_agg(id ORDER BY id) AS ids FROM dl GROUP BY event_id \
     ) \
     SELECT f.fresh, ev.id IS NOT NULL AS inserted, ob.id AS outbox_id, jobs.ids AS job_ids \
     FROM input i JOIN fresh f ON f.ord = i.ord LEFT JOIN ev ON ev.id = i.id \
-    LEFT JOIN ob ON ob.event_id = i.id LEFT JOIN jobs ON jobs.event_id = i.id ORDER BY i.ord";
+    LEFT JOIN ob ON ob.event_id = i.id LEFT JOIN jobs ON jobs.event_id = i.id ORDER BY i.ord"
+);
 
 /// An ingest as the batcher runs it.
 pub(in crate::store) struct IngestRequest {
@@ -107,7 +125,7 @@ enum IngestKey<'a> {
 impl Batched for IngestRequest {
     type Output = Ingested;
 
-    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<Ingested>, StoreError> {
+    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Vec<Option<Result<Ingested, StoreError>>> {
         let plan = rounds(batch, |req| {
             let new = &req.new;
             let ev = &new.event;
@@ -123,22 +141,38 @@ impl Batched for IngestRequest {
                 .map(|n| IngestKey::Nonce(ev.account.as_str(), n));
             std::iter::once(dedup).chain(nonce)
         });
-        let mut outputs: Vec<Option<Ingested>> = std::iter::repeat_with(|| None).take(batch.len()).collect();
+        let mut outputs: Vec<Option<Result<Ingested, StoreError>>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
         for round in plan {
             let items: Vec<&IngestRequest> = round.iter().map(|&i| &batch[i]).collect();
-            let rows = ingest_round(pool, &items).await?;
-            for ((&index, req), row) in round.iter().zip(&items).zip(rows) {
-                outputs[index] = Some(ingested(pool, req, row).await?);
+            // Each round is a statement and a commit of its own. One that
+            // fails stops the batch: its requests and the later rounds' run
+            // again alone, while those of the rounds before keep the answer
+            // of their commit (run again, a stored callback would find its
+            // own nonce and be refused as a replay).
+            let Ok(rows) = ingest_statement(pool, &items).await else {
+                break;
+            };
+            match ingest_rows(&rows, items.len()) {
+                Ok(rows) => {
+                    for ((&index, req), row) in round.iter().zip(&items).zip(rows) {
+                        outputs[index] = Some(ingested(pool, req, row).await);
+                    }
+                }
+                // Committed, but unreadable: an error for each (never a
+                // second run of what is stored).
+                Err(e) => {
+                    for &index in &round {
+                        outputs[index] = Some(Err(StoreError::Corrupt(e.to_string())));
+                    }
+                }
             }
         }
         outputs
-            .into_iter()
-            .map(|o| o.ok_or_else(|| StoreError::Corrupt("missing ingest result".into())))
-            .collect()
     }
 
     async fn run_one(pool: &PgPool, one: &Self) -> Result<Ingested, StoreError> {
-        let rows = ingest_round(pool, &[one]).await?;
+        let rows = ingest_rows(&ingest_statement(pool, &[one]).await?, 1)?;
         let row = rows
             .into_iter()
             .next()
@@ -176,17 +210,13 @@ async fn ingested(pool: &PgPool, req: &IngestRequest, row: IngestRow) -> Result<
     Ok(Ingested { outcome, handoff })
 }
 
-/// One statement for requests with no key in common.
-async fn ingest_round(pool: &PgPool, items: &[&IngestRequest]) -> Result<Vec<IngestRow>, StoreError> {
-    let now = now_ms();
+/// One statement (and commit) for requests with no key in common: an error
+/// means nothing of it was stored.
+async fn ingest_statement(pool: &PgPool, items: &[&IngestRequest]) -> Result<Vec<PgRow>, StoreError> {
     let n = items.len();
     // One lease for the batch: all its requests come from one store, which
     // hands off all or none.
-    let lease_until = if items.iter().any(|r| r.handoff) {
-        now.saturating_add(millis(OUTBOX_LEASE))
-    } else {
-        0
-    };
+    let lease = items.iter().any(|r| r.handoff).then(|| millis(OUTBOX_LEASE));
     let mut cols = IngestColumns::with_capacity(n);
     for (index, req) in items.iter().enumerate() {
         let new = &req.new;
@@ -223,13 +253,17 @@ async fn ingest_round(pool: &PgPool, items: &[&IngestRequest]) -> Result<Vec<Ing
         .bind(cols.raw_headers)
         .bind(cols.received_ats)
         .bind(cols.nonces)
-        .bind(now)
+        .bind(lease)
         .bind(cols.outbox)
         .bind(cols.job_events)
         .bind(cols.job_endpoints)
-        .bind(lease_until)
         .fetch_all(pool)
         .await?;
+    Ok(rows)
+}
+
+/// The committed ingest statement's rows, one per request.
+fn ingest_rows(rows: &[PgRow], n: usize) -> Result<Vec<IngestRow>, StoreError> {
     if rows.len() != n {
         return Err(StoreError::Corrupt("ingest batch result".into()));
     }
@@ -287,9 +321,12 @@ impl IngestColumns<'_> {
 }
 
 /// `RECORD` over arrays: per input row in order, whether its update applied.
+/// `$10` and `$11` as in `RECORD`: due times on the caller's clock (NULL:
+/// the database's now), and the caller's now.
 /// Written, like `CLAIM_MANY`, so that the rows are found by id whatever the
 /// statistics (`d.id = ANY($1)`, and the status compared with `r.open`).
-pub const RECORD_MANY: &str = "\
+pub const RECORD_MANY: &str = concat!(
+    "\
     WITH input AS MATERIALIZED ( \
         SELECT *, 'pending'::text AS open \
         FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
@@ -302,24 +339,31 @@ pub const RECORD_MANY: &str = "\
         SELECT delivery_id, attempt, started_at, duration_ms, outcome, http_status, error, response_excerpt \
         FROM input ORDER BY ord ON CONFLICT DO NOTHING \
     ), u AS ( \
-        UPDATE deliveries d SET status = r.status, attempts = r.attempt, next_attempt_at = r.next_at, \
-            lease_until = 0, updated_at = $11, last_error = r.error \
+        UPDATE deliveries d SET status = r.status, attempts = r.attempt, \
+            next_attempt_at = COALESCE(r.next_at + ",
+    db_skew!("$11::int8"),
+    ", ",
+    db_now!(),
+    "), lease_until = 0, updated_at = ",
+    db_now!(),
+    ", last_error = r.error \
         FROM input r \
         WHERE d.id = ANY($1) AND d.id = r.delivery_id AND d.status = r.open \
         AND d.attempts = r.attempt - 1 \
         RETURNING d.id \
     ) \
-    SELECT u.id IS NOT NULL AS applied FROM input r LEFT JOIN u ON u.id = r.delivery_id ORDER BY r.ord";
+    SELECT u.id IS NOT NULL AS applied FROM input r LEFT JOIN u ON u.id = r.delivery_id ORDER BY r.ord"
+);
 
 impl Batched for AttemptRecord {
     type Output = RecordOutcome;
 
-    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<RecordOutcome>, StoreError> {
-        let mut outcomes = vec![RecordOutcome::Superseded; batch.len()];
+    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Vec<Option<Result<RecordOutcome, StoreError>>> {
+        let mut outcomes: Vec<Option<Result<RecordOutcome, StoreError>>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
         for round in rounds(batch, |rec| [rec.delivery_id]) {
-            let now = now_ms();
             let items: Vec<&AttemptRecord> = round.iter().map(|&i| &batch[i]).collect();
-            let steps: Vec<(&str, i64)> = items.iter().map(|rec| record_step(rec, now)).collect();
+            let steps: Vec<(&str, Option<i64>)> = items.iter().map(|rec| record_step(rec)).collect();
             let rows = sqlx::query(RECORD_MANY)
                 .bind(items.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
                 .bind(items.iter().map(|r| i64::from(r.attempt)).collect::<Vec<_>>())
@@ -339,21 +383,31 @@ impl Batched for AttemptRecord {
                         .map(|r| r.response_excerpt.as_deref())
                         .collect::<Vec<_>>(),
                 )
-                .bind(steps.iter().map(|s| s.0).collect::<Vec<_>>())
                 .bind(steps.iter().map(|s| s.1).collect::<Vec<_>>())
-                .bind(now)
+                .bind(now_ms())
                 .fetch_all(pool)
-                .await?;
+                .await;
+            // As for ingests: a round that failed stored nothing, and it and
+            // the later rounds run again alone; earlier rounds keep the
+            // answer of their commit.
+            let Ok(rows) = rows else {
+                break;
+            };
             if rows.len() != items.len() {
-                return Err(StoreError::Corrupt("record batch result".into()));
+                for &index in &round {
+                    outcomes[index] = Some(Err(StoreError::Corrupt("record batch result".into())));
+                }
+                continue;
             }
             for (&index, row) in round.iter().zip(&rows) {
-                if row.try_get::<bool, _>("applied")? {
-                    outcomes[index] = RecordOutcome::Applied;
-                }
+                outcomes[index] = Some(match row.try_get::<bool, _>("applied") {
+                    Ok(true) => Ok(RecordOutcome::Applied),
+                    Ok(false) => Ok(RecordOutcome::Superseded),
+                    Err(e) => Err(e.into()),
+                });
             }
         }
-        Ok(outcomes)
+        outcomes
     }
 
     async fn run_one(pool: &PgPool, one: &Self) -> Result<RecordOutcome, StoreError> {
@@ -381,27 +435,37 @@ pub(super) struct ClaimRequest {
 ///   or a backlog that grew since the last `ANALYZE`), because it then
 ///   guesses that 0.5 % of jobs are pending: an attempt record for 3 jobs
 ///   read 19,711 index entries and 788 heap pages.
-pub const CLAIM_MANY: &str = "\
+///
+/// `$3` holds each lease's length in ms and `$4` the due tolerance: leases
+/// and due times are on the database's clock.
+pub const CLAIM_MANY: &str = concat!(
+    "\
     WITH input AS MATERIALIZED ( \
         SELECT *, 'pending'::text AS open \
-        FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS j (id, attempts, lease_until) \
+        FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS j (id, attempts, lease_ms) \
     ), upd AS ( \
-        UPDATE deliveries d SET lease_until = j.lease_until FROM input j \
+        UPDATE deliveries d SET lease_until = ",
+    db_now!(),
+    " + j.lease_ms FROM input j \
         WHERE d.id = ANY($1) AND d.id = j.id AND d.status = j.open AND d.attempts = j.attempts \
-        AND d.lease_until <= $4 \
-        AND d.next_attempt_at <= $5 \
+        AND d.lease_until <= ",
+    db_now!(),
+    " AND d.next_attempt_at <= ",
+    db_now!(),
+    " + $4::int8 \
         RETURNING d.id, d.event_id, d.endpoint_id, d.attempts \
     ) \
     SELECT upd.id, upd.event_id, upd.endpoint_id, upd.attempts, e.payload, e.received_at \
-    FROM upd JOIN events e ON e.id = upd.event_id";
+    FROM upd JOIN events e ON e.id = upd.event_id"
+);
 
 impl Batched for ClaimRequest {
     type Output = JobClaim;
 
-    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Result<Vec<JobClaim>, StoreError> {
-        let mut outcomes: Vec<Option<JobClaim>> = vec![None; batch.len()];
+    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Vec<Option<Result<JobClaim, StoreError>>> {
+        let mut outcomes: Vec<Option<Result<JobClaim, StoreError>>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
         for round in rounds(batch, |c| [c.job.delivery_id]) {
-            let now = now_ms();
             let items: Vec<&ClaimRequest> = round.iter().map(|&i| &batch[i]).collect();
             let rows = sqlx::query(CLAIM_MANY)
                 .bind(items.iter().map(|c| c.job.delivery_id).collect::<Vec<_>>())
@@ -411,32 +475,39 @@ impl Batched for ClaimRequest {
                         .map(|c| i64::from(c.job.attempt) - 1)
                         .collect::<Vec<_>>(),
                 )
-                .bind(
-                    items
-                        .iter()
-                        .map(|c| now.saturating_add(millis(c.lease)))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(now)
-                .bind(now.saturating_add(DUE_TOLERANCE_MS))
+                .bind(items.iter().map(|c| millis(c.lease)).collect::<Vec<_>>())
+                .bind(DUE_TOLERANCE_MS)
                 .fetch_all(pool)
-                .await?;
-            let mut claimed: std::collections::HashMap<i64, ClaimedJob> = rows
+                .await;
+            // As for ingests: a round that failed leased nothing, and it and
+            // the later rounds run again alone; earlier rounds keep their
+            // leases and answers.
+            let Ok(rows) = rows else {
+                break;
+            };
+            let claimed: Result<std::collections::HashMap<i64, ClaimedJob>, StoreError> = rows
                 .iter()
                 .map(|row| claimed_job(row).map(|job| (job.delivery_id, job)))
-                .collect::<Result<_, _>>()?;
+                .collect();
+            let mut claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    // Leased, but unreadable: the leases run out.
+                    for &index in &round {
+                        outcomes[index] = Some(Err(StoreError::Corrupt(e.to_string())));
+                    }
+                    continue;
+                }
+            };
             for (&index, item) in round.iter().zip(&items) {
-                outcomes[index] = match claimed.remove(&item.job.delivery_id) {
-                    Some(job) => Some(JobClaim::Claimed(job)),
+                outcomes[index] = Some(match claimed.remove(&item.job.delivery_id) {
+                    Some(job) => Ok(JobClaim::Claimed(job)),
                     // Not taken: why is the single path's business.
-                    None => Some(claim_one(pool, item.job, item.lease).await?),
-                };
+                    None => claim_one(pool, item.job, item.lease).await,
+                });
             }
         }
         outcomes
-            .into_iter()
-            .map(|o| o.ok_or_else(|| StoreError::Corrupt("missing claim result".into())))
-            .collect()
     }
 
     async fn run_one(pool: &PgPool, one: &Self) -> Result<JobClaim, StoreError> {

@@ -13,10 +13,14 @@
 //! A batch must give each request the outcome it would have had alone and
 //! in order. Requests that touch the same key (a nonce, a dedup identity, a
 //! delivery job) therefore never share a statement: [`rounds`] puts a later
-//! one in a later statement, which sees the earlier one's effect. If a batch
-//! fails as a whole (a bad row, a deadlock with another process's batch),
-//! each of its requests runs again alone, concurrently, as before batching,
-//! so that only the failing one gets the error.
+//! one in a later statement, which sees the earlier one's effect. Each
+//! round commits on its own, so each request is answered from the commit
+//! that stored it: if a round's statement fails (a bad row, a deadlock with
+//! another process's batch), the requests of that round and of the rounds
+//! not yet run go again alone, concurrently, as before batching, so that
+//! only the failing one gets the error; the rounds already committed keep
+//! their answers (run again, an ingest would find its own nonce and be
+//! refused as a replay, a claim its own lease).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,12 +37,15 @@ use crate::store::StoreError;
 pub(super) trait Batched: Send + Sync + Sized + 'static {
     type Output: Send + 'static;
 
-    /// One result per request, in order. Runs as few statements as
-    /// [`rounds`] allows.
+    /// One answer per request, in order: `Some` for a request whose
+    /// statement committed (its result, or an error that must not lead to
+    /// running it again), `None` for one whose statement failed or never
+    /// ran, which then runs alone. Runs as few statements as [`rounds`]
+    /// allows.
     fn run_batch(
         pool: &PgPool,
         batch: &[Self],
-    ) -> impl Future<Output = Result<Vec<Self::Output>, StoreError>> + Send;
+    ) -> impl Future<Output = Vec<Option<Result<Self::Output, StoreError>>>> + Send;
 
     /// The request alone: the path before batching, and the fallback.
     fn run_one(pool: &PgPool, one: &Self) -> impl Future<Output = Result<Self::Output, StoreError>> + Send;
@@ -109,7 +116,8 @@ async fn lane<T: Batched>(pool: PgPool, rx: Queue<T>, max_batch: usize) {
     }
 }
 
-/// Runs `requests` as one batch, or each alone if the batch fails.
+/// Runs `requests` as one batch; those the batch did not answer (their
+/// round failed, or came after one that did) run each alone.
 pub(super) async fn run_batched<T: Batched>(
     pool: &PgPool,
     requests: &[T],
@@ -117,10 +125,19 @@ pub(super) async fn run_batched<T: Batched>(
     if let [one] = requests {
         return vec![T::run_one(pool, one).await];
     }
-    match T::run_batch(pool, requests).await {
-        Ok(outputs) if outputs.len() == requests.len() => outputs.into_iter().map(Ok).collect(),
-        Ok(_) | Err(_) => join_all(requests.iter().map(|r| T::run_one(pool, r))).await,
-    }
+    let mut answers = T::run_batch(pool, requests).await;
+    // An implementation bug, not a database's: nothing is known of which
+    // committed, so no request is run again (that could answer it twice).
+    answers.resize_with(requests.len(), || {
+        Some(Err(StoreError::Corrupt("batch answered too few requests".into())))
+    });
+    join_all(requests.iter().zip(answers).map(|(request, answer)| async move {
+        match answer {
+            Some(answer) => answer,
+            None => T::run_one(pool, request).await,
+        }
+    }))
+    .await
 }
 
 /// Splits `items` into rounds, keeping their order within each: an item goes
