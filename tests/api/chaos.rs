@@ -1,7 +1,8 @@
 //! Crash safety: the real `payhook` binary under load, killed with SIGKILL at
 //! random moments and restarted, with a merchant failing half its requests
-//! for a while (and, on the scaled backend, RabbitMQ and PostgreSQL each
-//! restarted). Then the books must balance.
+//! for a while with binary (gzip-like, NUL-laden) answers, and slow to answer
+//! one request in ten throughout (and, on the scaled backend, RabbitMQ and
+//! PostgreSQL each restarted). Then the books must balance.
 //!
 //! Size: `PAYHOOK_CHAOS_CALLBACKS` (default 5000) and `PAYHOOK_CHAOS_KILLS`
 //! (default 3); e.g. `PAYHOOK_CHAOS_CALLBACKS=50000 PAYHOOK_CHAOS_KILLS=10
@@ -30,7 +31,8 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A merchant that records every delivery and, while `flaky`, fails half.
+/// A merchant that records every delivery, takes 300 ms over one request in
+/// ten, and, while `flaky`, fails half with a binary body.
 #[derive(Clone, Default)]
 struct ChaosMerchant {
     /// (provider_trade_no, event id) per delivery that got a 2xx.
@@ -39,16 +41,33 @@ struct ChaosMerchant {
     refused: Arc<AtomicUsize>,
 }
 
-async fn chaos_merchant_handler(State(m): State<ChaosMerchant>, body: Bytes) -> StatusCode {
-    if m.flaky.load(Ordering::Relaxed) && rand::thread_rng().gen_bool(0.5) {
+/// What a misconfigured merchant's proxy may answer: gzip's magic bytes, NUL
+/// and bytes that are not UTF-8. Every attempt must still be recorded.
+const BINARY_ANSWER: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xfe\x00\x01payload\x00";
+
+async fn chaos_merchant_handler(State(m): State<ChaosMerchant>, body: Bytes) -> (StatusCode, Bytes) {
+    let (slow, failing) = {
+        let mut rng = rand::thread_rng();
+        (
+            rng.gen_bool(0.1),
+            m.flaky.load(Ordering::Relaxed) && rng.gen_bool(0.5),
+        )
+    };
+    if slow {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    if failing {
         m.refused.fetch_add(1, Ordering::Relaxed);
-        return StatusCode::INTERNAL_SERVER_ERROR;
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Bytes::from_static(BINARY_ANSWER),
+        );
     }
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let trade = event["provider_trade_no"].as_str().unwrap_or("").to_owned();
     let id = event["id"].as_str().unwrap_or("").to_owned();
     m.delivered.lock().unwrap().push((trade, id));
-    StatusCode::OK
+    (StatusCode::OK, Bytes::new())
 }
 
 async fn start_chaos_merchant() -> (ChaosMerchant, String) {
