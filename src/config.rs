@@ -515,10 +515,14 @@ impl Config {
                 ),
             },
         };
-        if !(storage.url.starts_with("sqlite:") || storage.url.starts_with("postgres")) {
+        let known = ["sqlite:", "postgres://", "postgresql://"];
+        if !known.iter().any(|scheme| storage.url.starts_with(scheme)) {
             return Err(ConfigError::invalid(
                 "storage.url",
-                "must start with sqlite: or postgres://",
+                format!(
+                    "`{}` is not a store payhook knows: use sqlite://FILE or postgres://USER@HOST/DB",
+                    storage.url.split(':').next().unwrap_or("")
+                ),
             ));
         }
         let queue = ctx.queue(file.queue)?;

@@ -9,10 +9,14 @@
 //! - [`ingress`]: `POST /notify/{account}`. One module per provider (`cbb`,
 //!   `shouqianba`, `abc`, `dingdang`, `dryad`) behind the small synchronous
 //!   [`ingress::Provider`] trait: `verify` the raw bytes, then `parse` into a
-//!   [`domain::Notification`]. `ingress::common` holds what providers share
-//!   (signing strings, RSA via `ring`, constant-time MACs, time parsing);
-//!   `ingress::registry` builds providers from the config; `ingress::handler`
-//!   is the request path, answering in each provider's dialect.
+//!   [`domain::Notification`] bound to its account by a signed merchant field
+//!   (a platform key signs every merchant's notices). `ingress::common` holds
+//!   what providers share (bounded, duplicate-refusing form and JSON parsing,
+//!   signing strings, RSA via `ring`, constant-time MACs, time parsing);
+//!   `ingress::registry` builds providers from the config and refuses
+//!   accounts that could not be told apart; `ingress::rate_limit` is the
+//!   per-account limit; `ingress::handler` is the request path (verification
+//!   bounded to the cores but one), answering in each provider's dialect.
 //! - [`domain`]: parsed newtypes (`AmountFen`, `AccountId`, `EventId`) and the
 //!   event merchants receive.
 //! - [`store`]: events, delivery jobs, attempts, nonces. SQLite (embedded
@@ -31,7 +35,11 @@
 //! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed.
 //! - [`app`]: wires the parts into a running relay with explicit shutdown
 //!   (`CancellationToken` + `TaskTracker`).
-//! - [`server`]: the HTTP accept loop (header-read timeout, graceful drain).
+//! - [`queue`]: scaled mode's RabbitMQ side: topology, the outbox publisher
+//!   (confirmed, `mandatory` publishes) and the delivery consumer (a line per
+//!   busy endpoint, so waiting jobs cost nothing).
+//! - [`server`]: the HTTP accept loop (connection and in-flight limits,
+//!   header-read and idle timeouts for HTTP/1 and HTTP/2, graceful drain).
 //! - [`cli`]: the `payhook` subcommands (`simulate`, `sink`, `keys`, `demo`,
 //!   and `events`/`redeliver` through the admin API).
 

@@ -59,7 +59,7 @@ impl ScratchDatabase {
 pub async fn postgres_settings(url: &str) -> Result<std::collections::BTreeMap<String, String>, BenchError> {
     let mut conn = PgConnection::connect(url).await?;
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT name, setting || COALESCE(unit, '') FROM pg_settings \
+        "SELECT name, current_setting(name) FROM pg_settings \
          WHERE source NOT IN ('default', 'override', 'client', 'session') ORDER BY name",
     )
     .fetch_all(&mut conn)

@@ -40,6 +40,20 @@ pub enum StoreError {
     Closed,
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("storage.url: `{0}` is not a store payhook knows; use sqlite://FILE or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    /// The database could not be reached at start-up: where (never the
+    /// password), what was tried, and the server's or the network's answer.
+    #[error("cannot connect to PostgreSQL at {target}: {cause} (tried for {seconds} s)")]
+    Unreachable {
+        target: String,
+        cause: String,
+        seconds: u64,
+    },
+    #[error("cannot start the SQLite writer thread: {0}")]
+    WriterThread(std::io::Error),
+    #[error("SQLite write failed: {0}")]
+    WriteFailed(String),
 }
 
 /// Everything one verified callback writes, in one transaction.
@@ -250,10 +264,9 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Store::Postgres(PostgresStore::connect(url).await?))
         } else {
-            Err(StoreError::Corrupt(format!(
-                "unsupported storage url scheme in `{}`",
-                url.split(':').next().unwrap_or("")
-            )))
+            Err(StoreError::UnsupportedUrl(
+                url.split(':').next().unwrap_or("").to_owned(),
+            ))
         }
     }
 

@@ -135,9 +135,42 @@ fn job_ref(row: &PgRow) -> Result<JobRef, StoreError> {
     })
 }
 
+/// How long start-up waits for PostgreSQL to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects once, so that a failure names the server (host, port, database,
+/// user; never the password) and the cause: refused, no such database, a
+/// wrong password, or no answer within [`CONNECT_TIMEOUT`].
+async fn reachable(options: &PgConnectOptions) -> Result<(), StoreError> {
+    use sqlx::ConnectOptions;
+    let target = format!(
+        "{}:{} (database `{}`, user `{}`)",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(default)"),
+        options.get_username()
+    );
+    let unreachable = |cause: String| StoreError::Unreachable {
+        target: target.clone(),
+        cause,
+        seconds: CONNECT_TIMEOUT.as_secs(),
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable("no answer".to_owned())),
+    }
+}
+
 impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("payhook");
+        // One plain connection first: a pool that cannot connect reports only
+        // "pool timed out", naming neither the server nor why.
+        reachable(&options).await?;
         // No ping before each acquire: it was a sixth of the relay's CPU and
         // one more round trip per statement. A connection the server dropped
         // fails its next statement instead (the provider gets a 503 and

@@ -63,7 +63,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("payhook-sqlite-writer".into())
             .spawn(move || run_writer(conn, rx))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer thread: {e}")))?;
+            .map_err(StoreError::WriterThread)?;
         Ok(Self {
             write,
             read,

@@ -187,3 +187,45 @@ async fn delivery_lines_carry_values_not_debug_forms() {
         "a debug line per accepted callback:\n{logs}"
     );
 }
+
+/// Errors name what failed: a misspelt store scheme is a config error about
+/// `storage.url`; an unreachable PostgreSQL names its host, port, database
+/// and user, and why (never the password).
+#[test]
+fn store_errors_name_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = |url: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_payhook"))
+            .arg("migrate")
+            .env("PAYHOOK_CONFIG", "")
+            .env("PAYHOOK_DATABASE_URL", url)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url} accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = migrate("postgress://postgres@127.0.0.1/payhook");
+    assert!(
+        err.contains("storage.url") && err.contains("`postgress`"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupt"), "{err}");
+
+    let port = crate::helpers::free_port();
+    let started = std::time::Instant::now();
+    let err = migrate(&format!(
+        "postgres://payhook:hunter2-secret@127.0.0.1:{port}/orders"
+    ));
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("`orders`") && err.contains("`payhook`"),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("refused"), "the cause: {err}");
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "a refusal is reported at once"
+    );
+}

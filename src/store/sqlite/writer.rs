@@ -100,7 +100,7 @@ pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) 
             }
             Err(e) => {
                 for op in batch {
-                    reply(op, Err(StoreError::Corrupt(format!("write failed: {e}"))));
+                    reply(op, Err(StoreError::WriteFailed(e.to_string())));
                 }
             }
         }
