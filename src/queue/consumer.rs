@@ -265,9 +265,14 @@ impl Drop for Running {
 #[derive(Clone)]
 struct EndpointGates {
     limit: usize,
-    /// The most jobs one endpoint may have waiting here: its attempts and
-    /// its line together take at most half the prefetch window (or its own
-    /// limit), so that the other endpoints' messages still come in.
+    /// The most jobs one endpoint may have waiting here: every job the
+    /// prefetch window can hold (`concurrency` messages of up to
+    /// `MAX_JOBS_PER_MESSAGE` jobs). What keeps a slow endpoint from filling
+    /// the window is the expected wait (`HOLD_BUDGET`), measured from its
+    /// answers and its oldest attempt in flight; a count alone sent a fast,
+    /// merely busy endpoint's overflow back to the broker job by job (a
+    /// claim, a release and a republish each: scaled mode flat out fell from
+    /// 2,493-2,644 to 938-970 delivered/s before this bound).
     max_waiting: usize,
     gates: Arc<std::sync::Mutex<HashMap<String, Arc<Gate>>>>,
 }
@@ -305,7 +310,7 @@ impl EndpointGates {
         let limit = limit.max(1);
         Self {
             limit,
-            max_waiting: (concurrency / 2).max(limit) - limit,
+            max_waiting: concurrency.max(1).saturating_mul(super::MAX_JOBS_PER_MESSAGE),
             gates: Arc::default(),
         }
     }
