@@ -150,8 +150,12 @@ impl Batched for IngestRequest {
             // again alone, while those of the rounds before keep the answer
             // of their commit (run again, a stored callback would find its
             // own nonce and be refused as a replay).
-            let Ok(rows) = ingest_statement(pool, &items).await else {
-                break;
+            let rows = match ingest_statement(pool, &items).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a batched ingest failed; its requests run again alone");
+                    break;
+                }
             };
             match ingest_rows(&rows, items.len()) {
                 Ok(rows) => {
@@ -390,8 +394,13 @@ impl Batched for AttemptRecord {
             // As for ingests: a round that failed stored nothing, and it and
             // the later rounds run again alone; earlier rounds keep the
             // answer of their commit.
-            let Ok(rows) = rows else {
-                break;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // Visible: the requests then run again one by one.
+                    tracing::warn!(error = %e, "a batched write failed; its requests run again alone");
+                    break;
+                }
             };
             if rows.len() != items.len() {
                 for &index in &round {
@@ -482,8 +491,13 @@ impl Batched for ClaimRequest {
             // As for ingests: a round that failed leased nothing, and it and
             // the later rounds run again alone; earlier rounds keep their
             // leases and answers.
-            let Ok(rows) = rows else {
-                break;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // Visible: the requests then run again one by one.
+                    tracing::warn!(error = %e, "a batched write failed; its requests run again alone");
+                    break;
+                }
             };
             let claimed: Result<std::collections::HashMap<i64, ClaimedJob>, StoreError> = rows
                 .iter()

@@ -17,7 +17,7 @@
 //! round commits on its own, so each request is answered from the commit
 //! that stored it: if a round's statement fails (a bad row, a deadlock with
 //! another process's batch), the requests of that round and of the rounds
-//! not yet run go again alone, concurrently, as before batching, so that
+//! not yet run go again alone, one after another in their order, so that
 //! only the failing one gets the error; the rounds already committed keep
 //! their answers (run again, an ingest would find its own nonce and be
 //! refused as a replay, a claim its own lease).
@@ -27,7 +27,6 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -131,13 +130,19 @@ pub(super) async fn run_batched<T: Batched>(
     answers.resize_with(requests.len(), || {
         Some(Err(StoreError::Corrupt("batch answered too few requests".into())))
     });
-    join_all(requests.iter().zip(answers).map(|(request, answer)| async move {
-        match answer {
+    // The requests left run one after another, in their order: requests of
+    // one key (the same job's attempts, one nonce) were in successive rounds
+    // because each must see the one before it, and run concurrently they
+    // could be answered out of order. A failed round is rare; its cost is
+    // latency, never a wrong answer.
+    let mut results = Vec::with_capacity(requests.len());
+    for (request, answer) in requests.iter().zip(answers) {
+        results.push(match answer {
             Some(answer) => answer,
             None => T::run_one(pool, request).await,
-        }
-    }))
-    .await
+        });
+    }
+    results
 }
 
 /// Splits `items` into rounds, keeping their order within each: an item goes
