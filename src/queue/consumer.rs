@@ -49,7 +49,11 @@ impl DeliveryConsumer {
         let concurrency = self.deliverer.delivery.concurrency;
         let slots = Arc::new(Semaphore::new(concurrency));
         let tasks = TaskTracker::new();
-        let gates = EndpointGates::new(self.deliverer.delivery.per_endpoint_concurrency, concurrency);
+        let gates = EndpointGates::new(
+            self.deliverer.delivery.per_endpoint_concurrency,
+            concurrency,
+            self.deliverer.endpoints.len(),
+        );
         let held = HeldLeases::default();
         // Runs until the last attempt has ended, after the shutdown.
         let stop_keeper = CancellationToken::new();
@@ -265,14 +269,16 @@ impl Drop for Running {
 #[derive(Clone)]
 struct EndpointGates {
     limit: usize,
-    /// The most jobs one endpoint may have waiting here: every job the
-    /// prefetch window can hold (`concurrency` messages of up to
-    /// `MAX_JOBS_PER_MESSAGE` jobs). What keeps a slow endpoint from filling
-    /// the window is the expected wait (`HOLD_BUDGET`), measured from its
-    /// answers and its oldest attempt in flight; a count alone sent a fast,
-    /// merely busy endpoint's overflow back to the broker job by job (a
-    /// claim, a release and a republish each: scaled mode flat out fell from
-    /// 2,493-2,644 to 938-970 delivered/s before this bound).
+    /// The most jobs one endpoint may have waiting here. With other
+    /// endpoints configured, its attempts and its line together take at most
+    /// half the prefetch window (or its own limit), so that the others'
+    /// messages still come in. With no other endpoint there is nobody to
+    /// keep room for: it may hold every job the window carries
+    /// (`concurrency` messages of up to `MAX_JOBS_PER_MESSAGE` jobs), and
+    /// only an expected wait beyond `HOLD_BUDGET` sends a job back. (Held to
+    /// half the window, a lone busy endpoint's overflow went back to the
+    /// broker job by job, a claim, a release and a republish each: flat out
+    /// 938-970 against 2,493-2,644 delivered/s.)
     max_waiting: usize,
     gates: Arc<std::sync::Mutex<HashMap<String, Arc<Gate>>>>,
 }
@@ -306,11 +312,16 @@ impl Drop for Waiting {
 }
 
 impl EndpointGates {
-    fn new(limit: usize, concurrency: usize) -> Self {
+    fn new(limit: usize, concurrency: usize, endpoints: usize) -> Self {
         let limit = limit.max(1);
+        let max_waiting = if endpoints <= 1 {
+            concurrency.max(1).saturating_mul(super::MAX_JOBS_PER_MESSAGE)
+        } else {
+            (concurrency / 2).max(limit) - limit
+        };
         Self {
             limit,
-            max_waiting: concurrency.max(1).saturating_mul(super::MAX_JOBS_PER_MESSAGE),
+            max_waiting,
             gates: Arc::default(),
         }
     }
