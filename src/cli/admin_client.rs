@@ -136,28 +136,14 @@ pub async fn deliveries(command: DeliveriesCommand) -> Result<(), AdminClientErr
 }
 
 fn deliveries_table(page: &Value, status: Option<DeliveryState>) -> String {
-    let deliveries = page["deliveries"].as_array().cloned().unwrap_or_default();
-    if deliveries.is_empty() {
-        return match status {
-            Some(s) => format!("no {} deliveries\n", s.as_str()),
-            None => "no deliveries\n".to_owned(),
-        };
-    }
-    let rows: Vec<Vec<String>> = deliveries
-        .iter()
-        .map(|d| {
-            vec![
-                text(&d["id"]),
-                text(&d["event_id"]),
-                text(&d["endpoint"]),
-                text(&d["status"]),
-                text(&d["attempts"]),
-                text(&d["next_attempt_at"]),
-                text(&d["last_error"]),
-            ]
-        })
-        .collect();
-    let mut out = table(
+    let empty = match status {
+        Some(s) => format!("no {} deliveries\n", s.as_str()),
+        None => "no deliveries\n".to_owned(),
+    };
+    page_table(
+        page,
+        "deliveries",
+        &empty,
         &[
             "ID",
             "EVENT",
@@ -167,12 +153,18 @@ fn deliveries_table(page: &Value, status: Option<DeliveryState>) -> String {
             "NEXT ATTEMPT",
             "LAST ERROR",
         ],
-        &rows,
-    );
-    if let Some(next) = page["next_cursor"].as_str() {
-        out.push_str(&format!("more: --cursor {next}\n"));
-    }
-    out
+        |d| {
+            vec![
+                text(&d["id"]),
+                text(&d["event_id"]),
+                text(&d["endpoint"]),
+                text(&d["status"]),
+                text(&d["attempts"]),
+                text(&d["next_attempt_at"]),
+                text(&d["last_error"]),
+            ]
+        },
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -523,13 +515,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn events_table(page: &Value) -> String {
-    let events = page["events"].as_array().cloned().unwrap_or_default();
-    if events.is_empty() {
-        return "no events\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = events
-        .iter()
-        .map(|e| {
+    page_table(
+        page,
+        "events",
+        "no events\n",
+        &[
+            "ID", "RECEIVED", "PROVIDER", "ACCOUNT", "TYPE", "AMOUNT", "ORDER NO",
+        ],
+        |e| {
             vec![
                 text(&e["id"]),
                 text(&e["received_at"]),
@@ -539,14 +532,25 @@ fn events_table(page: &Value) -> String {
                 amount_of(e),
                 text(&e["merchant_order_no"]),
             ]
-        })
-        .collect();
-    let mut out = table(
-        &[
-            "ID", "RECEIVED", "PROVIDER", "ACCOUNT", "TYPE", "AMOUNT", "ORDER NO",
-        ],
-        &rows,
-    );
+        },
+    )
+}
+
+/// One page of an admin API list (`page[key]`) as a table, with the hint
+/// for the next page; `empty` when the page has nothing.
+fn page_table(
+    page: &Value,
+    key: &str,
+    empty: &str,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> String {
+    let items = page[key].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return empty.to_owned();
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    let mut out = table(header, &rows);
     if let Some(next) = page["next_cursor"].as_str() {
         out.push_str(&format!("more: --cursor {next}\n"));
     }

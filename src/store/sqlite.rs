@@ -139,12 +139,8 @@ impl SqliteStore {
             return Ok(());
         }
         let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("UPDATE deliveries SET lease_until = 0 WHERE status = 'pending' AND id IN (");
-        let mut sep = q.separated(", ");
-        for id in delivery_ids {
-            sep.push_bind(*id);
-        }
-        q.push(")");
+            QueryBuilder::new("UPDATE deliveries SET lease_until = 0 WHERE status = 'pending' AND id");
+        push_id_list(&mut q, delivery_ids);
         q.build().execute(&self.write).await?;
         Ok(())
     }
@@ -158,12 +154,8 @@ impl SqliteStore {
         q.push_bind(now.saturating_add(millis(lease)));
         q.push(" WHERE status = 'pending' AND lease_until > ");
         q.push_bind(now);
-        q.push(" AND id IN (");
-        let mut sep = q.separated(", ");
-        for id in delivery_ids {
-            sep.push_bind(*id);
-        }
-        q.push(")");
+        q.push(" AND id");
+        push_id_list(&mut q, delivery_ids);
         q.build().execute(&self.write).await?;
         Ok(())
     }
@@ -299,12 +291,8 @@ impl SqliteStore {
         if outbox_ids.is_empty() {
             return Ok(());
         }
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM outbox WHERE id IN (");
-        let mut sep = q.separated(", ");
-        for id in outbox_ids {
-            sep.push_bind(*id);
-        }
-        q.push(")");
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM outbox WHERE id");
+        push_id_list(&mut q, outbox_ids);
         q.build().execute(&self.write).await?;
         Ok(())
     }
@@ -374,4 +362,14 @@ impl SqliteStore {
             })
             .collect()
     }
+}
+
+/// ` IN (?, ?, …)` with `ids` bound.
+fn push_id_list(q: &mut QueryBuilder<'_, Sqlite>, ids: &[i64]) {
+    q.push(" IN (");
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
+    }
+    q.push(")");
 }

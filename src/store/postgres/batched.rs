@@ -150,12 +150,8 @@ impl Batched for IngestRequest {
             // again alone, while those of the rounds before keep the answer
             // of their commit (run again, a stored callback would find its
             // own nonce and be refused as a replay).
-            let rows = match ingest_statement(pool, &items).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "a batched ingest failed; its requests run again alone");
-                    break;
-                }
+            let Some(rows) = committed(ingest_statement(pool, &items).await, "ingest") else {
+                break;
             };
             match ingest_rows(&rows, items.len()) {
                 Ok(rows) => {
@@ -394,13 +390,8 @@ impl Batched for AttemptRecord {
             // As for ingests: a round that failed stored nothing, and it and
             // the later rounds run again alone; earlier rounds keep the
             // answer of their commit.
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    // Visible: the requests then run again one by one.
-                    tracing::warn!(error = %e, "a batched write failed; its requests run again alone");
-                    break;
-                }
+            let Some(rows) = committed(rows, "write") else {
+                break;
             };
             if rows.len() != items.len() {
                 for &index in &round {
@@ -491,13 +482,8 @@ impl Batched for ClaimRequest {
             // As for ingests: a round that failed leased nothing, and it and
             // the later rounds run again alone; earlier rounds keep their
             // leases and answers.
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    // Visible: the requests then run again one by one.
-                    tracing::warn!(error = %e, "a batched write failed; its requests run again alone");
-                    break;
-                }
+            let Some(rows) = committed(rows, "write") else {
+                break;
             };
             let claimed: Result<std::collections::HashMap<i64, ClaimedJob>, StoreError> = rows
                 .iter()
@@ -526,5 +512,18 @@ impl Batched for ClaimRequest {
 
     async fn run_one(pool: &PgPool, one: &Self) -> Result<JobClaim, StoreError> {
         claim_one(pool, one.job, one.lease).await
+    }
+}
+
+/// A round's rows, or `None` when its statement failed: then it stored
+/// nothing, and its requests (and the later rounds') run again alone. The
+/// failure is logged, since a failing round costs the batch its grouping.
+fn committed<T, E: std::fmt::Display>(rows: Result<T, E>, what: &'static str) -> Option<T> {
+    match rows {
+        Ok(rows) => Some(rows),
+        Err(e) => {
+            tracing::warn!(error = %e, what, "a batched statement failed; its requests run again alone");
+            None
+        }
     }
 }
