@@ -1,14 +1,17 @@
 //! The operator API under `/admin/*` (bearer token): list and inspect events
 //! and deliveries, and redeliver.
 //!
-//! - `GET  /admin/events?account=&provider=&type=&merchant_order_no=&limit=&cursor=`
-//!   → `{"events": [event…], "next_cursor": "evt_…" | null}`, newest first
+//! - `GET  /admin/events?account=&provider=&type=&merchant_order_no=&q=&since=&until=&limit=&cursor=`
+//!   → `{"events": [event…], "delivery_status": {id: {status, deliveries,
+//!   attempts}}, "next_cursor": "evt_…" | null}`, newest first; `q` is a
+//!   prefix of the event id, provider trade number or merchant order number
 //! - `GET  /admin/events/{id}` → `{"event": event, "deliveries": [delivery + attempts_detail]}`
 //! - `POST /admin/events/{id}/redeliver` → 202 `{"event_id", "deliveries": [{id, endpoint, status}]}`
-//! - `GET  /admin/deliveries?status=pending|delivered|dead&limit=&cursor=`
+//! - `GET  /admin/deliveries?status=pending|delivered|dead&unresolved=true&limit=&cursor=`
 //!   → `{"deliveries": [delivery…], "next_cursor": "123" | null}`, newest first
 //! - `POST /admin/deliveries/redeliver?status=dead&limit=` → 202
 //!   `{"redelivered": n, "remaining": m}` (oldest first; `limit` makes it a batch)
+//! - `GET  /admin/summary` → `{"store", "queue", "deliveries": {"pending", "dead"}}`
 //!
 //! Every error is `{"error": "…", "code": "…"}`: a fixed, secret-free message
 //! and a stable code (`unauthorized`, `bad_request`, `event_not_found`,
@@ -143,6 +146,7 @@ pub fn operations() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
         (Method::POST, "/events/{id}/redeliver", post(redeliver_event)),
         (Method::GET, "/deliveries", get(list_deliveries)),
         (Method::POST, "/deliveries/redeliver", post(redeliver_dead)),
+        (Method::GET, "/summary", get(summary)),
         (Method::GET, "/openapi.json", get(openapi)),
     ]
 }
@@ -205,6 +209,9 @@ struct EventsQuery {
     #[serde(rename = "type")]
     event_type: Option<String>,
     merchant_order_no: Option<String>,
+    q: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -213,6 +220,7 @@ struct EventsQuery {
 #[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
     status: Option<String>,
+    unresolved: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -245,8 +253,91 @@ fn limit(value: Option<String>) -> Result<usize, AdminError> {
     }
 }
 
+/// An instant parameter (`since`, `until`): RFC 3339, as the API answers.
+fn instant(name: &str, value: Option<String>) -> Result<Option<i64>, AdminError> {
+    let Some(text) = present(value) else {
+        return Ok(None);
+    };
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|_| {
+            AdminError::BadRequest(format!(
+                "{name} must be an RFC 3339 instant such as 2026-12-07T08:00:00Z"
+            ))
+        })
+}
+
+/// The longest search text: event ids are 30 characters, and providers'
+/// trade and order numbers are shorter than this.
+const MAX_SEARCH_CHARS: usize = 128;
+
+/// The `q` parameter: a prefix of an event id, provider trade number or
+/// merchant order number.
+fn search(value: Option<String>) -> Result<Option<String>, AdminError> {
+    let Some(text) = present(value) else {
+        return Ok(None);
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > MAX_SEARCH_CHARS || text.chars().any(char::is_control) {
+        return Err(AdminError::BadRequest(format!(
+            "q must be at most {MAX_SEARCH_CHARS} printable characters (the start of an event id, \
+             provider trade number or merchant order number)"
+        )));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+fn flag(name: &str, value: Option<String>) -> Result<bool, AdminError> {
+    match present(value).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(AdminError::BadRequest(format!("{name} must be true or false"))),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Responses.
+
+/// Where an event's deliveries stand, for a listing: the deliveries that no
+/// redelivery replaced decide (any pending → `pending`, else any dead →
+/// `dead`, else `delivered`; `none` without deliveries), and the attempts of
+/// all its deliveries are counted.
+#[derive(Debug, Serialize)]
+struct DeliverySummary {
+    status: &'static str,
+    deliveries: usize,
+    attempts: u64,
+}
+
+fn delivery_summaries(details: &[DeliveryDetail]) -> serde_json::Map<String, Value> {
+    let mut by_event: std::collections::BTreeMap<&str, Vec<&DeliveryDetail>> = Default::default();
+    for d in details {
+        by_event.entry(d.event_id.as_str()).or_default().push(d);
+    }
+    by_event
+        .into_iter()
+        .map(|(event_id, list)| {
+            let current = || list.iter().filter(|d| d.redelivered_as.is_none());
+            let has = |status: DeliveryStatus| current().any(|d| d.status == status.as_str());
+            let status = if has(DeliveryStatus::Pending) {
+                "pending"
+            } else if has(DeliveryStatus::Dead) {
+                "dead"
+            } else {
+                "delivered"
+            };
+            let summary = DeliverySummary {
+                status,
+                deliveries: list.len(),
+                attempts: list.iter().map(|d| u64::from(d.attempts)).sum(),
+            };
+            (event_id.to_owned(), serde_json::json!(summary))
+        })
+        .collect()
+}
 
 fn rfc3339(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -361,6 +452,9 @@ async fn list_events(
         provider,
         event_type,
         merchant_order_no: present(q.merchant_order_no),
+        search: search(q.q)?,
+        received_since_ms: instant("since", q.since)?,
+        received_until_ms: instant("until", q.until)?,
         before: cursor,
         limit: limit + 1,
     };
@@ -371,10 +465,19 @@ async fn list_events(
     } else {
         None
     };
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let mut summaries = delivery_summaries(&state.store.delivery_details_for_events(&ids).await?);
+    for id in &ids {
+        summaries
+            .entry(id.clone())
+            .or_insert_with(|| serde_json::json!({ "status": "none", "deliveries": 0, "attempts": 0 }));
+    }
     let events = events.iter().map(event_json).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(
-        serde_json::json!({ "events": events, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(serde_json::json!({
+        "events": events,
+        "delivery_status": summaries,
+        "next_cursor": next_cursor,
+    })))
 }
 
 async fn find_event(state: &AdminState, id: &str) -> Result<StoredEvent, AdminError> {
@@ -458,6 +561,7 @@ async fn list_deliveries(
     let limit = limit(q.limit)?;
     let filter = DeliveryFilter {
         status,
+        unresolved: flag("unresolved", q.unresolved)?,
         before,
         limit: limit + 1,
     };
@@ -475,6 +579,18 @@ async fn list_deliveries(
     Ok(Json(
         serde_json::json!({ "deliveries": deliveries, "next_cursor": next_cursor }),
     ))
+}
+
+/// What the console's header needs: which backends this relay runs on, and
+/// the delivery counts from the store (not counters since start-up).
+async fn summary(State(state): State<AdminState>) -> Result<Json<Value>, AdminError> {
+    let pending = state.store.count_pending().await?;
+    let dead = state.store.count_dead_unresolved().await?;
+    Ok(Json(serde_json::json!({
+        "store": state.store.backend_name(),
+        "queue": if state.outbox { "rabbitmq" } else { "embedded" },
+        "deliveries": { "pending": pending, "dead": dead },
+    })))
 }
 
 async fn redeliver_dead(

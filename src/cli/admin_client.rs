@@ -30,7 +30,7 @@ pub struct AdminArgs {
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     #[command(
-        after_help = "Examples:\n  payhook events list --config payhook.toml\n  payhook events list --merchant-order-no M-1001\n  payhook events list --provider cbb --type refund.succeeded --limit 20 --json"
+        after_help = "Examples:\n  payhook events list --config payhook.toml\n  payhook events list --merchant-order-no M-1001\n  payhook events list --search M-10 --since 2026-12-07T00:00:00+08:00\n  payhook events list --provider cbb --type refund.succeeded --limit 20 --json"
     )]
     /// List stored events, newest first.
     List {
@@ -46,6 +46,16 @@ pub enum EventsCommand {
         /// Only events for this merchant order number.
         #[arg(long, value_name = "ORDER_NO")]
         merchant_order_no: Option<String>,
+        /// Only events whose id, provider trade number or merchant order
+        /// number starts with this (case counts).
+        #[arg(long, value_name = "PREFIX")]
+        search: Option<String>,
+        /// Only events received at or after this RFC 3339 instant.
+        #[arg(long, value_name = "INSTANT")]
+        since: Option<String>,
+        /// Only events received before this RFC 3339 instant.
+        #[arg(long, value_name = "INSTANT")]
+        until: Option<String>,
         /// How many events to show (at most 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -312,6 +322,9 @@ pub async fn events(command: EventsCommand) -> Result<(), AdminClientError> {
             provider,
             event_type,
             merchant_order_no,
+            search,
+            since,
+            until,
             limit,
             cursor,
             admin,
@@ -323,6 +336,9 @@ pub async fn events(command: EventsCommand) -> Result<(), AdminClientError> {
                 ("provider", provider),
                 ("type", event_type),
                 ("merchant_order_no", merchant_order_no),
+                ("q", search),
+                ("since", since),
+                ("until", until),
                 ("cursor", cursor),
             ];
             query.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
@@ -520,9 +536,12 @@ fn events_table(page: &Value) -> String {
         "events",
         "no events\n",
         &[
-            "ID", "RECEIVED", "PROVIDER", "ACCOUNT", "TYPE", "AMOUNT", "ORDER NO",
+            "ID", "RECEIVED", "PROVIDER", "ACCOUNT", "TYPE", "AMOUNT", "ORDER NO", "DELIVERY", "ATTEMPTS",
         ],
         |e| {
+            let summary = e["id"]
+                .as_str()
+                .map_or(&Value::Null, |id| &page["delivery_status"][id]);
             vec![
                 text(&e["id"]),
                 text(&e["received_at"]),
@@ -531,6 +550,8 @@ fn events_table(page: &Value) -> String {
                 text(&e["type"]),
                 amount_of(e),
                 text(&e["merchant_order_no"]),
+                text(&summary["status"]),
+                text(&summary["attempts"]),
             ]
         },
     )

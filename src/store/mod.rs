@@ -9,6 +9,7 @@
 mod postgres;
 #[doc(hidden)]
 pub use postgres::hot_statements;
+mod admin_query;
 mod postgres_admin;
 mod sqlite;
 mod sqlite_admin;
@@ -477,6 +478,13 @@ pub struct EventFilter {
     pub provider: Option<String>,
     pub event_type: Option<String>,
     pub merchant_order_no: Option<String>,
+    /// Events whose id, provider trade number or merchant order number
+    /// starts with this (exactly, case included).
+    pub search: Option<String>,
+    /// Received at or after this instant (epoch ms).
+    pub received_since_ms: Option<i64>,
+    /// Received before this instant (epoch ms).
+    pub received_until_ms: Option<i64>,
     /// Keyset pagination: only events whose id sorts before this one (event
     /// ids are ULIDs, so this means "older").
     pub before: Option<String>,
@@ -527,6 +535,9 @@ impl DeliveryStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
+    /// Only deliveries that no redelivery replaced: for dead ones, what is
+    /// still to be resolved.
+    pub unresolved: bool,
     /// Keyset pagination: only deliveries with a smaller id.
     pub before: Option<i64>,
     pub limit: usize,
@@ -582,6 +593,37 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.delivery_details_for_event(event_id).await,
             Store::Postgres(s) => s.delivery_details_for_event(event_id).await,
+        }
+    }
+
+    /// Every delivery of the given events, in delivery id order (at most a
+    /// page of events: the list is one statement).
+    pub async fn delivery_details_for_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<Vec<DeliveryDetail>, StoreError> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Sqlite(s) => s.delivery_details_for_events(event_ids).await,
+            Store::Postgres(s) => s.delivery_details_for_events(event_ids).await,
+        }
+    }
+
+    /// Dead deliveries that nothing redelivered yet, to any endpoint.
+    pub async fn count_dead_unresolved(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.count_dead_unresolved().await,
+            Store::Postgres(s) => s.count_dead_unresolved().await,
+        }
+    }
+
+    /// Which database this is, as operators name it.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
         }
     }
 

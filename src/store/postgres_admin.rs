@@ -3,6 +3,7 @@
 //! dead delivery meet at the unique index on `redelivery_of`: the second
 //! waits for the first to commit, then does nothing.
 
+use super::admin_query::{push_event_conditions, NOT_REDELIVERED};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
@@ -11,6 +12,9 @@ use super::{
     StoredEvent,
 };
 use crate::domain::EndpointId;
+
+/// How text is compared in byte order here (see `admin_query`).
+const COLLATE: &str = " COLLATE \"C\"";
 
 const EVENT_COLUMNS: &str = "SELECT id, account, provider, event_type, payload, received_at FROM events";
 
@@ -69,28 +73,9 @@ fn limit_param(limit: usize) -> i64 {
 impl PostgresStore {
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(EVENT_COLUMNS);
-        q.push(" WHERE TRUE");
-        let conditions = [
-            ("account", &filter.account),
-            ("provider", &filter.provider),
-            ("event_type", &filter.event_type),
-            ("merchant_order_no", &filter.merchant_order_no),
-        ];
-        for (column, value) in conditions {
-            if let Some(value) = value {
-                q.push(format_args!(" AND {column} = "));
-                q.push_bind(value.as_str());
-            }
-        }
-        if let Some(before) = &filter.before {
-            // `COLLATE "C"`: byte order, as in SQLite, whatever the
-            // database's collation (ULIDs sort by time in byte order). The
-            // primary key is in that collation (migration 0005), so its
-            // index serves this order.
-            q.push(" AND id COLLATE \"C\" < ");
-            q.push_bind(before.as_str());
-        }
-        q.push(" ORDER BY id COLLATE \"C\" DESC LIMIT ");
+        q.push(" WHERE 1 = 1");
+        push_event_conditions(&mut q, filter, COLLATE);
+        q.push(format_args!(" ORDER BY id{COLLATE} DESC LIMIT "));
         q.push_bind(limit_param(filter.limit));
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(stored_event).collect()
@@ -115,12 +100,39 @@ impl PostgresStore {
         rows.iter().map(delivery_detail).collect()
     }
 
+    pub async fn delivery_details_for_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<Vec<DeliveryDetail>, StoreError> {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(DELIVERY_COLUMNS);
+        q.push(" WHERE d.event_id IN (");
+        let mut ids = q.separated(", ");
+        for id in event_ids {
+            ids.push_bind(id.as_str());
+        }
+        q.push(") ORDER BY d.id");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(delivery_detail).collect()
+    }
+
+    pub async fn count_dead_unresolved(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries d WHERE d.status = 'dead' AND {NOT_REDELIVERED}"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryDetail>, StoreError> {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(DELIVERY_COLUMNS);
         q.push(" WHERE TRUE");
         if let Some(status) = filter.status {
             q.push(" AND d.status = ");
             q.push_bind(status.as_str());
+        }
+        if filter.unresolved {
+            q.push(format_args!(" AND {NOT_REDELIVERED}"));
         }
         if let Some(before) = filter.before {
             q.push(" AND d.id < ");

@@ -1,6 +1,7 @@
 //! SQLite: the operator queries behind `/admin/*`. Reads use the read-only
 //! pool; redeliveries are one transaction on the single write connection.
 
+use super::admin_query::{push_event_conditions, NOT_REDELIVERED};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -9,6 +10,9 @@ use super::{
     StoreError, StoredEvent,
 };
 use crate::domain::EndpointId;
+
+/// How text is compared in byte order here (see `admin_query`).
+const COLLATE: &str = "";
 
 const EVENT_COLUMNS: &str = "SELECT id, account, provider, event_type, payload, received_at FROM events";
 
@@ -68,23 +72,8 @@ impl SqliteStore {
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(EVENT_COLUMNS);
         q.push(" WHERE 1 = 1");
-        let conditions = [
-            ("account", &filter.account),
-            ("provider", &filter.provider),
-            ("event_type", &filter.event_type),
-            ("merchant_order_no", &filter.merchant_order_no),
-        ];
-        for (column, value) in conditions {
-            if let Some(value) = value {
-                q.push(format_args!(" AND {column} = "));
-                q.push_bind(value.as_str());
-            }
-        }
-        if let Some(before) = &filter.before {
-            q.push(" AND id < ");
-            q.push_bind(before.as_str());
-        }
-        q.push(" ORDER BY id DESC LIMIT ");
+        push_event_conditions(&mut q, filter, COLLATE);
+        q.push(format_args!(" ORDER BY id{COLLATE} DESC LIMIT "));
         q.push_bind(limit_param(filter.limit));
         let rows = q.build().fetch_all(&self.read).await?;
         rows.iter().map(stored_event).collect()
@@ -109,12 +98,39 @@ impl SqliteStore {
         rows.iter().map(delivery_detail).collect()
     }
 
+    pub async fn delivery_details_for_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<Vec<DeliveryDetail>, StoreError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(DELIVERY_COLUMNS);
+        q.push(" WHERE d.event_id IN (");
+        let mut ids = q.separated(", ");
+        for id in event_ids {
+            ids.push_bind(id.as_str());
+        }
+        q.push(") ORDER BY d.id");
+        let rows = q.build().fetch_all(&self.read).await?;
+        rows.iter().map(delivery_detail).collect()
+    }
+
+    pub async fn count_dead_unresolved(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM deliveries d WHERE d.status = 'dead' AND {NOT_REDELIVERED}"
+        ))
+        .fetch_one(&self.read)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryDetail>, StoreError> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(DELIVERY_COLUMNS);
         q.push(" WHERE 1 = 1");
         if let Some(status) = filter.status {
             q.push(" AND d.status = ");
             q.push_bind(status.as_str());
+        }
+        if filter.unresolved {
+            q.push(format_args!(" AND {NOT_REDELIVERED}"));
         }
         if let Some(before) = filter.before {
             q.push(" AND d.id < ");

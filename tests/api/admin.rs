@@ -69,7 +69,7 @@ pub(crate) async fn all_delivered(app: &TestApp, event_id: &str, n: usize) -> bo
 const SQB: &str = "[[accounts]]\nid = \"sqb-md5\"\nprovider = \"shouqianba\"\nsign_mode = \"md5\"\n\
                    terminal_sn = \"100111220054389553\"\nterminal_key = \"96bfaf401367d934cb10a1cbe9773647\"\n";
 
-fn sqb_callback(app: &TestApp, kind: SampleKind, trade_no: &str, order_no: &str) -> SignedRequest {
+pub(crate) fn sqb_callback(app: &TestApp, kind: SampleKind, trade_no: &str, order_no: &str) -> SignedRequest {
     let config = app.config();
     let signer =
         payhook::ingress::registry::build_sandbox_signer(config.account("sqb-md5").unwrap()).unwrap();
@@ -233,7 +233,7 @@ fn serve_without_an_admin_token_says_so_at_startup() {
     );
 }
 
-fn with_sqb(backend: Backend) -> TestOptions {
+pub(crate) fn with_sqb(backend: Backend) -> TestOptions {
     let base = TestOptions::default();
     TestOptions {
         accounts: format!("{}{SQB}", base.accounts),
@@ -512,10 +512,38 @@ async fn dead_deliveries_are_listed_and_redelivered_in_bulk(backend: Backend) {
         );
     }
     assert!(dead[0]["id"].as_i64() > dead[1]["id"].as_i64(), "newest first");
+    // The store's counts, and each event's delivery status in the listing.
+    let (status, summary) = get(&app, "/admin/summary").await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["deliveries"]["dead"], 2, "{summary}");
+    assert_eq!(summary["deliveries"]["pending"], 0, "{summary}");
+    let (store, queue) = match backend {
+        Backend::Sqlite => ("sqlite", "embedded"),
+        Backend::Scaled => ("postgres", "rabbitmq"),
+    };
+    assert_eq!(
+        (&summary["store"], &summary["queue"]),
+        (&store.into(), &queue.into())
+    );
+    let (_, listed) = get(&app, "/admin/events").await;
+    for d in &dead {
+        let of_event = &listed["delivery_status"][d["event_id"].as_str().unwrap()];
+        assert_eq!(
+            of_event,
+            &serde_json::json!({ "status": "dead", "deliveries": 1, "attempts": 4 })
+        );
+    }
+    let (_, unresolved) = get(&app, "/admin/deliveries?status=dead&unresolved=true").await;
+    let dead_ids: Vec<Value> = dead.iter().map(|d| d["id"].clone()).collect();
+    assert_eq!(ids(&unresolved, "deliveries"), dead_ids, "none redelivered yet");
     let (_, pending) = get(&app, "/admin/deliveries?status=pending").await;
     assert_eq!(pending["deliveries"].as_array().unwrap().len(), 0);
 
-    for bad in ["/admin/deliveries?status=bogus", "/admin/deliveries?cursor=x"] {
+    for bad in [
+        "/admin/deliveries?status=bogus",
+        "/admin/deliveries?cursor=x",
+        "/admin/deliveries?status=dead&unresolved=yes",
+    ] {
         assert_eq!(get(&app, bad).await.0, 400, "{bad}");
     }
     for bad in [
@@ -574,14 +602,28 @@ async fn dead_deliveries_are_listed_and_redelivered_in_bulk(backend: Backend) {
         .await
     );
     let (_, delivered) = get(&app, "/admin/deliveries?status=delivered").await;
-    let dead_ids: Vec<i64> = dead.iter().map(|d| d["id"].as_i64().unwrap()).collect();
+    let dead_ids: Vec<i64> = dead_ids.iter().map(|id| id.as_i64().unwrap()).collect();
     for d in delivered["deliveries"].as_array().unwrap() {
         assert!(dead_ids.contains(&d["redelivery_of"].as_i64().unwrap()), "{d}");
         assert_eq!(d["attempts"], 1);
     }
-    // The dead ones stay listed, marked as redelivered.
+    // The dead ones stay listed, marked as redelivered, but nothing is left
+    // to resolve: the store's dead count is zero, and the events read as
+    // delivered (two deliveries, five attempts).
     for d in dead_listed().await {
         assert!(d["redelivered_as"].is_i64(), "{d}");
+    }
+    let (_, unresolved) = get(&app, "/admin/deliveries?status=dead&unresolved=true").await;
+    assert_eq!(unresolved["deliveries"], serde_json::json!([]));
+    let (_, summary) = get(&app, "/admin/summary").await;
+    assert_eq!(summary["deliveries"]["dead"], 0, "{summary}");
+    let (_, listed) = get(&app, "/admin/events").await;
+    for d in &dead {
+        let of_event = &listed["delivery_status"][d["event_id"].as_str().unwrap()];
+        assert_eq!(
+            of_event,
+            &serde_json::json!({ "status": "delivered", "deliveries": 2, "attempts": 5 })
+        );
     }
     // Each dead delivery is redelivered once, however often this is run.
     let (status, answer) = post(&app, "/admin/deliveries/redeliver?status=dead").await;
@@ -606,7 +648,117 @@ async fn dead_deliveries_are_listed_and_redelivered_in_bulk(backend: Backend) {
     assert!(numbers.windows(2).all(|w| w[0] > w[1]), "{numbers:?}");
 }
 
+/// `q` finds events by the start of their id, provider trade number or
+/// merchant order number (exactly: no wildcards, case counts), and
+/// `since`/`until` by when they were received.
+async fn events_are_found_by_prefix_and_time_range(backend: Backend) {
+    let app = spawn_app_with(with_sqb(backend)).await;
+    let post_one = |account: &'static str, signed: SignedRequest| {
+        let app = &app;
+        async move { assert_eq!(app.post_signed(account, &signed).await.0, 200) }
+    };
+    post_one("dryad-main", dryad_callback("Q1", 101, chrono::Utc::now())).await;
+    post_one(
+        "sqb-md5",
+        sqb_callback(&app, SampleKind::Payment, "TRADE-77", "O-Q2"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let middle = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    post_one("dryad-main", dryad_callback("Q3", 103, chrono::Utc::now())).await;
+    post_one("dryad-main", dryad_callback("R4", 104, chrono::Utc::now())).await;
+
+    let orders = |query: String| {
+        let app = &app;
+        async move {
+            let (status, page) = get(app, &format!("/admin/events?{query}")).await;
+            assert_eq!(status, 200, "{query}: {page}");
+            let events = page["events"].as_array().unwrap().clone();
+            for e in &events {
+                let summary = &page["delivery_status"][e["id"].as_str().unwrap()];
+                assert!(summary["status"].is_string(), "{query}: {page}");
+            }
+            events
+                .iter()
+                .map(|e| e["merchant_order_no"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let (_, all) = get(&app, "/admin/events").await;
+    let by_order = |order: &str| {
+        all["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["merchant_order_no"] == order)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(orders("q=M-Q".into()).await, ["M-Q3", "M-Q1"]);
+    assert_eq!(orders("q=M-Q1".into()).await, ["M-Q1"]);
+    assert_eq!(orders("q=O-Q".into()).await, ["O-Q2"]);
+    // The provider's trade number.
+    assert_eq!(orders("q=TRADE-7".into()).await, ["O-Q2"]);
+    // Case counts, and `%`/`_` are plain characters.
+    assert!(orders("q=m-q".into()).await.is_empty());
+    assert!(orders("q=M-Q_".into()).await.is_empty());
+    assert!(orders("q=M%25".into()).await.is_empty());
+    // An event id, whole or its start.
+    let id = by_order("M-R4")["id"].as_str().unwrap().to_owned();
+    assert_eq!(orders(format!("q={id}")).await, ["M-R4"]);
+    assert_eq!(orders(format!("q={}", &id[..id.len() - 1])).await, ["M-R4"]);
+    assert_eq!(orders("q=evt_".into()).await.len(), 4);
+    // Combined with other filters.
+    assert_eq!(
+        orders("q=M-&provider=shouqianba".into()).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(orders("q=M-R&account=dryad-main".into()).await, ["M-R4"]);
+
+    // Time ranges, in any offset; `until` is exclusive.
+    let at = |t: chrono::DateTime<chrono::Utc>| {
+        t.with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+            .to_rfc3339()
+            .replace('+', "%2B")
+    };
+    assert_eq!(orders(format!("since={}", at(middle))).await, ["M-R4", "M-Q3"]);
+    assert_eq!(orders(format!("until={}", at(middle))).await, ["O-Q2", "M-Q1"]);
+    assert_eq!(orders(format!("since={}&q=M-Q", at(middle))).await, ["M-Q3"]);
+    let later = middle + chrono::Duration::hours(2);
+    assert!(orders(format!("since={}", at(later))).await.is_empty());
+    let earlier = middle - chrono::Duration::hours(2);
+    assert_eq!(
+        orders(format!("since={}&until={}", at(earlier), at(later)))
+            .await
+            .len(),
+        4
+    );
+    // Pages of a search go on from the cursor.
+    let (_, first) = get(&app, "/admin/events?q=M-&limit=2").await;
+    assert_eq!(first["events"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    assert_eq!(orders(format!("q=M-&limit=2&cursor={cursor}")).await, ["M-Q1"]);
+
+    for (bad, named) in [
+        ("since=yesterday", "since"),
+        ("until=2026-13-01T00:00:00Z", "until"),
+        ("since=2026-12-07", "since"),
+        ("q=%01x", "q"),
+    ] {
+        let (status, body) = get(&app, &format!("/admin/events?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with(named),
+            "{bad}: {body}"
+        );
+    }
+    let long = "x".repeat(129);
+    assert_eq!(get(&app, &format!("/admin/events?q={long}")).await.0, 400);
+}
+
 crate::on_both_backends!(
+    events_are_found_by_prefix_and_time_range,
     events_are_listed_newest_first_with_filters_and_pages,
     an_event_is_shown_with_its_deliveries_and_attempts,
     redelivering_an_event_sends_it_again_with_the_same_id,
@@ -727,6 +879,10 @@ async fn the_cli_lists_shows_and_redelivers_through_the_admin_api() {
 
     let list = stdout(&run(&["events", "list"], &common).await);
     assert!(list.lines().next().unwrap().starts_with("ID"), "{list}");
+    let header: Vec<&str> = list.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[header.len() - 2..], ["DELIVERY", "ATTEMPTS"], "{list}");
+    let row: Vec<&str> = list.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[row.len() - 2..], ["delivered", "1"], "{list}");
     for want in [
         id.as_str(),
         "dryad-main",
@@ -762,6 +918,26 @@ async fn the_cli_lists_shows_and_redelivers_through_the_admin_api() {
         .await,
     );
     assert!(by_order.contains(&id), "{by_order}");
+    let searched = stdout(&run(&["events", "list", "--search", "M-CLI"], &common).await);
+    assert!(searched.contains(&id), "{searched}");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let none_since = stdout(&run(&["events", "list", "--since", &later], &common).await);
+    assert_eq!(none_since.trim(), "no events");
+    let until = stdout(
+        &run(
+            &["events", "list", "--until", &later, "--search", "M-CLI"],
+            &common,
+        )
+        .await,
+    );
+    assert!(until.contains(&id), "{until}");
+    let bad = run(&["events", "list", "--since", "yesterday"], &common).await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("since must be an RFC 3339 instant"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 
     let show = stdout(&run(&["events", "show", &id], &common).await);
     for want in [id.as_str(), "merchant", "delivered", "43.21 CNY", "OUTCOME"] {

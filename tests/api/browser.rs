@@ -20,6 +20,9 @@ use crate::helpers::{eventually, free_port};
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The page size tests see and screenshots show: a common laptop screen.
+pub const VIEWPORT: (u32, u32) = (1400, 900);
+
 /// A path from `var` (for a machine that keeps them elsewhere), else `default`.
 fn path_from(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
@@ -134,7 +137,7 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             "--disable-dev-shm-usage",
-            "--window-size=1400,1000",
+            "--window-size=1400,900",
             &format!("--user-data-dir={}", profile.display()),
         ];
         let capabilities = json!({
@@ -149,11 +152,27 @@ impl Browser {
             .await
             .unwrap_or_else(|e| panic!("chromedriver session: {e}; log: {}", read(&log)));
         driver.session = client.session_id().await.ok().flatten();
-        Browser {
+        let browser = Browser {
             client,
             driver,
             _dir: dir,
-        }
+        };
+        browser.set_viewport(VIEWPORT.0, VIEWPORT.1).await;
+        browser
+    }
+
+    /// Sizes the window so that the page itself (the viewport, what a
+    /// screenshot shows) is `width`×`height`: `--window-size` counts the
+    /// browser's own frame too.
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        let frame = self
+            .js("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]")
+            .await;
+        let extra = |i: usize| u32::try_from(frame[i].as_u64().unwrap_or(0)).unwrap_or(0);
+        self.client
+            .set_window_size(width + extra(0), height + extra(1))
+            .await
+            .unwrap();
     }
 
     /// Ends the browser session (chromedriver then stops on drop).
@@ -239,15 +258,36 @@ impl Browser {
         }
     }
 
-    /// Saves a screenshot when `PAYHOOK_SCREENSHOT_DIR` is set (for a person
-    /// to look at the page; the test itself does not need it).
-    pub async fn screenshot(&self, name: &str) {
-        let Some(dir) = std::env::var_os("PAYHOOK_SCREENSHOT_DIR") else {
-            return;
-        };
+    /// Saves a screenshot of the viewport as `{name}.png` in the test output
+    /// directory ([`screenshot_dir`]), for a person to look at, and returns
+    /// its path and its size in pixels (from the PNG header).
+    pub async fn screenshot(&self, name: &str) -> (PathBuf, (u32, u32)) {
         let png = self.client.screenshot().await.unwrap();
-        std::fs::write(PathBuf::from(dir).join(format!("{name}.png")), png).unwrap();
+        let size = png_size(&png);
+        let dir = screenshot_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+        (path, size)
     }
+}
+
+/// Where screenshots go: `PAYHOOK_SCREENSHOT_DIR`, else
+/// `target/tmp/console-screenshots` (cargo's output directory for
+/// integration tests), kept after the run.
+pub fn screenshot_dir() -> PathBuf {
+    std::env::var_os("PAYHOOK_SCREENSHOT_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots"),
+        PathBuf::from,
+    )
+}
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    let word = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    (word(16), word(20))
 }
 
 fn read(path: &Path) -> String {

@@ -214,7 +214,7 @@ async fn console_in_a_real_browser_lists_shows_and_redelivers() {
         .await;
 
     // Filter by merchant order number.
-    browser.type_into("#filter-order", "M-DEAD2").await;
+    browser.type_into("#filter-q", "M-DEAD2").await;
     browser.click("#filter-apply").await;
     browser
         .wait_for(
@@ -309,11 +309,12 @@ async fn console_in_a_real_browser_lists_shows_and_redelivers() {
     assert_eq!(statuses, serde_json::json!(["dead", "delivered"]));
     assert_eq!(app.merchant.received().len(), received + 1, "delivered once more");
     let dead_row = |id: &str| format!("tr[data-testid=dead-row][data-event-id={}]", css_string(id));
+    // Resolved, it leaves the dead list, and the store's count follows.
     browser
         .wait_for(
-            "the dead row marked as redelivered",
+            "the redelivered row to leave the dead list",
             &format!(
-                "return document.querySelector('{}[data-redelivered=yes]')",
+                "return !document.querySelector('{}') && document.getElementById('dead-count').dataset.count === '1'",
                 dead_row(&dead_one)
             ),
             Duration::from_secs(10),
@@ -341,22 +342,23 @@ async fn console_in_a_real_browser_lists_shows_and_redelivers() {
         received + 1,
         "nothing redelivered on cancel"
     );
-    // Confirmed: only the other one is left.
+    // Confirmed: only the other one is left; the result shows next to the
+    // button.
     browser.click("#dead-redeliver-all").await;
     browser.click("#dead-confirm-yes").await;
-    let notice = browser
+    let result = browser
         .wait_for(
-            "the bulk redelivery notice",
-            "const n = document.getElementById('notice'); return n.textContent.startsWith('Redelivered') && n.textContent",
+            "the bulk redelivery result",
+            "const n = document.getElementById('dead-result'); return !n.hidden && n.textContent",
             Duration::from_secs(10),
         )
         .await;
-    assert_eq!(notice, "Redelivered 1 dead delivery.");
+    assert_eq!(result, "Redelivered 1 dead delivery.");
     browser
         .wait_for(
-            "the second dead row marked as redelivered",
+            "an empty dead list",
             &format!(
-                "return document.querySelector('{}[data-redelivered=yes]')",
+                "return !document.querySelector('{}') && !document.getElementById('dead-empty').hidden",
                 dead_row(&dead_two)
             ),
             Duration::from_secs(10),
@@ -438,14 +440,14 @@ async fn console_redelivers_all_dead_in_batches() {
     browser.js("document.body.dataset.bulkBatch = '1'").await;
     browser.click("#dead-redeliver-all").await;
     browser.click("#dead-confirm-yes").await;
-    let notice = browser
+    let result = browser
         .wait_for(
-            "the bulk redelivery notice",
-            "const n = document.getElementById('notice'); return n.textContent.startsWith('Redelivered') && n.textContent",
+            "the bulk redelivery result",
+            "const n = document.getElementById('dead-result'); return !n.hidden && n.textContent",
             Duration::from_secs(10),
         )
         .await;
-    assert_eq!(notice, "Redelivered 3 dead deliveries.");
+    assert_eq!(result, "Redelivered 3 dead deliveries.");
     assert_eq!(
         browser
             .js("return document.getElementById('dead-progress').dataset.batches")
@@ -457,4 +459,298 @@ async fn console_redelivers_all_dead_in_batches() {
     let got = app.merchant.wait_for(received + 3, Duration::from_secs(10)).await;
     assert_eq!(got.len(), received + 3);
     browser.close().await;
+}
+
+/// The tallest cell of the rows under `tbody`, in lines of text (its height
+/// without padding and border, over its line height).
+const TALLEST_CELL_IN_LINES: &str = "
+    const cells = [...document.querySelectorAll(arguments_0 + ' td')];
+    const lines = cells.map((c) => {
+      const s = getComputedStyle(c);
+      const inner = c.getBoundingClientRect().height - parseFloat(s.paddingTop)
+        - parseFloat(s.paddingBottom) - parseFloat(s.borderTopWidth) - parseFloat(s.borderBottomWidth);
+      return inner / parseFloat(s.lineHeight);
+    });
+    return cells.length ? Math.max(...lines) : -1;";
+
+fn tallest_cell(tbody: &str) -> String {
+    format!(
+        "const arguments_0 = {};{TALLEST_CELL_IN_LINES}",
+        css_string(tbody)
+    )
+}
+
+/// Whether every table that `css` selects stays inside its card: nothing
+/// sticks out to the right, and nothing scrolls sideways.
+fn fits_its_card(css: &str) -> String {
+    format!(
+        "const tables = [...document.querySelectorAll({})];
+         return tables.length > 0 && tables.every((t) => {{
+           const card = t.closest('.card').getBoundingClientRect();
+           const box = t.getBoundingClientRect();
+           return box.right <= card.right + 0.5 && t.scrollWidth <= t.clientWidth + 1;
+         }});",
+        css_string(css)
+    )
+}
+
+/// The console as an SRE's laptop shows it, 1400×900: the list uses the
+/// width, one line per event with its delivery status and attempts; an
+/// event's attempts fit its card; times are in one named zone; counters that
+/// do not apply are absent; the dead list shows what is unresolved with the
+/// store's count; searches and time ranges are links; banners clear
+/// themselves. Screenshots go to the test output directory.
+#[tokio::test]
+async fn console_fits_a_1400_by_900_screen_and_its_views_are_links() {
+    if !browser::available() {
+        return;
+    }
+    let app = spawn_app_with(crate::admin::with_sqb(Backend::Sqlite)).await;
+    // Long values in every column that could wrap.
+    let long_order = format!("LONG-{}", "9".repeat(60));
+    post_event(&app, &long_order).await;
+    for i in 0..5 {
+        post_event(&app, &format!("N{i}")).await;
+    }
+    let before = app.merchant.received().len();
+    let refund = crate::admin::sqb_callback(&app, payhook::ingress::SampleKind::Refund, "T-RF1", "O-RF1");
+    assert_eq!(app.post_signed("sqb-md5", &refund).await.0, 200);
+    app.merchant.wait_for(before + 1, Duration::from_secs(10)).await;
+    app.merchant.always_fail(true);
+    let dead = post_event(&app, "DEAD-LAYOUT").await;
+    assert_eq!(app.wait_for_dead(1, Duration::from_secs(15)).await.len(), 1);
+    app.merchant.always_fail(false);
+    let (_, listed) = app.admin_get("/admin/events").await;
+    let events = listed["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 8);
+
+    let browser = Browser::start().await;
+    let size = browser.js("return [window.innerWidth, window.innerHeight]").await;
+    assert_eq!(size, serde_json::json!([1400, 900]), "the page is 1400×900");
+    browser.goto(&format!("{}/admin/ui", app.admin_url)).await;
+    browser
+        .wait_for(
+            "the login prompt",
+            "return !document.getElementById('login').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.type_into("#token-input", ADMIN_TOKEN).await;
+    browser.click("#login-submit").await;
+    browser
+        .wait_for(
+            "eight events and the store's counts",
+            "return document.querySelectorAll('[data-testid=event-row]').length === 8 \
+             && document.getElementById('dead-count').dataset.count === '1' \
+             && document.querySelector('[data-testid=counter-deliveries-dead]')",
+            Duration::from_secs(10),
+        )
+        .await;
+    let (path, png) = browser.screenshot("console-1400x900-list").await;
+    assert_eq!(png, (1400, 900), "{}", path.display());
+    assert!(path.exists());
+
+    // The list uses the page, and every cell is one line (at most two).
+    let width = browser
+        .js("return document.getElementById('events-table').getBoundingClientRect().width / window.innerWidth")
+        .await;
+    assert!(width.as_f64().unwrap() > 0.9, "the list spans the page: {width}");
+    let lines = browser.js(&tallest_cell("#events-body")).await;
+    assert!(
+        lines.as_f64().unwrap() > 0.5 && lines.as_f64().unwrap() <= 2.0,
+        "the tallest cell of the event list is {lines} lines"
+    );
+    assert_eq!(browser.js(&fits_its_card("#events-table")).await, true);
+    // Delivery status and attempts per event.
+    let row_facts = |id: &str| {
+        format!(
+            "const r = document.querySelector('tr[data-testid=event-row][data-event-id={}]'); \
+             return r && [r.dataset.delivery, r.querySelector('[data-testid=event-attempts]').textContent, \
+             r.querySelector('[data-testid=event-amount]').textContent, \
+             r.querySelector('[data-testid=event-received]').textContent]",
+            css_string(id)
+        )
+    };
+    for event in &events {
+        let id = event["id"].as_str().unwrap();
+        let facts = browser.js(&row_facts(id)).await;
+        // Every time is shown in UTC, the zone the headers name.
+        let received = chrono::DateTime::parse_from_rfc3339(event["received_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        assert_eq!(facts[3], received.as_str(), "{id}");
+        if id == dead {
+            assert_eq!(facts[0], "dead");
+            assert_eq!(facts[1], "4");
+        } else {
+            assert_eq!(facts[0], "delivered", "{id}: {facts}");
+            assert_eq!(facts[1], "1", "{id}");
+        }
+        if event["type"] == "refund.succeeded" {
+            let amount = facts[2].as_str().unwrap();
+            let expected = format!(
+                "refund {} of {} CNY",
+                yuan(&event["refund_amount"]),
+                yuan(&event["amount"])
+            );
+            assert_eq!(amount, expected);
+        }
+    }
+    assert_eq!(
+        browser
+            .js("return [...document.querySelectorAll('.zone-name')].map((z) => z.textContent)")
+            .await,
+        serde_json::json!(["(UTC)", "(UTC)"])
+    );
+    // SQLite with the embedded queue: no outbox, no RabbitMQ counters.
+    assert_eq!(
+        browser
+            .js("return [document.getElementById('backend').textContent, \
+                 !!document.querySelector('[data-testid=counter-deliveries-outbox]'), \
+                 !!document.querySelector('[data-testid=counter-deliveries-published]'), \
+                 document.querySelector('[data-testid=counter-deliveries-dead]').textContent, \
+                 document.getElementById('dead-count').textContent]")
+            .await,
+        serde_json::json!(["SQLite · embedded queue", false, false, "1", "(1 unresolved)"])
+    );
+
+    // An event's attempts fit its card, with the list still using the page.
+    browser
+        .click(&format!(
+            "tr[data-testid=event-row][data-event-id={}] [data-testid=event-open]",
+            css_string(&dead)
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the dead event's four attempts",
+            "return document.querySelectorAll('#detail [data-testid=attempt]').length === 4",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(browser.js(&fits_its_card("#detail table.attempts")).await, true);
+    let lines = browser.js(&tallest_cell("#events-body")).await;
+    assert!(lines.as_f64().unwrap() <= 2.0, "{lines}");
+    browser.screenshot("console-1400x900-event").await;
+    let address = browser.js("return location.search").await;
+    assert!(
+        address.as_str().unwrap().contains(&format!("event={dead}")),
+        "the open event is in the address: {address}"
+    );
+
+    // A search is a link: the address carries it, and opening the address
+    // shows the same view.
+    browser.type_into("#filter-q", "M-LONG").await;
+    browser.click("#filter-apply").await;
+    let one = "const rows = document.querySelectorAll('[data-testid=event-row]'); \
+               return rows.length === 1 && rows[0].querySelector('[data-testid=event-order]').textContent";
+    let shown = browser
+        .wait_for("the search result", one, Duration::from_secs(10))
+        .await;
+    assert_eq!(shown, format!("M-{long_order}"));
+    let link = browser
+        .js("return document.getElementById('filter-link').href")
+        .await;
+    let link = link.as_str().unwrap().to_owned();
+    assert!(link.contains("q=M-LONG"), "{link}");
+    browser.goto(&format!("{}/admin/ui", app.admin_url)).await;
+    browser
+        .wait_for(
+            "all events again",
+            "return document.querySelectorAll('[data-testid=event-row]').length === 8",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.goto(&link).await;
+    let shown = browser
+        .wait_for("the linked search", one, Duration::from_secs(10))
+        .await;
+    assert_eq!(shown, format!("M-{long_order}"));
+    assert_eq!(
+        browser
+            .js("return [document.getElementById('filter-q').value, !document.getElementById('detail').hidden]")
+            .await,
+        serde_json::json!(["M-LONG", true]),
+        "the search and the open event come back from the link"
+    );
+
+    // Time ranges: in the address as RFC 3339, in the form in the zone.
+    // (Seconds other than zero: a `datetime-local` value drops `:00`.)
+    let after = (chrono::Utc::now() + chrono::Duration::minutes(2))
+        .format("%Y-%m-%dT%H:%M:30Z")
+        .to_string();
+    browser
+        .goto(&format!("{}/admin/ui?since={after}", app.admin_url))
+        .await;
+    browser
+        .wait_for(
+            "no event after now",
+            "return !document.getElementById('events-empty').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('filter-since').value")
+            .await,
+        after.trim_end_matches('Z').to_owned()
+    );
+    browser
+        .goto(&format!("{}/admin/ui?until={after}&q=M-N", app.admin_url))
+        .await;
+    browser
+        .wait_for(
+            "the five N events",
+            "return document.querySelectorAll('[data-testid=event-row]').length === 5",
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Banners clear themselves (quickly here).
+    browser
+        .goto(&format!("{}/admin/ui?event={dead}", app.admin_url))
+        .await;
+    browser
+        .wait_for(
+            "the event open from the address",
+            "return document.querySelectorAll('#detail [data-testid=attempt]').length === 4",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.js("document.body.dataset.noticeMs = '800'").await;
+    browser.click("#detail-redeliver").await;
+    browser
+        .wait_for(
+            "the redelivery banner",
+            "return !document.getElementById('notice-box').hidden \
+             && document.getElementById('notice').textContent.startsWith('Redelivery of')",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the banner to clear itself",
+            "return document.getElementById('notice-box').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    // Resolved: the dead list is empty and its count is zero.
+    browser
+        .wait_for(
+            "no unresolved dead delivery",
+            "return document.getElementById('dead-count').dataset.count === '0' \
+             && !document.getElementById('dead-empty').hidden",
+            Duration::from_secs(15),
+        )
+        .await;
+    browser.screenshot("console-1400x900-resolved").await;
+    browser.close().await;
+}
+
+/// Fen as yuan, as the console prints it.
+fn yuan(fen: &Value) -> String {
+    let fen = fen.as_i64().unwrap();
+    format!("{}.{:02}", fen / 100, fen % 100)
 }

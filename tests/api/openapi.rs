@@ -193,13 +193,15 @@ async fn the_openapi_document_describes_the_real_routes() {
             );
         }
     }
-    assert_eq!(statuses.len(), 6, "{statuses:?}");
+    assert_eq!(statuses.len(), 7, "{statuses:?}");
 
     // With filters and cursors the pages still match their schemas.
     for path in [
         "/admin/events?limit=1&provider=dryad&type=payment.succeeded",
         "/admin/events?merchant_order_no=M-OA1",
+        "/admin/events?q=M-OA&since=2020-01-01T00:00:00Z&until=2100-01-01T00:00:00%2B08:00",
         "/admin/deliveries?status=dead&limit=1",
+        "/admin/deliveries?status=dead&unresolved=true",
     ] {
         assert_eq!(
             call_and_check(&app, &doc, "get", path.split('?').next().unwrap(), path).await,

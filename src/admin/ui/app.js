@@ -3,16 +3,14 @@
 // Everything shown comes from the token-protected admin API (and /metrics).
 // Event fields come from payment providers and are hostile input, so every
 // value reaches the DOM as text (textContent / text nodes), never as markup.
+//
+// The page's state that a colleague may want to see too (search, time
+// range, filters, the open event, the time zone) lives in the address, so
+// that the address is a link to this view.
 'use strict';
 
 (() => {
   const TOKEN_KEY = 'payhook.adminToken';
-  // Events per page; `/admin/ui?limit=N` (1–500, as the API allows) asks
-  // for another size.
-  const PAGE_SIZE = (() => {
-    const asked = Number(new URLSearchParams(window.location.search).get('limit'));
-    return Number.isInteger(asked) && asked >= 1 && asked <= 500 ? asked : 25;
-  })();
   const DEAD_LIMIT = 100;
   const COUNTERS_EVERY_MS = 5000;
   const LISTS_EVERY_MS = 10000;
@@ -20,6 +18,12 @@
   // A pending delivery is watched for about a minute after it is opened or
   // redelivered; after that its retry schedule is slower than a page needs.
   const DETAIL_POLL_MAX = 60;
+  // Banners and results clear themselves; errors stay a little longer.
+  const NOTICE_MS = 8000;
+  const ERROR_NOTICE_MS = 20000;
+  // The address parameters that are filters of the event list (as the API
+  // names them), and the others the page keeps there.
+  const FILTER_PARAMS = ['q', 'since', 'until', 'account', 'provider', 'type'];
 
   const state = {
     token: null,
@@ -32,6 +36,13 @@
     detailPolls: 0,
     detailTimer: null,
     intervals: [],
+    timers: {},
+    zone: 'utc',
+    pageSize: 25,
+    // From /admin/summary: the queue in use, and the store's counts.
+    queue: null,
+    pending: undefined,
+    dead: undefined,
     seq: { events: 0, detail: 0, dead: 0 },
     snapshot: { events: '', dead: '' },
   };
@@ -55,33 +66,172 @@
     return node;
   }
 
+  // A list cell: one line, cut with an ellipsis, the whole text on hover.
+  function cell(text, attrs) {
+    const value = String(text);
+    return el('td', { title: value, ...(attrs || {}) }, value);
+  }
+
   function show(id, text) {
     const node = $(id);
     node.textContent = text || '';
     node.hidden = !text;
   }
 
+  // How long a message stays: a test may ask for less.
+  function lifetime(isError) {
+    const asked = Number(document.body.dataset.noticeMs);
+    if (Number.isFinite(asked) && asked > 0) return asked;
+    return isError ? ERROR_NOTICE_MS : NOTICE_MS;
+  }
+
+  // Shows `text` in the element `id` (and `box`, if the text sits in one),
+  // then clears it after a while unless something newer replaced it.
+  function flash(id, text, isError, boxId) {
+    const box = $(boxId || id);
+    show(id, text);
+    box.hidden = !text;
+    box.classList.toggle('error', Boolean(isError));
+    clearTimeout(state.timers[id]);
+    if (text) {
+      state.timers[id] = setTimeout(() => {
+        show(id, '');
+        box.hidden = true;
+      }, lifetime(isError));
+    }
+  }
+
   function notice(text, isError) {
-    show('notice', text);
-    $('notice').classList.toggle('error', Boolean(isError));
+    flash('notice', text, isError, 'notice-box');
   }
 
   const orDash = (value) => (value === null || value === undefined || value === '' ? '—' : String(value));
-  const time = (text) => (typeof text === 'string' ? text.replace('T', ' ') : '—');
   const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
+  // ---------------------------------------------------------------------
+  // Time: every time on the page in one zone, named in the headers.
+
+  const localZone = () => Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time';
+  const zoneName = () => (state.zone === 'local' ? localZone() : 'UTC');
+  const pad = (n, w) => String(n).padStart(w || 2, '0');
+
+  // "2026-12-07 08:30:05" in the chosen zone; `—` for anything else.
+  function time(text) {
+    if (typeof text !== 'string') return '—';
+    const t = new Date(text);
+    if (Number.isNaN(t.getTime())) return text;
+    const utc = state.zone !== 'local';
+    const parts = utc
+      ? [t.getUTCFullYear(), t.getUTCMonth() + 1, t.getUTCDate(), t.getUTCHours(), t.getUTCMinutes(), t.getUTCSeconds()]
+      : [t.getFullYear(), t.getMonth() + 1, t.getDate(), t.getHours(), t.getMinutes(), t.getSeconds()];
+    const [y, mo, d, h, mi, s] = parts;
+    return `${y}-${pad(mo)}-${pad(d)} ${pad(h)}:${pad(mi)}:${pad(s)}`;
+  }
+
+  // A `datetime-local` value, read in the chosen zone, as an RFC 3339 instant.
+  function inputToInstant(value) {
+    if (!value) return '';
+    const withSeconds = value.length === 16 ? `${value}:00` : value;
+    const t = new Date(state.zone === 'local' ? withSeconds : `${withSeconds}Z`);
+    return Number.isNaN(t.getTime()) ? '' : t.toISOString().replace('.000Z', 'Z');
+  }
+
+  // An RFC 3339 instant as a `datetime-local` value in the chosen zone.
+  function instantToInput(text) {
+    if (!text) return '';
+    const shown = time(text);
+    return shown === text || shown === '—' ? '' : shown.replace(' ', 'T');
+  }
+
+  function showZone() {
+    $('zone').value = state.zone;
+    $('zone-local').textContent = `local time (${localZone()})`;
+    for (const node of document.querySelectorAll('.zone-name')) node.textContent = `(${zoneName()})`;
+  }
+
   // Fen to yuan without floating point: 12345 → "123.45".
-  function money(fen, currency) {
+  function yuan(fen) {
     const n = Number(fen);
     if (!Number.isSafeInteger(n)) return orDash(fen);
     const abs = Math.abs(n);
-    const yuan = `${n < 0 ? '-' : ''}${Math.floor(abs / 100)}.${String(abs % 100).padStart(2, '0')}`;
-    return currency ? `${yuan} ${currency}` : yuan;
+    return `${n < 0 ? '-' : ''}${Math.floor(abs / 100)}.${String(abs % 100).padStart(2, '0')}`;
+  }
+
+  function money(fen, currency) {
+    const text = yuan(fen);
+    return currency ? `${text} ${currency}` : text;
+  }
+
+  // What a listing says about an event's money: a refund names both amounts.
+  function amountOf(ev) {
+    const hasRefund = ev.refund_amount !== null && ev.refund_amount !== undefined;
+    if (hasRefund) return `refund ${yuan(ev.refund_amount)} of ${money(ev.amount, ev.currency)}`;
+    return ev.amount === undefined || ev.amount === null ? '—' : money(ev.amount, ev.currency);
   }
 
   // Only known statuses become class names; anything else is "other".
   const statusClass = (status) =>
     ['pending', 'delivered', 'dead'].includes(status) ? `status-${status}` : 'status-other';
+
+  function badge(status, testid) {
+    return el('span', { className: `badge ${statusClass(status)}`, dataset: { testid } }, orDash(status));
+  }
+
+  // ---------------------------------------------------------------------
+  // The address: filters, the open event, the zone and the page size.
+
+  function readAddress() {
+    const params = new URLSearchParams(window.location.search);
+    state.filters = new URLSearchParams();
+    for (const name of FILTER_PARAMS) {
+      const value = (params.get(name) || '').trim();
+      if (value) state.filters.set(name, value);
+    }
+    state.zone = params.get('tz') === 'local' ? 'local' : 'utc';
+    const asked = Number(params.get('limit'));
+    state.pageSize = Number.isInteger(asked) && asked >= 1 && asked <= 500 ? asked : 25;
+    const event = params.get('event');
+    return event && /^evt_[0-9A-Za-z]{26}$/.test(event) ? event : null;
+  }
+
+  function writeAddress(push) {
+    const params = new URLSearchParams(state.filters);
+    if (state.zone === 'local') params.set('tz', 'local');
+    if (state.pageSize !== 25) params.set('limit', String(state.pageSize));
+    if (state.selected) params.set('event', state.selected);
+    const query = params.toString();
+    const url = `${window.location.pathname}${query ? `?${query}` : ''}`;
+    if (url !== `${window.location.pathname}${window.location.search}`) {
+      if (push) window.history.pushState(null, '', url);
+      else window.history.replaceState(null, '', url);
+    }
+    $('filter-link').href = url;
+  }
+
+  // Puts the filters into the form (after the address or the zone changed).
+  function fillForm() {
+    const f = state.filters;
+    $('filter-q').value = f.get('q') || '';
+    $('filter-since').value = instantToInput(f.get('since'));
+    $('filter-until').value = instantToInput(f.get('until'));
+    $('filter-account').value = f.get('account') || '';
+    $('filter-provider').value = f.get('provider') || '';
+    $('filter-type').value = f.get('type') || '';
+  }
+
+  function readForm() {
+    const q = new URLSearchParams();
+    const text = (id) => $(id).value.trim();
+    if (text('filter-q')) q.set('q', text('filter-q'));
+    const since = inputToInstant(text('filter-since'));
+    if (since) q.set('since', since);
+    const until = inputToInstant(text('filter-until'));
+    if (until) q.set('until', until);
+    for (const id of ['filter-account', 'filter-provider', 'filter-type']) {
+      if (text(id)) q.set($(id).name, text(id));
+    }
+    return q;
+  }
 
   // ---------------------------------------------------------------------
   // The admin API.
@@ -144,10 +294,15 @@
     clearTimeout(state.detailTimer);
     state.selected = null;
     state.snapshot = { events: '', dead: '' };
+    state.queue = null;
+    state.pending = undefined;
+    state.dead = undefined;
     // Nothing read with the token stays on screen without it.
     for (const id of ['events-body', 'dead-body', 'detail-fields', 'detail-deliveries', 'counters-groups']) {
       $(id).replaceChildren();
     }
+    show('dead-count', '');
+    show('backend', '');
     $('detail').hidden = true;
     notice('');
     showLogin(message);
@@ -178,10 +333,20 @@
     $('logout').hidden = false;
     show('login-error', '');
     $('token-input').value = '';
+    const event = readAddress();
+    showZone();
+    fillForm();
+    writeAddress(false);
     loadEvents();
     loadDead();
-    refreshCounters();
-    state.intervals.push(setInterval(() => document.hidden || refreshCounters(), COUNTERS_EVERY_MS));
+    refreshSummary().then(refreshCounters);
+    if (event) openEvent(event);
+    state.intervals.push(
+      setInterval(() => {
+        if (document.hidden) return;
+        refreshSummary().then(refreshCounters);
+      }, COUNTERS_EVERY_MS),
+    );
     state.intervals.push(
       setInterval(() => {
         if (document.hidden) return;
@@ -193,30 +358,21 @@
   }
 
   // ---------------------------------------------------------------------
-  // Recent events.
-
-  function readFilters() {
-    const q = new URLSearchParams();
-    for (const id of ['filter-account', 'filter-provider', 'filter-type', 'filter-order']) {
-      const input = $(id);
-      const value = input.value.trim();
-      if (value) q.set(input.name, value);
-    }
-    return q;
-  }
+  // Events: one line each, with where its deliveries stand.
 
   async function loadEvents() {
     const seq = ++state.seq.events;
     const q = new URLSearchParams(state.filters);
     const cursor = state.cursors[state.cursors.length - 1];
     if (cursor) q.set('cursor', cursor);
-    q.set('limit', String(PAGE_SIZE));
+    q.set('limit', String(state.pageSize));
     try {
       const page = await api('GET', `/admin/events?${q}`);
       if (seq !== state.seq.events) return;
       show('events-error', '');
       state.nextCursor = typeof page.next_cursor === 'string' ? page.next_cursor : null;
-      renderEvents(Array.isArray(page.events) ? page.events : []);
+      const summaries = page.delivery_status && typeof page.delivery_status === 'object' ? page.delivery_status : {};
+      renderEvents(Array.isArray(page.events) ? page.events : [], summaries);
     } catch (e) {
       if (seq === state.seq.events) failed('events-error', e);
     }
@@ -224,24 +380,34 @@
     $('events-newer').disabled = state.cursors.length === 1;
   }
 
-  function renderEvents(events) {
+  function renderEvents(events, summaries) {
     // Unchanged data keeps its rows, so that a periodic refresh does not
     // pull a row from under the operator's click.
-    const snapshot = JSON.stringify(events);
+    const snapshot = JSON.stringify([events, summaries, state.zone]);
     if (snapshot === state.snapshot.events) return;
     state.snapshot.events = snapshot;
-    const rows = events.map((ev) =>
-      el(
+    const rows = events.map((ev) => {
+      const summary = Object.prototype.hasOwnProperty.call(summaries, ev.id) ? summaries[ev.id] : {};
+      return el(
         'tr',
-        { dataset: { testid: 'event-row', eventId: orDash(ev.id) }, className: ev.id === state.selected ? 'selected' : null },
-        el('td', { className: 'nowrap' }, time(ev.received_at)),
-        el('td', {}, el('button', { type: 'button', className: 'link', dataset: { testid: 'event-open' } }, orDash(ev.id))),
-        el('td', { className: 'nowrap' }, orDash(ev.type)),
-        el('td', { className: 'wrap' }, `${orDash(ev.provider)} / ${orDash(ev.account)}`),
-        el('td', { className: 'wrap', dataset: { testid: 'event-order' } }, orDash(ev.merchant_order_no)),
-        el('td', { className: 'num nowrap' }, money(ev.amount, ev.currency)),
-      ),
-    );
+        {
+          dataset: { testid: 'event-row', eventId: orDash(ev.id), delivery: orDash(summary.status) },
+          className: ev.id === state.selected ? 'selected' : null,
+        },
+        cell(time(ev.received_at), { dataset: { testid: 'event-received' } }),
+        el(
+          'td',
+          { title: orDash(ev.id) },
+          el('button', { type: 'button', className: 'link', dataset: { testid: 'event-open' } }, orDash(ev.id)),
+        ),
+        cell(orDash(ev.type)),
+        cell(`${orDash(ev.provider)} / ${orDash(ev.account)}`),
+        cell(orDash(ev.merchant_order_no), { dataset: { testid: 'event-order' } }),
+        cell(amountOf(ev), { className: 'num', dataset: { testid: 'event-amount' } }),
+        el('td', { dataset: { testid: 'event-delivery' } }, badge(summary.status, 'event-delivery-status')),
+        cell(orDash(summary.attempts), { className: 'num', dataset: { testid: 'event-attempts' } }),
+      );
+    });
     $('events-body').replaceChildren(...rows);
     $('events-empty').hidden = rows.length > 0;
   }
@@ -252,6 +418,13 @@
     }
   }
 
+  function search(filters) {
+    state.filters = filters;
+    state.cursors = [null];
+    writeAddress(true);
+    loadEvents();
+  }
+
   // ---------------------------------------------------------------------
   // One event: its deliveries and every attempt.
 
@@ -259,6 +432,7 @@
     state.selected = id;
     state.detailPolls = 0;
     markSelected();
+    writeAddress(false);
     $('detail').hidden = false;
     $('detail-id').textContent = id;
     $('detail').dataset.eventId = id;
@@ -266,7 +440,16 @@
     $('detail-deliveries').replaceChildren();
     $('detail-json').textContent = '';
     show('detail-error', '');
+    $('detail').scrollIntoView({ block: 'nearest' });
     loadDetail();
+  }
+
+  function closeEvent() {
+    state.selected = null;
+    clearTimeout(state.detailTimer);
+    $('detail').hidden = true;
+    markSelected();
+    writeAddress(false);
   }
 
   async function loadDetail() {
@@ -291,6 +474,7 @@
   }
 
   function renderDetail(ev, deliveries) {
+    const zone = ` (${zoneName()})`;
     const fields = [
       ['Type', ev.type],
       ['Provider', ev.provider],
@@ -302,8 +486,8 @@
       ['Refund amount', ev.refund_amount === null || ev.refund_amount === undefined ? null : money(ev.refund_amount, ev.currency)],
       ['Channel', ev.channel],
       ['Channel trade no', ev.channel_trade_no],
-      ['Occurred', ev.occurred_at && time(ev.occurred_at)],
-      ['Received', ev.received_at && time(ev.received_at)],
+      ['Occurred', ev.occurred_at && time(ev.occurred_at) + zone],
+      ['Received', ev.received_at && time(ev.received_at) + zone],
     ].filter(([, value]) => value !== null && value !== undefined && value !== '');
     $('detail-fields').replaceChildren(
       ...fields.map(([label, value]) => el('div', {}, el('dt', {}, label), el('dd', {}, String(value)))),
@@ -316,14 +500,16 @@
 
   function renderDelivery(d) {
     const attempts = Array.isArray(d.attempts_detail) ? d.attempts_detail : [];
+    const zone = ` (${zoneName()})`;
     const facts = [
-      ['created', time(d.created_at)],
-      ['updated', time(d.updated_at)],
-      d.next_attempt_at ? ['next attempt', time(d.next_attempt_at)] : null,
+      ['created', time(d.created_at) + zone],
+      ['updated', time(d.updated_at) + zone],
+      d.next_attempt_at ? ['next attempt', time(d.next_attempt_at) + zone] : null,
       d.redelivery_of !== null && d.redelivery_of !== undefined ? ['redelivery of', `#${d.redelivery_of}`] : null,
       d.redelivered_as !== null && d.redelivered_as !== undefined ? ['redelivered as', `#${d.redelivered_as}`] : null,
       d.last_error ? ['last error', d.last_error] : null,
     ].filter(Boolean);
+    const columns = ['a-n', 'a-time', 'a-outcome', 'a-http', 'a-duration', 'a-error', 'a-response'];
     return el(
       'article',
       {
@@ -334,14 +520,19 @@
         'h4',
         {},
         `#${orDash(d.id)} → ${orDash(d.endpoint)} `,
-        el('span', { className: `badge ${statusClass(d.status)}`, dataset: { testid: 'delivery-status' } }, orDash(d.status)),
+        badge(d.status, 'delivery-status'),
         el('span', { className: 'muted' }, ` ${plural(Number(d.attempts) || 0, 'attempt', 'attempts')}`),
       ),
       el('p', { className: 'facts' }, facts.map(([k, v]) => el('span', {}, el('b', {}, `${k}: `), v))),
       el(
         'table',
-        { className: 'attempts' },
-        el('thead', {}, el('tr', {}, ['#', 'Started', 'Outcome', 'HTTP', 'Duration', 'Error', 'Response'].map((h) => el('th', {}, h)))),
+        { className: 'attempts', dataset: { testid: 'attempts' } },
+        el('colgroup', {}, columns.map((c) => el('col', { className: c }))),
+        el(
+          'thead',
+          {},
+          el('tr', {}, ['#', `Started (${zoneName()})`, 'Outcome', 'HTTP', 'Duration', 'Error', 'Response'].map((h) => el('th', {}, h))),
+        ),
         el(
           'tbody',
           {},
@@ -356,12 +547,12 @@
                 },
               },
               el('td', { className: 'num' }, orDash(a.attempt)),
-              el('td', { className: 'nowrap' }, time(a.started_at)),
+              el('td', {}, time(a.started_at)),
               el('td', {}, orDash(a.outcome)),
               el('td', { className: 'num', dataset: { testid: 'attempt-http' } }, orDash(a.http_status)),
               el('td', { className: 'num' }, a.duration_ms === undefined ? '—' : `${a.duration_ms} ms`),
-              el('td', { className: 'wrap' }, orDash(a.error)),
-              el('td', { className: 'wrap', dataset: { testid: 'attempt-response' } }, orDash(a.response_excerpt)),
+              el('td', {}, orDash(a.error)),
+              el('td', { className: 'mono', dataset: { testid: 'attempt-response' } }, orDash(a.response_excerpt)),
             ),
           ),
         ),
@@ -378,6 +569,7 @@
       // Show the event, so that its new attempts appear as they happen.
       openEvent(eventId);
       loadDead();
+      refreshSummary();
     } catch (e) {
       if (e.status !== 401) notice(`Redelivery of ${eventId} failed: ${e.message}`, true);
     } finally {
@@ -386,15 +578,15 @@
   }
 
   // ---------------------------------------------------------------------
-  // Dead deliveries.
+  // Dead deliveries: only the unresolved ones, with the store's count.
 
   async function loadDead() {
     const seq = ++state.seq.dead;
     try {
-      const page = await api('GET', `/admin/deliveries?status=dead&limit=${DEAD_LIMIT}`);
+      const page = await api('GET', `/admin/deliveries?status=dead&unresolved=true&limit=${DEAD_LIMIT}`);
       if (seq !== state.seq.dead) return;
       const more = typeof page.next_cursor === 'string';
-      show('dead-error', more ? `Showing the newest ${DEAD_LIMIT} dead deliveries only.` : '');
+      show('dead-error', more ? `Showing the newest ${DEAD_LIMIT} only.` : '');
       renderDead(Array.isArray(page.deliveries) ? page.deliveries : []);
     } catch (e) {
       if (seq === state.seq.dead) failed('dead-error', e);
@@ -402,39 +594,40 @@
   }
 
   function renderDead(deliveries) {
-    const snapshot = JSON.stringify(deliveries);
+    const snapshot = JSON.stringify([deliveries, state.zone]);
     if (snapshot === state.snapshot.dead) return;
     state.snapshot.dead = snapshot;
-    const rows = deliveries.map((d) => {
-      const redelivered = d.redelivered_as !== null && d.redelivered_as !== undefined;
-      return el(
+    const rows = deliveries.map((d) =>
+      el(
         'tr',
         {
           dataset: {
             testid: 'dead-row',
             deliveryId: orDash(d.id),
             eventId: orDash(d.event_id),
-            redelivered: redelivered ? 'yes' : 'no',
           },
         },
-        el('td', { className: 'num' }, `#${orDash(d.id)}`),
-        el('td', {}, el('button', { type: 'button', className: 'link', dataset: { action: 'open' } }, orDash(d.event_id))),
-        el('td', {}, orDash(d.endpoint)),
-        el('td', { className: 'num' }, orDash(d.attempts)),
-        el('td', { className: 'wrap' }, orDash(d.last_error)),
-        el('td', { className: 'nowrap' }, time(d.updated_at)),
+        cell(`#${orDash(d.id)}`, { className: 'num' }),
         el(
           'td',
-          { className: 'nowrap' },
-          redelivered ? el('span', { className: 'muted', dataset: { testid: 'dead-redelivered' } }, `redelivered as #${d.redelivered_as} `) : null,
+          { title: orDash(d.event_id) },
+          el('button', { type: 'button', className: 'link', dataset: { action: 'open' } }, orDash(d.event_id)),
+        ),
+        cell(orDash(d.endpoint)),
+        cell(orDash(d.attempts), { className: 'num' }),
+        cell(orDash(d.last_error)),
+        cell(time(d.updated_at)),
+        el(
+          'td',
+          {},
           el(
             'button',
             { type: 'button', dataset: { action: 'redeliver', testid: 'dead-redeliver' }, title: 'Redeliver this event to its current subscribers' },
             'Redeliver',
           ),
         ),
-      );
-    });
+      ),
+    );
     $('dead-body').replaceChildren(...rows);
     $('dead-empty').hidden = rows.length > 0;
   }
@@ -459,6 +652,7 @@
     const progress = $('dead-progress');
     $('dead-confirm').hidden = true;
     button.disabled = true;
+    flash('dead-result', '');
     // A test may ask for smaller batches to see several of them.
     const batch = Number(document.body.dataset.bulkBatch) || BULK_BATCH;
     let total = 0;
@@ -477,20 +671,21 @@
         // took them): stop rather than spin.
         if (remaining === 0 || done === 0) break;
       }
-      const n = total;
-      notice(
-        n === 0
+      flash(
+        'dead-result',
+        total === 0
           ? 'No dead delivery was waiting: each is redelivered once.'
-          : `Redelivered ${plural(n, 'dead delivery', 'dead deliveries')}.`,
+          : `Redelivered ${plural(total, 'dead delivery', 'dead deliveries')}.`,
       );
       loadDead();
+      refreshSummary();
       if (state.selected) {
         state.detailPolls = 0;
         loadDetail();
       }
     } catch (e) {
       if (e.status !== 401) {
-        notice(`Bulk redelivery failed after ${plural(total, 'delivery', 'deliveries')}: ${e.message}`, true);
+        flash('dead-result', `Bulk redelivery failed after ${plural(total, 'delivery', 'deliveries')}: ${e.message}`, true);
       }
     } finally {
       show('dead-progress', '');
@@ -499,7 +694,25 @@
   }
 
   // ---------------------------------------------------------------------
-  // Live counters from /metrics (Prometheus text; open, no token needed).
+  // The store's summary (backends, pending and unresolved dead counts), and
+  // live counters from /metrics (Prometheus text; open, no token needed).
+
+  async function refreshSummary() {
+    try {
+      const summary = await api('GET', '/admin/summary');
+      const deliveries = summary.deliveries || {};
+      state.queue = summary.queue === 'rabbitmq' ? 'rabbitmq' : 'embedded';
+      state.pending = deliveries.pending;
+      state.dead = deliveries.dead;
+      const store = summary.store === 'postgres' ? 'PostgreSQL' : 'SQLite';
+      show('backend', `${store} · ${state.queue === 'rabbitmq' ? 'RabbitMQ' : 'embedded queue'}`);
+      const dead = Number(deliveries.dead);
+      $('dead-count').dataset.count = String(Number.isFinite(dead) ? dead : '');
+      show('dead-count', Number.isFinite(dead) ? `(${dead} unresolved)` : '');
+    } catch (e) {
+      if (e.status !== 401) show('counters-error', `Summary unavailable: ${e.message}`);
+    }
+  }
 
   function parseValue(text) {
     if (text === '+Inf') return Infinity;
@@ -592,12 +805,12 @@
     const list = box.querySelector('dl');
     for (const [key, label, value] of entries) {
       const testid = `counter-${group}-${slug(key)}`;
-      let cell = list.querySelector(`dd[data-testid="${testid}"]`);
-      if (!cell) {
-        cell = el('dd', { dataset: { testid } });
-        list.append(el('div', { className: 'counter' }, el('dt', {}, label), cell));
+      let cellNode = list.querySelector(`dd[data-testid="${testid}"]`);
+      if (!cellNode) {
+        cellNode = el('dd', { dataset: { testid } });
+        list.append(el('div', { className: 'counter' }, el('dt', {}, label), cellNode));
       }
-      cell.textContent = count(value);
+      cellNode.textContent = count(value);
     }
   }
 
@@ -616,15 +829,21 @@
     const samples = parseMetrics(text);
     const byOutcome = (name, always) =>
       [...sumBy(samples, name, 'outcome', always)].map(([outcome, value]) => [outcome, outcome || '(none)', value]);
-    renderCounterGroup('ingress', 'Callbacks received', byOutcome('payhook_ingress_requests_total', ['accepted', 'duplicate']));
-    renderCounterGroup('attempts', 'Delivery attempts', byOutcome('payhook_delivery_attempts_total', ['delivered', 'http_error']));
-    renderCounterGroup('deliveries', 'Deliveries', [
-      ['dead', 'dead (since start)', total(samples, 'payhook_deliveries_dead_total') || 0],
-      ['pending', 'pending', total(samples, 'payhook_deliveries_pending')],
-      ['outbox', 'outbox backlog', total(samples, 'payhook_outbox_pending')],
-      ['published', 'published to RabbitMQ', total(samples, 'payhook_events_published_total')],
-    ]);
-    $('counters-updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
+    renderCounterGroup('ingress', 'Callbacks received (since start)', byOutcome('payhook_ingress_requests_total', ['accepted', 'duplicate']));
+    renderCounterGroup('attempts', 'Delivery attempts (since start)', byOutcome('payhook_delivery_attempts_total', ['delivered', 'http_error']));
+    // Pending and dead are the store's counts, so they agree with the lists
+    // below and survive restarts; the outbox and RabbitMQ only exist with a
+    // broker, and are not shown without one.
+    const deliveries = [
+      ['pending', 'pending', state.pending === undefined ? total(samples, 'payhook_deliveries_pending') : state.pending],
+      ['dead', 'dead, unresolved', state.dead === undefined ? null : state.dead],
+    ];
+    if (state.queue === 'rabbitmq') {
+      deliveries.push(['outbox', 'outbox backlog', total(samples, 'payhook_outbox_pending')]);
+      deliveries.push(['published', 'published to RabbitMQ', total(samples, 'payhook_events_published_total')]);
+    }
+    renderCounterGroup('deliveries', 'Deliveries', deliveries);
+    $('counters-updated').textContent = `updated ${time(new Date().toISOString())} (${zoneName()})`;
   }
 
   // ---------------------------------------------------------------------
@@ -636,17 +855,34 @@
       login($('token-input').value.trim());
     });
     $('logout').addEventListener('click', () => signOut(''));
+    $('notice-close').addEventListener('click', () => notice(''));
     $('filters').addEventListener('submit', (e) => {
       e.preventDefault();
-      state.filters = readFilters();
-      state.cursors = [null];
-      loadEvents();
+      search(readForm());
     });
     $('filter-reset').addEventListener('click', () => {
       $('filters').reset();
-      state.filters = new URLSearchParams();
+      search(new URLSearchParams());
+    });
+    $('zone').addEventListener('change', () => {
+      state.zone = $('zone').value === 'local' ? 'local' : 'utc';
+      showZone();
+      fillForm();
+      writeAddress(false);
+      state.snapshot = { events: '', dead: '' };
+      loadEvents();
+      loadDead();
+      if (state.selected) loadDetail();
+    });
+    window.addEventListener('popstate', () => {
+      if (!state.token) return;
+      const event = readAddress();
+      showZone();
+      fillForm();
       state.cursors = [null];
       loadEvents();
+      if (event && event !== state.selected) openEvent(event);
+      else if (!event && state.selected) closeEvent();
     });
     $('events-older').addEventListener('click', () => {
       if (!state.nextCursor) return;
@@ -665,12 +901,7 @@
     $('detail-redeliver').addEventListener('click', (e) => {
       if (state.selected) redeliver(state.selected, e.currentTarget);
     });
-    $('detail-close').addEventListener('click', () => {
-      state.selected = null;
-      clearTimeout(state.detailTimer);
-      $('detail').hidden = true;
-      markSelected();
-    });
+    $('detail-close').addEventListener('click', () => closeEvent());
     $('dead-refresh').addEventListener('click', () => loadDead());
     $('dead-redeliver-all').addEventListener('click', () => askRedeliverAllDead());
     $('dead-confirm-yes').addEventListener('click', () => redeliverAllDead());
@@ -683,7 +914,7 @@
       else openEvent(row.dataset.eventId);
     });
     document.addEventListener('visibilitychange', () => {
-      if (!document.hidden && state.token) refreshCounters();
+      if (!document.hidden && state.token) refreshSummary().then(refreshCounters);
     });
 
     const saved = sessionStorage.getItem(TOKEN_KEY);
@@ -691,6 +922,8 @@
       state.token = saved;
       openConsole();
     } else {
+      readAddress();
+      showZone();
       showLogin('');
     }
   }
