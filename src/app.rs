@@ -20,7 +20,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::dispatch::{Deliverer, EmbeddedWorker};
 use crate::ingress::handler::{notify, IngressState};
-use crate::ingress::registry::{build_accounts, AccountError};
+use crate::dispatch::health::{EndpointHealth, EndpointMonitor};
+use crate::ingress::registry::AccountError;
+use crate::live::{LiveConfig, PausedEndpoints};
 use crate::queue::connection::Broker;
 use crate::queue::consumer::DeliveryConsumer;
 use crate::queue::publisher::OutboxPublisher;
@@ -83,6 +85,9 @@ pub struct BuildOptions {
     pub clock: Arc<dyn Clock>,
     /// Cancelled to stop the relay.
     pub shutdown: CancellationToken,
+    /// The config file a reload reads (`None`: the same lookup as at
+    /// start-up).
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl Default for BuildOptions {
@@ -91,6 +96,7 @@ impl Default for BuildOptions {
             role: Role::All,
             clock: Arc::new(SystemClock),
             shutdown: CancellationToken::new(),
+            config_path: None,
         }
     }
 }
@@ -111,6 +117,7 @@ pub struct Application {
     nonce_window: Duration,
     /// RabbitMQ mode: the outbox is in use.
     outbox: bool,
+    live: LiveConfig,
 }
 
 /// The admin listener's own connection and request limits.
@@ -135,7 +142,8 @@ impl Application {
                 Role::All => {}
             }
         }
-        let accounts = build_accounts(&config.accounts)?;
+        let live = LiveConfig::new(&config, options.config_path.clone())?;
+        let paused = PausedEndpoints::default();
         let store = Store::connect(&config.storage.url).await?;
         let metrics = Metrics::new();
         let jobs_committed = Arc::new(Notify::new());
@@ -145,7 +153,9 @@ impl Application {
                 Topology::new(&q.prefix, &config.delivery.retry_schedule),
             )
         });
-        let nonce_window = accounts
+        let nonce_window = live
+            .current()
+            .accounts
             .values()
             .filter_map(|a| a.provider.replay_window())
             .max()
@@ -153,8 +163,7 @@ impl Application {
 
         let ingress = if options.role.runs_ingress() {
             let state = IngressState {
-                accounts,
-                endpoints: Arc::new(config.endpoints.clone()),
+                live: live.clone(),
                 store: store.clone(),
                 clock: options.clock.clone(),
                 metrics: metrics.clone(),
@@ -182,7 +191,9 @@ impl Application {
             metrics: metrics.clone(),
             broker: broker.as_ref().map(|b| b.status.clone()),
             admin_token: config.server.admin_token.clone(),
-            endpoints: Arc::new(config.endpoints.clone()),
+            live: live.clone(),
+            paused: paused.clone(),
+            clock: options.clock.clone(),
             jobs_committed: jobs_committed.clone(),
             outbox: broker.is_some(),
         });
@@ -200,13 +211,16 @@ impl Application {
             };
             workers.push(publisher.run().boxed());
         }
+        let mut health = EndpointHealth::default();
         if options.role.runs_dispatcher() {
             let deliverer = Deliverer::new(
                 store.clone(),
-                &config.endpoints,
+                live.clone(),
+                paused.clone(),
                 config.delivery.clone(),
                 metrics.clone(),
             )?;
+            health = deliverer.health.clone();
             match &broker {
                 Some(broker) => {
                     let consumer = DeliveryConsumer {
@@ -222,6 +236,18 @@ impl Application {
                 }
             }
         }
+        // Every role: pauses made through any process reach this one, and
+        // auto-pause runs wherever failures are seen.
+        let monitor = EndpointMonitor {
+            store: store.clone(),
+            live: live.clone(),
+            paused,
+            health,
+            metrics: metrics.clone(),
+            clock: options.clock.clone(),
+            shutdown: options.shutdown.clone(),
+        };
+        workers.push(monitor.run().boxed());
 
         Ok(Self {
             ingress,
@@ -236,7 +262,13 @@ impl Application {
             idle_timeout: config.server.idle_timeout,
             nonce_window,
             outbox: broker.is_some(),
+            live,
         })
+    }
+
+    /// What a reload swaps; `SIGHUP` calls [`LiveConfig::reload_logged`].
+    pub fn live(&self) -> LiveConfig {
+        self.live.clone()
     }
 
     pub fn ingress_addr(&self) -> Option<SocketAddr> {

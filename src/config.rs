@@ -251,6 +251,9 @@ pub struct EndpointConfig {
     pub secret: Secret,
     pub accounts: Vec<AccountPattern>,
     pub events: Vec<EventPattern>,
+    /// Pause the endpoint after its answers were nothing but failures for
+    /// this long (none: never).
+    pub auto_pause_after: Option<Duration>,
 }
 
 impl EndpointConfig {
@@ -445,6 +448,7 @@ struct FileEndpoint {
     accounts: Vec<String>,
     #[serde(default = "star")]
     events: Vec<String>,
+    auto_pause_after: Option<String>,
 }
 
 fn star() -> Vec<String> {
@@ -1139,12 +1143,27 @@ impl Ctx<'_> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let auto_pause_after = match f.auto_pause_after {
+            None => None,
+            Some(text) => {
+                let key = format!("{at}.auto_pause_after");
+                let after = duration(&key, &text)?;
+                if after.is_zero() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "must be longer than zero (leave it out to never pause on failures)",
+                    ));
+                }
+                Some(after)
+            }
+        };
         Ok(EndpointConfig {
             id,
             url,
             secret,
             accounts: account_patterns,
             events,
+            auto_pause_after,
         })
     }
 }

@@ -33,6 +33,10 @@
 //!   `/admin/ui` (`admin/ui/`).
 //! - [`telemetry`]: tracing setup and the Prometheus metrics of the contract.
 //! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed.
+//! - [`live`]: what changes while the relay runs: the accounts and
+//!   endpoints a reload (`SIGHUP`, `POST /admin/reload`) swaps whole, and
+//!   the local view of paused endpoints (`dispatch::health` keeps it fresh
+//!   and pauses failing endpoints on its own).
 //! - [`app`]: wires the parts into a running relay with explicit shutdown
 //!   (`CancellationToken` + `TaskTracker`).
 //! - [`queue`]: scaled mode's RabbitMQ side: topology, the outbox publisher
@@ -52,6 +56,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod ingress;
+pub mod live;
 pub mod queue;
 pub mod server;
 pub mod store;

@@ -49,6 +49,7 @@ async fn run(command: Command) -> Result<(), String> {
                 BuildOptions {
                     role,
                     shutdown: shutdown.clone(),
+                    config_path: config_path.clone(),
                     ..BuildOptions::default()
                 },
             )
@@ -60,6 +61,7 @@ async fn run(command: Command) -> Result<(), String> {
             if let Some(addr) = app.admin_addr() {
                 tracing::info!(%addr, "admin listening");
             }
+            tokio::spawn(reload_on_sighup(app.live(), app.metrics(), shutdown.clone()));
             tokio::spawn(stop_on_signal(shutdown));
             app.run_until_stopped().await.map_err(|e| e.to_string())
         }
@@ -177,6 +179,43 @@ fn log_start(config: &Config, path: Option<&std::path::Path>, role: payhook::app
     }
     if config.endpoints.is_empty() {
         tracing::warn!("no [[endpoints]] configured: callbacks are stored but delivered to no one");
+    }
+}
+
+/// SIGHUP reloads the config file: accounts and endpoints are swapped, a
+/// file that does not validate changes nothing (see `payhook::live`).
+async fn reload_on_sighup(
+    live: payhook::live::LiveConfig,
+    metrics: std::sync::Arc<payhook::telemetry::Metrics>,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    // The outcome is logged and counted there.
+                    let _ = live.reload_logged(&metrics, "SIGHUP").await;
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (live, metrics);
+        shutdown.cancelled().await;
     }
 }
 

@@ -176,6 +176,15 @@ impl Metrics {
             None,
             "Deliveries not yet delivered or dead.".into(),
         );
+        d(
+            "payhook_config_reloads_total",
+            "Config reloads (SIGHUP or POST /admin/reload), by outcome: ok or error.",
+        );
+        self.recorder.describe_gauge(
+            "payhook_endpoint_paused".into(),
+            None,
+            "1 while a merchant endpoint is paused (its deliveries wait), else 0.".into(),
+        );
         self.recorder.describe_gauge(
             "payhook_outbox_pending".into(),
             None,
@@ -311,6 +320,23 @@ impl Metrics {
     pub fn set_outbox_pending(&self, pending: u64) {
         self.gauge("payhook_outbox_pending").set(pending as f64);
     }
+
+    pub fn set_endpoint_paused(&self, endpoint: &str, paused: bool) {
+        self.recorder
+            .register_gauge(
+                &Key::from_parts("payhook_endpoint_paused", labels(&[("endpoint", endpoint)])),
+                &META,
+            )
+            .set(if paused { 1.0 } else { 0.0 });
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.counter(
+            "payhook_config_reloads_total",
+            &[("outcome", if ok { "ok" } else { "error" })],
+        )
+        .increment(1);
+    }
 }
 
 /// Log output format, from `PAYHOOK_LOG_FORMAT`.
@@ -416,13 +442,15 @@ mod tests {
         m.events_published(1);
         m.set_deliveries_pending(1);
         m.set_outbox_pending(1);
+        m.set_endpoint_paused("shop", true);
+        m.config_reload(true);
         let text = m.render();
         let typed: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split_whitespace().next())
             .collect();
-        assert_eq!(typed.len(), 9, "{text}");
+        assert_eq!(typed.len(), 11, "{text}");
         for name in typed {
             assert!(
                 text.contains(&format!("# HELP {name} ")),

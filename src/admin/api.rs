@@ -34,7 +34,7 @@ use crate::config::Secret;
 use crate::domain::{AccountId, EndpointId, EventId, EventType};
 use crate::ingress::common::ct_eq;
 use crate::store::{
-    DeliveryDetail, DeliveryFilter, DeliveryStatus, EventFilter, StoreError, StoredAttempt, StoredEvent,
+    PausedBy, DeliveryDetail, DeliveryFilter, DeliveryStatus, EventFilter, StoreError, StoredAttempt, StoredEvent,
 };
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -50,6 +50,11 @@ pub enum AdminError {
     BadRequest(String),
     #[error("no such event")]
     EventNotFound,
+    #[error("no such endpoint in the running config")]
+    EndpointNotFound,
+    /// A reload refused: the message names the key.
+    #[error("config not reloaded: {0}")]
+    ConfigInvalid(String),
     #[error("no such admin route")]
     RouteNotFound,
     #[error("{0}")]
@@ -64,8 +69,10 @@ impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::EventNotFound | AdminError::RouteNotFound => StatusCode::NOT_FOUND,
+            AdminError::BadRequest(_) | AdminError::ConfigInvalid(_) => StatusCode::BAD_REQUEST,
+            AdminError::EventNotFound | AdminError::EndpointNotFound | AdminError::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Store(e) if store_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Store(_) | AdminError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,6 +86,8 @@ impl AdminError {
             AdminError::Unauthorized => "unauthorized",
             AdminError::BadRequest(_) => "bad_request",
             AdminError::EventNotFound => "event_not_found",
+            AdminError::EndpointNotFound => "endpoint_not_found",
+            AdminError::ConfigInvalid(_) => "config_invalid",
             AdminError::RouteNotFound => "route_not_found",
             AdminError::Conflict(_) => "conflict",
             AdminError::Store(e) if store_unavailable(e) => "store_unavailable",
@@ -147,6 +156,10 @@ pub fn operations() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
         (Method::GET, "/deliveries", get(list_deliveries)),
         (Method::POST, "/deliveries/redeliver", post(redeliver_dead)),
         (Method::GET, "/summary", get(summary)),
+        (Method::GET, "/endpoints", get(list_endpoints)),
+        (Method::POST, "/endpoints/{id}/pause", post(pause_endpoint)),
+        (Method::POST, "/endpoints/{id}/resume", post(resume_endpoint)),
+        (Method::POST, "/reload", post(reload)),
         (Method::GET, "/openapi.json", get(openapi)),
     ]
 }
@@ -514,6 +527,8 @@ async fn redeliver_event(
         return Err(AdminError::Conflict("events of this type are never delivered"));
     }
     let endpoints: Vec<EndpointId> = state
+        .live
+        .current()
         .endpoints
         .iter()
         .filter(|e| e.subscribes(&account, event_type))
@@ -593,6 +608,96 @@ async fn summary(State(state): State<AdminState>) -> Result<Json<Value>, AdminEr
     })))
 }
 
+/// Every configured endpoint: pause, delivery counts and recent health.
+async fn list_endpoints(State(state): State<AdminState>) -> Result<Json<Value>, AdminError> {
+    let states = state.store.endpoint_states().await?;
+    let counts = state.store.delivery_counts_by_endpoint().await?;
+    let routing = state.live.current();
+    let endpoints: Vec<Value> = routing
+        .endpoints
+        .iter()
+        .map(|e| {
+            let id = e.id.as_str();
+            let known = states.iter().find(|s| s.endpoint_id == id).cloned().unwrap_or_default();
+            let (pending, dead) = counts.get(id).copied().unwrap_or_default();
+            serde_json::json!({
+                "id": id,
+                "url": crate::config::redact_url_password(e.url.as_str()),
+                "paused": known.paused_at_ms.is_some(),
+                "paused_at": known.paused_at_ms.and_then(rfc3339),
+                "paused_by": known.paused_by,
+                "pending": pending,
+                "dead": dead,
+                "last_success_at": known.last_success_at_ms.and_then(rfc3339),
+                "failing_since": known.failing_since_ms.and_then(rfc3339),
+                "consecutive_failures": known.consecutive_failures,
+                "auto_pause_after_seconds": e.auto_pause_after.map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "endpoints": endpoints })))
+}
+
+/// The endpoint `id` of the running config, or 404.
+fn configured_endpoint(state: &AdminState, id: &str) -> Result<String, AdminError> {
+    state
+        .live
+        .current()
+        .endpoints
+        .iter()
+        .find(|e| e.id.as_str() == id)
+        .map(|e| e.id.to_string())
+        .ok_or(AdminError::EndpointNotFound)
+}
+
+async fn pause_endpoint(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
+    let id = configured_endpoint(&state, &id)?;
+    let now = state.clock.now().timestamp_millis();
+    let changed = state.store.pause_endpoint(&id, PausedBy::Operator, now).await?;
+    // This process stops at once; the others within `PAUSED_REFRESH`.
+    state.paused.set(&id, true);
+    state.metrics.set_endpoint_paused(&id, true);
+    if changed {
+        tracing::warn!(endpoint = %id, "endpoint paused by an operator; its deliveries wait");
+    }
+    Ok(Json(serde_json::json!({ "id": id, "paused": true, "changed": changed })))
+}
+
+async fn resume_endpoint(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
+    let id = configured_endpoint(&state, &id)?;
+    let now = state.clock.now().timestamp_millis();
+    let changed = state.store.resume_endpoint(&id, state.outbox, now).await?;
+    state.paused.set(&id, false);
+    state.metrics.set_endpoint_paused(&id, false);
+    if changed {
+        // The embedded dispatcher takes the waiting jobs at once (the
+        // outbox publisher, in RabbitMQ mode, publishes them again).
+        state.jobs_committed.notify_one();
+        tracing::info!(endpoint = %id, "endpoint resumed by an operator; its waiting deliveries go out in order");
+    }
+    Ok(Json(serde_json::json!({ "id": id, "paused": false, "changed": changed })))
+}
+
+/// Reads the config file again (as `SIGHUP` does) and answers what changed,
+/// or 400 with the error, which names the key; a refused file changes
+/// nothing.
+async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, AdminError> {
+    match state.live.reload_logged(&state.metrics, "POST /admin/reload").await {
+        Ok(report) => Ok(Json(serde_json::json!({
+            "accounts": report.accounts,
+            "endpoints": report.endpoints,
+            "needs_restart": report.needs_restart,
+        }))),
+        Err(e) => Err(AdminError::ConfigInvalid(e.to_string())),
+    }
+}
+
 async fn redeliver_dead(
     State(state): State<AdminState>,
     q: Result<Query<BulkQuery>, QueryRejection>,
@@ -611,7 +716,13 @@ async fn redeliver_dead(
         Some(text) => Some(u32::try_from(limit(Some(text))?).unwrap_or(u32::MAX)),
     };
     // Only to endpoints that still exist: a removed endpoint has no URL.
-    let endpoints: Vec<EndpointId> = state.endpoints.iter().map(|e| e.id.clone()).collect();
+    let endpoints: Vec<EndpointId> = state
+        .live
+        .current()
+        .endpoints
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
     let done = state
         .store
         .redeliver_dead(&endpoints, state.outbox, batch)

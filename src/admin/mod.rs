@@ -15,7 +15,9 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::Notify;
 
-use crate::config::{EndpointConfig, Secret};
+use crate::clock::Clock;
+use crate::config::Secret;
+use crate::live::{LiveConfig, PausedEndpoints};
 use crate::queue::connection::BrokerStatus;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -28,8 +30,14 @@ pub struct AdminState {
     pub broker: Option<Arc<BrokerStatus>>,
     /// The bearer token for `/admin/*`; without one, every request is refused.
     pub admin_token: Option<Secret>,
-    /// The configured endpoints: a redelivery goes to the current subscribers.
-    pub endpoints: Arc<Vec<EndpointConfig>>,
+    /// The accounts and endpoints in force: a redelivery goes to the
+    /// current subscribers; a reload swaps them.
+    pub live: LiveConfig,
+    /// This process's view of paused endpoints, updated at once by a pause
+    /// through this API.
+    pub paused: PausedEndpoints,
+    /// Times of operator pauses.
+    pub clock: Arc<dyn Clock>,
     /// Wakes the embedded dispatcher (or the outbox publisher) after a
     /// redelivery is committed.
     pub jobs_committed: Arc<Notify>,

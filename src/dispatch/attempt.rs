@@ -1,14 +1,15 @@
 //! One delivery attempt: sign, POST, decide what comes next, store it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 
+use super::health::EndpointHealth;
 use super::http::{storable_text, DeliveryClient};
 use super::sign::delivery_headers;
 use crate::config::{DeliveryConfig, EndpointConfig, Secret};
+use crate::live::{LiveConfig, PausedEndpoints};
 use crate::store::{now_ms, AttemptRecord, ClaimedJob, JobRef, NextStep, RecordOutcome, Store, StoreError};
 use crate::telemetry::{AttemptOutcome, Metrics};
 
@@ -36,7 +37,13 @@ impl From<&EndpointConfig> for Endpoint {
 pub struct Deliverer {
     pub store: Store,
     pub client: DeliveryClient,
-    pub endpoints: Arc<HashMap<String, Endpoint>>,
+    /// The endpoints in force (swapped by a reload); each attempt keeps the
+    /// snapshot it started with.
+    pub live: LiveConfig,
+    /// Endpoints whose deliveries wait: not attempted, not counted.
+    pub paused: PausedEndpoints,
+    /// Each answer is tallied for the endpoint monitor.
+    pub health: EndpointHealth,
     pub delivery: Arc<DeliveryConfig>,
     pub metrics: Arc<Metrics>,
 }
@@ -65,7 +72,8 @@ fn unstorable(e: &StoreError) -> bool {
 impl Deliverer {
     pub fn new(
         store: Store,
-        endpoints: &[EndpointConfig],
+        live: LiveConfig,
+        paused: PausedEndpoints,
         delivery: DeliveryConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
@@ -77,12 +85,9 @@ impl Deliverer {
         Ok(Self {
             store,
             client,
-            endpoints: Arc::new(
-                endpoints
-                    .iter()
-                    .map(|e| (e.id.to_string(), Endpoint::from(e)))
-                    .collect(),
-            ),
+            live,
+            paused,
+            health: EndpointHealth::default(),
             delivery: Arc::new(delivery),
             metrics,
         })
@@ -210,6 +215,22 @@ impl Deliverer {
         })
     }
 
+    /// A job of a paused endpoint: no request, no attempt recorded, nothing
+    /// counted. Its lease is given back and it stays pending in the store at
+    /// its place in the schedule; the dispatchers skip the endpoint until it
+    /// is resumed (in RabbitMQ mode the resume publishes it again).
+    async fn wait_while_paused(&self, job: &ClaimedJob) -> Result<Settled, StoreError> {
+        self.store.release(&[job.delivery_id]).await?;
+        tracing::debug!(endpoint = %job.endpoint_id, delivery_id = job.delivery_id, "endpoint paused; the delivery waits");
+        // Nothing was stored for the queue to act on: like a superseded job,
+        // its message is acked and not followed up.
+        Ok(Settled {
+            next: NextStep::Dead,
+            record: RecordOutcome::Superseded,
+            deferred: true,
+        })
+    }
+
     /// Stores an attempt: a store hiccup is retried with a bounded backoff;
     /// a record the store refuses as such (see `unstorable`) is stored again
     /// without its free-text details, so that the job still moves on instead
@@ -268,7 +289,11 @@ impl Deliverer {
 
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, endpoint = %job.endpoint_id, attempt = job.attempt, outcome))]
     pub async fn attempt(&self, job: &ClaimedJob) -> Result<Settled, StoreError> {
-        let Some(endpoint) = self.endpoints.get(&job.endpoint_id) else {
+        if self.paused.contains(&job.endpoint_id) {
+            return self.wait_while_paused(job).await;
+        }
+        let routing = self.live.current();
+        let Some(endpoint) = routing.targets.get(&job.endpoint_id) else {
             tracing::Span::current().record("outcome", AttemptOutcome::UnknownEndpoint.as_str());
             return self.unknown_endpoint(job).await;
         };
@@ -294,6 +319,11 @@ impl Deliverer {
         tracing::Span::current().record("outcome", result.outcome.as_str());
         self.metrics
             .delivery_attempt(&job.endpoint_id, result.outcome, elapsed.as_secs_f64());
+        if result.outcome == AttemptOutcome::Delivered {
+            self.health.success(&job.endpoint_id, started_ms);
+        } else {
+            self.health.failure(&job.endpoint_id, started_ms);
+        }
         let record = AttemptRecord {
             delivery_id: job.delivery_id,
             attempt: job.attempt,

@@ -63,12 +63,14 @@ impl EmbeddedWorker {
             }
             // Endpoints already at their own limit are skipped, so a slow
             // merchant cannot take every slot from the others.
-            let busy: Vec<String> = lock(&in_flight)
+            // So are paused endpoints: their jobs wait in the store.
+            let mut busy: Vec<String> = lock(&in_flight)
                 .per_endpoint
                 .iter()
                 .filter(|(_, n)| **n >= per_endpoint_limit)
                 .map(|(id, _)| id.clone())
                 .collect();
+            busy.extend(self.deliverer.paused.list());
             let limit = free.min(CLAIM_BATCH);
             let jobs = match self
                 .deliverer

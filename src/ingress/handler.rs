@@ -9,18 +9,20 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::registry::{Account, Accounts};
+use super::registry::Account;
 use super::{Dialect, RawRequest, Rejection};
 use crate::clock::Clock;
 use crate::config::EndpointConfig;
+use crate::live::LiveConfig;
 use crate::domain::{Event, EventId};
 use crate::store::{IngestOutcome, NewEvent, Store};
 use crate::telemetry::{IngressOutcome, Metrics};
 
 #[derive(Clone)]
 pub struct IngressState {
-    pub accounts: Accounts,
-    pub endpoints: Arc<Vec<EndpointConfig>>,
+    /// The accounts and endpoints in force (swapped by a reload); each
+    /// request keeps the snapshot it started with.
+    pub live: LiveConfig,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
@@ -155,7 +157,8 @@ pub async fn notify(
 ) -> Response {
     let started = Instant::now();
     let span = tracing::Span::current();
-    let Some(account) = state.accounts.get(&account_id).cloned() else {
+    let routing = state.live.current();
+    let Some(account) = routing.accounts.get(&account_id).cloned() else {
         // The label is the fixed word, not the unknown input: arbitrary path
         // text must not create unbounded metric series.
         state
@@ -171,7 +174,7 @@ pub async fn notify(
     let provider = account.provider.kind().as_str();
     span.record("account", account.id.as_str());
     span.record("provider", provider);
-    let reply = handle(&state, &account, &headers, body).await;
+    let reply = handle(&state, &account, &routing.endpoints, &headers, body).await;
     let outcome = reply.outcome();
     span.record("outcome", outcome.as_str());
     match &reply {
@@ -222,7 +225,13 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-async fn handle(state: &IngressState, account: &Account, headers: &HeaderMap, body: Body) -> Reply {
+async fn handle(
+    state: &IngressState,
+    account: &Account,
+    endpoints: &[EndpointConfig],
+    headers: &HeaderMap,
+    body: Body,
+) -> Reply {
     if let Some(limit) = &account.rate_limit {
         if let Err(wait) = limit.try_take(Instant::now()) {
             return Reply::RateLimited(wait.as_secs().max(1));
@@ -255,8 +264,7 @@ async fn handle(state: &IngressState, account: &Account, headers: &HeaderMap, bo
         chrono::Utc::now(),
     );
     let endpoints = if event.event_type.is_deliverable() {
-        state
-            .endpoints
+        endpoints
             .iter()
             .filter(|e| e.subscribes(&event.account, event.event_type))
             .map(|e| e.id.clone())

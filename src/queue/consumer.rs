@@ -52,7 +52,7 @@ impl DeliveryConsumer {
         let gates = EndpointGates::new(
             self.deliverer.delivery.per_endpoint_concurrency,
             concurrency,
-            self.deliverer.endpoints.len(),
+            self.deliverer.live.current().targets.len(),
         );
         let held = HeldLeases::default();
         // Runs until the last attempt has ended, after the shutdown.
@@ -533,10 +533,22 @@ impl Handling {
                 return false;
             }
         };
+        // A paused endpoint's job waits in the store, not in the queue: its
+        // lease is given back and the message dropped; resuming the endpoint
+        // publishes it again (and the overdue sweep skips it meanwhile).
+        if deliverer.paused.contains(&claimed.endpoint_id) {
+            return match deliverer.store.release(&[claimed.delivery_id]).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot release a paused endpoint's job; returning it to the queue");
+                    false
+                }
+            };
+        }
         let _held = self.held.hold(claimed.delivery_id);
         // A job whose endpoint this process does not know needs no endpoint
         // slot: the deliverer puts it back or lets it die, without a request.
-        let known = deliverer.endpoints.contains_key(&claimed.endpoint_id);
+        let known = deliverer.live.current().targets.contains_key(&claimed.endpoint_id);
         let endpoint_slot = if known {
             match gates.admit(&claimed.endpoint_id) {
                 Admission::Now(slot) => Some(slot),

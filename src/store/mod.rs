@@ -10,6 +10,7 @@ mod postgres;
 #[doc(hidden)]
 pub use postgres::hot_statements;
 mod admin_query;
+mod endpoints;
 mod postgres_admin;
 mod sqlite;
 mod sqlite_admin;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
+pub use endpoints::{EndpointState, HealthReport, PausedBy};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -287,7 +287,8 @@ impl PostgresStore {
             db_skew!("$1::int8"),
             " FROM deliveries WHERE status = 'pending' AND lease_until <= ",
             db_now!(),
-            " ORDER BY next_attempt_at LIMIT 1"
+            " AND endpoint_id NOT IN (SELECT endpoint_id FROM endpoint_state WHERE paused_at IS NOT NULL) \
+             ORDER BY next_attempt_at LIMIT 1"
         ))
         .bind(now_ms())
         .fetch_optional(&self.pool)
@@ -529,7 +530,8 @@ impl PostgresStore {
             db_skew!("$3::int8"),
             " AND lease_until <= ",
             db_now!(),
-            " ORDER BY next_attempt_at LIMIT $2 \
+            " AND endpoint_id NOT IN (SELECT endpoint_id FROM endpoint_state WHERE paused_at IS NOT NULL) \
+                 ORDER BY next_attempt_at LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
              ) \
              UPDATE deliveries d SET next_attempt_at = ",

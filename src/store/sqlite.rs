@@ -123,7 +123,8 @@ impl SqliteStore {
     pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
             "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
-             WHERE status = 'pending' AND lease_until <= ?1 ORDER BY next_attempt_at LIMIT 1",
+             WHERE status = 'pending' AND lease_until <= ?1 AND endpoint_id NOT IN (SELECT endpoint_id \
+             FROM endpoint_state WHERE paused_at IS NOT NULL) ORDER BY next_attempt_at LIMIT 1",
         )
         .bind(now_ms())
         .fetch_optional(&self.read)
@@ -345,7 +346,8 @@ impl SqliteStore {
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE deliveries SET next_attempt_at = ?1 WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_due \
-             WHERE status = 'pending' AND next_attempt_at < ?2 AND lease_until <= ?1 ORDER BY next_attempt_at LIMIT ?3) \
+             WHERE status = 'pending' AND next_attempt_at < ?2 AND lease_until <= ?1 AND endpoint_id NOT IN \
+             (SELECT endpoint_id FROM endpoint_state WHERE paused_at IS NOT NULL) ORDER BY next_attempt_at LIMIT ?3) \
              RETURNING id, attempts",
         )
         .bind(now)
