@@ -33,6 +33,8 @@
 //!   `/admin/ui` (`admin/ui/`).
 //! - [`telemetry`]: tracing setup and the Prometheus metrics of the contract.
 //! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed.
+//! - [`key_list`]: the short non-empty list an endpoint's secrets and an
+//!   account's keys are held in, so that either can be rotated without a gap.
 //! - [`app`]: wires the parts into a running relay with explicit shutdown
 //!   (`CancellationToken` + `TaskTracker`).
 //! - [`queue`]: scaled mode's RabbitMQ side: topology, the outbox publisher
@@ -52,6 +54,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod ingress;
+pub mod key_list;
 pub mod queue;
 pub mod server;
 pub mod store;
