@@ -251,7 +251,9 @@ pub enum DingdangSchemeConfig {
 pub struct EndpointConfig {
     pub id: EndpointId,
     pub url: url::Url,
-    pub secret: Secret,
+    /// `secret`, or `secrets = [new, old]` while it is rotated: every one
+    /// signs `webhook-signature`, the first signs `X-Signature`.
+    pub secrets: KeyList<Secret>,
     pub accounts: Vec<AccountPattern>,
     pub events: Vec<EventPattern>,
 }
@@ -451,6 +453,7 @@ struct FileEndpoint {
     secret: Option<String>,
     secret_env: Option<String>,
     secret_file: Option<PathBuf>,
+    secrets: Option<Vec<toml::Value>>,
     #[serde(default = "star")]
     accounts: Vec<String>,
     #[serde(default = "star")]
@@ -1299,10 +1302,24 @@ impl Ctx<'_> {
             .ok_or_else(|| {
                 ConfigError::invalid(format!("{at}.url"), format!("`{}` is not an http(s) URL", f.url))
             })?;
-        let key = format!("{at}.secret");
-        let secret = self
-            .secret(&key, f.secret, f.secret_env, f.secret_file)?
-            .ok_or_else(|| ConfigError::invalid(&key, "required: it signs deliveries"))?;
+        let secrets = self
+            .secrets(
+                &at,
+                "secret",
+                "adds another signature to every delivery",
+                SecretKeys {
+                    inline: f.secret,
+                    env: f.secret_env,
+                    file: f.secret_file,
+                    list: f.secrets,
+                },
+            )?
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{at}.secret"),
+                    "required: it signs deliveries (secrets = [new, old] while it is rotated)",
+                )
+            })?;
         let account_patterns = f
             .accounts
             .iter()
@@ -1338,7 +1355,7 @@ impl Ctx<'_> {
         Ok(EndpointConfig {
             id,
             url,
-            secret,
+            secrets,
             accounts: account_patterns,
             events,
         })
@@ -1546,6 +1563,95 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    const ENDPOINT: &str = "[[endpoints]]\nid=\"e\"\nurl=\"https://x.example\"\n";
+
+    #[test]
+    fn an_endpoint_takes_secret_or_secrets() {
+        let c = parse(&format!("{ENDPOINT}secrets = [\"whsec_bmV3\", \"whsec_b2xk\"]\n")).unwrap();
+        let shown: Vec<&str> = c.endpoints[0].secrets.iter().map(Secret::expose).collect();
+        assert_eq!(shown, ["whsec_bmV3", "whsec_b2xk"], "in the configured order");
+        let c = parse(&format!("{ENDPOINT}secret = \"whsec_b2xk\"\n")).unwrap();
+        assert_eq!(c.endpoints[0].secrets.len(), 1);
+
+        // Both forms: refused, naming the list and the single key.
+        for single in ["secret = \"a\"", "secret_env = \"A\"", "secret_file = \"a\""] {
+            let e = err(&format!("{ENDPOINT}{single}\nsecrets = [\"b\"]\n"));
+            assert!(
+                e.starts_with("endpoints[0].secrets:") && e.contains("secret (or secret_env, secret_file)"),
+                "{e}"
+            );
+        }
+        let e = err(&format!("{ENDPOINT}secrets = []\n"));
+        assert!(
+            e.starts_with("endpoints[0].secrets:") && e.contains("at least one"),
+            "{e}"
+        );
+        let e = err(&format!("{ENDPOINT}secrets = [\"a\", \"\"]\n"));
+        assert!(
+            e.starts_with("endpoints[0].secrets[1]:") && e.contains("empty"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{ENDPOINT}secrets = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n"
+        ));
+        assert!(
+            e.starts_with("endpoints[0].secrets:") && e.contains("lists 5") && e.contains("at most 4"),
+            "{e}"
+        );
+        parse(&format!("{ENDPOINT}secrets = [\"a\", \"b\", \"c\", \"d\"]\n")).unwrap();
+        let e = err(&format!("{ENDPOINT}secrets = [\"same\", \"same\"]\n"));
+        assert!(
+            e.starts_with("endpoints[0].secrets[1]:") && e.contains("secrets[0]"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("\"same\""),
+            "the message does not echo the secret: {e}"
+        );
+        let e = err(&format!("{ENDPOINT}secrets = [\"a\", 5]\n"));
+        assert!(e.starts_with("endpoints[0].secrets[1]:"), "{e}");
+        let e = err(&format!(
+            "{ENDPOINT}secrets = [{{ env = \"A\", file = \"b\" }}]\n"
+        ));
+        assert!(e.starts_with("endpoints[0].secrets[0]:"), "{e}");
+        let e = err(ENDPOINT);
+        assert!(
+            e.starts_with("endpoints[0].secret:") && e.contains("required"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listed_secrets_come_inline_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old"), "from-file\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let env = |name: &str| match name {
+            "NEW" => Some("from-env".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let text = format!("{ENDPOINT}secrets = [{{ env = \"NEW\" }}, {{ file = \"old\" }}, \"inline\"]\n");
+        let c = Config::from_toml_str(&text, dir.path(), &env).unwrap();
+        let shown: Vec<&str> = c.endpoints[0].secrets.iter().map(Secret::expose).collect();
+        assert_eq!(shown, ["from-env", "from-file", "inline"]);
+        assert!(
+            !format!("{c:?}").contains("from-env"),
+            "Debug hides listed secrets"
+        );
+        for (entry, key) in [
+            ("{ env = \"UNSET\" }", "endpoints[0].secrets[0]"),
+            ("{ env = \"EMPTY\" }", "endpoints[0].secrets[0]"),
+            ("{ file = \"empty\" }", "endpoints[0].secrets[0]"),
+            ("{ file = \"missing\" }", "endpoints[0].secrets[0]"),
+        ] {
+            let e = Config::from_toml_str(&format!("{ENDPOINT}secrets = [{entry}]\n"), dir.path(), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{entry}: {e}");
+        }
     }
 
     #[test]

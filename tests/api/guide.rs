@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use payhook::config::Secret;
 use payhook::dispatch::sign::{delivery_headers, standard_webhooks_key, webhook_signature, x_signature};
+use payhook::key_list::KeyList;
 
 use crate::helpers::{dryad_callback, spawn_app, Backend, ENDPOINT_SECRET};
 
@@ -54,7 +56,8 @@ fn expected_signatures() -> (String, String) {
 fn the_guide_and_snippets_carry_payhooks_own_signatures() {
     let (x_sig, webhook_sig) = expected_signatures();
     // The same values as the delivery headers payhook sends for this input.
-    let headers = delivery_headers(SECRET, EVENT_ID, BODY.as_bytes(), TIMESTAMP_MS, NONCE, 1);
+    let secrets = KeyList::one(Secret::new(SECRET));
+    let headers = delivery_headers(&secrets, EVENT_ID, BODY.as_bytes(), TIMESTAMP_MS, NONCE, 1);
     let header = |name: &str| {
         headers
             .iter()
