@@ -101,6 +101,15 @@ ensure_tools() {
     fi
     hash -r
   fi
+  # The merchant guide's Standard Webhooks snippet runs with the published
+  # library (PyPI standardwebhooks).
+  if ! python3 -c 'import standardwebhooks' >/dev/null 2>&1; then
+    log "installing standardwebhooks (PyPI)"
+    if ! python3 -m pip install -q standardwebhooks >/dev/null 2>&1; then
+      log "could not install standardwebhooks"
+      if [ "${PAYHOOK_REQUIRE_ALL:-0}" = 1 ]; then return 1; fi
+    fi
+  fi
 }
 
 ensure_postgres

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::{AccountId, EndpointId, EventType, ProviderKind};
+use crate::key_list::{KeyList, KeyListError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -203,7 +204,8 @@ impl AccountConfig {
 #[derive(Debug, Clone)]
 pub enum ProviderSettings {
     Cbb {
-        public_key_file: PathBuf,
+        /// `public_key_file`, or `public_key_files` while the key is rotated.
+        public_key_files: KeyList<PathBuf>,
         sandbox_private_key_file: Option<PathBuf>,
     },
     Shouqianba {
@@ -212,7 +214,8 @@ pub enum ProviderSettings {
         sandbox_private_key_file: Option<PathBuf>,
     },
     Abc {
-        certificate_file: PathBuf,
+        /// `certificate_file`, or `certificate_files` while it is renewed.
+        certificate_files: KeyList<PathBuf>,
         /// The bank's MerchantID of this account: every notice must carry it.
         merchant_id: String,
         /// Pinned per account; a notice cannot choose another.
@@ -227,28 +230,30 @@ pub enum ProviderSettings {
         sandbox_private_key_file: Option<PathBuf>,
     },
     Dryad {
-        secret: Secret,
+        secrets: KeyList<Secret>,
         max_clock_skew: Duration,
     },
 }
 
 #[derive(Debug, Clone)]
 pub enum SqbMode {
-    Md5 { terminal_key: Secret },
-    Rsa { public_key_file: PathBuf },
+    Md5 { terminal_keys: KeyList<Secret> },
+    Rsa { public_key_files: KeyList<PathBuf> },
 }
 
 #[derive(Debug, Clone)]
 pub enum DingdangSchemeConfig {
-    HmacSha256 { secret: Secret },
-    Rsa2 { public_key_file: PathBuf },
+    HmacSha256 { secrets: KeyList<Secret> },
+    Rsa2 { public_key_files: KeyList<PathBuf> },
 }
 
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub id: EndpointId,
     pub url: url::Url,
-    pub secret: Secret,
+    /// `secret`, or `secrets = [new, old]` while it is rotated: every one
+    /// signs `webhook-signature`, the first signs `X-Signature`.
+    pub secrets: KeyList<Secret>,
     pub accounts: Vec<AccountPattern>,
     pub events: Vec<EventPattern>,
     /// Pause the endpoint after its answers were nothing but failures for
@@ -373,7 +378,8 @@ struct FileCbb {
     /// Already read to choose this struct; accepted here so that it is not "unknown".
     #[serde(rename = "provider")]
     _provider: String,
-    public_key_file: PathBuf,
+    public_key_file: Option<PathBuf>,
+    public_key_files: Option<Vec<PathBuf>>,
     sandbox_private_key_file: Option<PathBuf>,
 }
 
@@ -389,7 +395,9 @@ struct FileShouqianba {
     terminal_key: Option<String>,
     terminal_key_env: Option<String>,
     terminal_key_file: Option<PathBuf>,
+    terminal_keys: Option<Vec<toml::Value>>,
     public_key_file: Option<PathBuf>,
+    public_key_files: Option<Vec<PathBuf>>,
     sandbox_private_key_file: Option<PathBuf>,
 }
 
@@ -400,7 +408,8 @@ struct FileAbc {
     /// Already read to choose this struct; accepted here so that it is not "unknown".
     #[serde(rename = "provider")]
     _provider: String,
-    certificate_file: PathBuf,
+    certificate_file: Option<PathBuf>,
+    certificate_files: Option<Vec<PathBuf>>,
     merchant_id: Option<String>,
     signature_algorithm: Option<String>,
     sandbox_private_key_file: Option<PathBuf>,
@@ -417,7 +426,9 @@ struct FileDingdang {
     secret: Option<String>,
     secret_env: Option<String>,
     secret_file: Option<PathBuf>,
+    secrets: Option<Vec<toml::Value>>,
     public_key_file: Option<PathBuf>,
+    public_key_files: Option<Vec<PathBuf>>,
     max_clock_skew: Option<String>,
     skill_id: Option<String>,
     sandbox_private_key_file: Option<PathBuf>,
@@ -433,6 +444,7 @@ struct FileDryad {
     secret: Option<String>,
     secret_env: Option<String>,
     secret_file: Option<PathBuf>,
+    secrets: Option<Vec<toml::Value>>,
     max_clock_skew: Option<String>,
 }
 
@@ -444,6 +456,7 @@ struct FileEndpoint {
     secret: Option<String>,
     secret_env: Option<String>,
     secret_file: Option<PathBuf>,
+    secrets: Option<Vec<toml::Value>>,
     #[serde(default = "star")]
     accounts: Vec<String>,
     #[serde(default = "star")]
@@ -574,6 +587,38 @@ struct Ctx<'a> {
     env: EnvLookup<'a>,
 }
 
+/// Where one secret's value comes from.
+enum SecretSource {
+    Inline(String),
+    Env(String),
+    File(PathBuf),
+}
+
+/// A secret's keys as written: `x`, `x_env`, `x_file` and the list `xs`.
+struct SecretKeys {
+    inline: Option<String>,
+    env: Option<String>,
+    file: Option<PathBuf>,
+    list: Option<Vec<toml::Value>>,
+}
+
+/// Why a list of keys or secrets is refused, for `key`; `cost` says what
+/// each extra entry costs.
+fn key_list_error(key: &str, what: &str, cost: &str, e: KeyListError) -> ConfigError {
+    let message = match e {
+        KeyListError::Empty => format!("must list at least one {what}"),
+        KeyListError::TooMany { given } => format!(
+            "lists {given} of them; at most {} are allowed: a rotation needs two, and each extra one {cost}",
+            crate::key_list::MAX_KEYS
+        ),
+    };
+    ConfigError::invalid(key, message)
+}
+
+/// What one more key costs an account: every forged notice is checked
+/// against each key before it is refused.
+const ACCOUNT_KEY_COST: &str = "is another check on every forged notice";
+
 /// `sqlite://relative.db` (or `sqlite:relative.db`) with the path taken from
 /// `base`; absolute paths, `:memory:` and other URLs are returned as they are.
 fn sqlite_relative_to(base: &Path, url: String) -> String {
@@ -658,36 +703,142 @@ impl Ctx<'_> {
     ) -> Result<Option<Secret>, ConfigError> {
         match (inline, env_var, file) {
             (None, None, None) => Ok(None),
-            (Some(v), None, None) if v.is_empty() => Err(ConfigError::invalid(key, "must not be empty")),
-            (Some(v), None, None) => Ok(Some(Secret(v))),
-            (None, Some(var), None) => match (self.env)(&var) {
-                Some(v) if !v.is_empty() => Ok(Some(Secret(v))),
-                _ => Err(ConfigError::invalid(
-                    format!("{key}_env"),
-                    format!("environment variable {var} is not set"),
-                )),
-            },
-            (None, None, Some(path)) => {
-                let path = self.path(path);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::invalid(
-                        format!("{key}_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                let value = text.trim_end_matches(['\r', '\n']);
-                if value.is_empty() {
-                    return Err(ConfigError::invalid(
-                        format!("{key}_file"),
-                        format!("{} is empty", path.display()),
-                    ));
-                }
-                Ok(Some(Secret(value.to_owned())))
-            }
+            (Some(v), None, None) => self.resolve_secret(key, SecretSource::Inline(v)).map(Some),
+            (None, Some(var), None) => self
+                .resolve_secret(&format!("{key}_env"), SecretSource::Env(var))
+                .map(Some),
+            (None, None, Some(path)) => self
+                .resolve_secret(&format!("{key}_file"), SecretSource::File(path))
+                .map(Some),
             _ => Err(ConfigError::invalid(
                 key,
                 format!("give only one of {key}, {key}_env, {key}_file"),
             )),
+        }
+    }
+
+    /// One secret's value, read from where it is; `key` names it in errors.
+    /// Empty is refused, whatever the source.
+    fn resolve_secret(&self, key: &str, source: SecretSource) -> Result<Secret, ConfigError> {
+        match source {
+            SecretSource::Inline(v) if v.is_empty() => Err(ConfigError::invalid(key, "must not be empty")),
+            SecretSource::Inline(v) => Ok(Secret(v)),
+            SecretSource::Env(var) => match (self.env)(&var) {
+                Some(v) if !v.is_empty() => Ok(Secret(v)),
+                _ => Err(ConfigError::invalid(
+                    key,
+                    format!("environment variable {var} is not set"),
+                )),
+            },
+            SecretSource::File(path) => {
+                let path = self.path(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
+                let value = text.trim_end_matches(['\r', '\n']);
+                if value.is_empty() {
+                    return Err(ConfigError::invalid(key, format!("{} is empty", path.display())));
+                }
+                Ok(Secret(value.to_owned()))
+            }
+        }
+    }
+
+    /// `{name}` (or `{name}_env`, `{name}_file`), or `{name}s = [...]` while
+    /// it is rotated: exactly one of the two forms. Each entry of the list is
+    /// a string, `{ env = "VAR" }` or `{ file = "path" }`, so that a rotated
+    /// secret need not be written into the file either. `at` is the table
+    /// (`endpoints[0]`); `cost` says what one more entry costs, for the
+    /// refusal of too many. `None` when neither form is given.
+    fn secrets(
+        &self,
+        at: &str,
+        name: &str,
+        cost: &str,
+        given: SecretKeys,
+    ) -> Result<Option<KeyList<Secret>>, ConfigError> {
+        let single = format!("{at}.{name}");
+        let Some(entries) = given.list else {
+            return Ok(self
+                .secret(&single, given.inline, given.env, given.file)?
+                .map(KeyList::one));
+        };
+        let plural = format!("{name}s");
+        let list_key = format!("{at}.{plural}");
+        if given.inline.is_some() || given.env.is_some() || given.file.is_some() {
+            return Err(ConfigError::invalid(
+                list_key,
+                format!("give either {name} (or {name}_env, {name}_file) or {plural}, not both"),
+            ));
+        }
+        let mut secrets: Vec<Secret> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            let key = format!("{list_key}[{i}]");
+            let secret = self.secret_entry(&key, entry)?;
+            // A repeat is almost always a rotation gone wrong (the old value
+            // pasted where the new one belongs), and signs nothing new.
+            if let Some(j) = secrets.iter().position(|s| *s == secret) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("the same secret as {plural}[{j}]"),
+                ));
+            }
+            secrets.push(secret);
+        }
+        KeyList::new(secrets)
+            .map(Some)
+            .map_err(|e| key_list_error(&list_key, "secret", cost, e))
+    }
+
+    fn secret_entry(&self, key: &str, entry: toml::Value) -> Result<Secret, ConfigError> {
+        const SHAPE: &str = "must be a string, { env = \"VAR\" } or { file = \"path\" }";
+        let source = match entry {
+            toml::Value::String(v) => SecretSource::Inline(v),
+            toml::Value::Table(mut table) => {
+                let (env, file) = (table.remove("env"), table.remove("file"));
+                match (env, file, table.is_empty()) {
+                    (Some(toml::Value::String(var)), None, true) => SecretSource::Env(var),
+                    (None, Some(toml::Value::String(path)), true) => SecretSource::File(PathBuf::from(path)),
+                    _ => return Err(ConfigError::invalid(key, SHAPE)),
+                }
+            }
+            _ => return Err(ConfigError::invalid(key, SHAPE)),
+        };
+        self.resolve_secret(key, source)
+    }
+
+    /// `{name}`, or `{name}s = [...]` while the key is rotated: exactly one
+    /// of the two; relative paths are the config file's. `None` when neither
+    /// is given.
+    fn key_files(
+        &self,
+        at: &str,
+        name: &str,
+        one: Option<PathBuf>,
+        list: Option<Vec<PathBuf>>,
+    ) -> Result<Option<KeyList<PathBuf>>, ConfigError> {
+        let plural = format!("{name}s");
+        let list_key = format!("{at}.{plural}");
+        match (one, list) {
+            (None, None) => Ok(None),
+            (Some(path), None) => Ok(Some(KeyList::one(self.path(path)))),
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                list_key,
+                format!("give either {name} or {plural}, not both"),
+            )),
+            (None, Some(paths)) => {
+                let paths: Vec<PathBuf> = paths.into_iter().map(|p| self.path(p)).collect();
+                for (i, path) in paths.iter().enumerate() {
+                    if let Some(j) = paths[..i].iter().position(|p| p == path) {
+                        return Err(ConfigError::invalid(
+                            format!("{list_key}[{i}]"),
+                            format!("the same file as {plural}[{j}]"),
+                        ));
+                    }
+                }
+                KeyList::new(paths)
+                    .map(Some)
+                    .map_err(|e| key_list_error(&list_key, "key file", ACCOUNT_KEY_COST, e))
+            }
         }
     }
 
@@ -954,11 +1105,19 @@ impl Ctx<'_> {
         match provider {
             ProviderKind::Cbb => {
                 let f: FileCbb = typed(&at, table)?;
+                let public_key_files = self
+                    .key_files(&at, "public_key_file", f.public_key_file, f.public_key_files)?
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            format!("{at}.public_key_file"),
+                            "required: the CBB platform public key (public_key_files while it is rotated)",
+                        )
+                    })?;
                 Ok(AccountConfig {
                     id: id_of(&f.id)?,
                     rate_limit: None,
                     settings: ProviderSettings::Cbb {
-                        public_key_file: self.path(f.public_key_file),
+                        public_key_files,
                         sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
                     },
                 })
@@ -966,20 +1125,31 @@ impl Ctx<'_> {
             ProviderKind::Shouqianba => {
                 let f: FileShouqianba = typed(&at, table)?;
                 let key = format!("{at}.terminal_key");
-                let terminal_key =
-                    self.secret(&key, f.terminal_key, f.terminal_key_env, f.terminal_key_file)?;
+                let terminal_keys = self.secrets(
+                    &at,
+                    "terminal_key",
+                    ACCOUNT_KEY_COST,
+                    SecretKeys {
+                        inline: f.terminal_key,
+                        env: f.terminal_key_env,
+                        file: f.terminal_key_file,
+                        list: f.terminal_keys,
+                    },
+                )?;
+                let public_key_files =
+                    self.key_files(&at, "public_key_file", f.public_key_file, f.public_key_files)?;
                 let mode = match f.sign_mode.as_deref().unwrap_or("md5") {
                     "md5" => SqbMode::Md5 {
-                        terminal_key: terminal_key
+                        terminal_keys: terminal_keys
                             .ok_or_else(|| ConfigError::invalid(&key, "required when sign_mode = \"md5\""))?,
                     },
                     "rsa" => SqbMode::Rsa {
-                        public_key_file: self.path(f.public_key_file.ok_or_else(|| {
+                        public_key_files: public_key_files.ok_or_else(|| {
                             ConfigError::invalid(
                                 format!("{at}.public_key_file"),
                                 "required when sign_mode = \"rsa\"",
                             )
-                        })?),
+                        })?,
                     },
                     other => {
                         return Err(ConfigError::invalid(
@@ -1006,6 +1176,14 @@ impl Ctx<'_> {
             }
             ProviderKind::Abc => {
                 let f: FileAbc = typed(&at, table)?;
+                let certificate_files = self
+                    .key_files(&at, "certificate_file", f.certificate_file, f.certificate_files)?
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            format!("{at}.certificate_file"),
+                            "required: the bank's certificate (certificate_files while it is renewed)",
+                        )
+                    })?;
                 let merchant_id = required_text(
                     &format!("{at}.merchant_id"),
                     f.merchant_id,
@@ -1025,7 +1203,7 @@ impl Ctx<'_> {
                     id: id_of(&f.id)?,
                     rate_limit: None,
                     settings: ProviderSettings::Abc {
-                        certificate_file: self.path(f.certificate_file),
+                        certificate_files,
                         merchant_id,
                         signature_algorithm,
                         sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
@@ -1035,17 +1213,29 @@ impl Ctx<'_> {
             ProviderKind::Dingdang => {
                 let f: FileDingdang = typed(&at, table)?;
                 let key = format!("{at}.secret");
-                let secret = self.secret(&key, f.secret, f.secret_env, f.secret_file)?;
+                let secrets = self.secrets(
+                    &at,
+                    "secret",
+                    ACCOUNT_KEY_COST,
+                    SecretKeys {
+                        inline: f.secret,
+                        env: f.secret_env,
+                        file: f.secret_file,
+                        list: f.secrets,
+                    },
+                )?;
+                let public_key_files =
+                    self.key_files(&at, "public_key_file", f.public_key_file, f.public_key_files)?;
                 let scheme = match f.scheme.as_str() {
                     "TSK-HMAC-SHA256-BASIC" => DingdangSchemeConfig::HmacSha256 {
-                        secret: secret.ok_or_else(|| {
+                        secrets: secrets.ok_or_else(|| {
                             ConfigError::invalid(&key, "required for TSK-HMAC-SHA256-BASIC")
                         })?,
                     },
                     "TSK-RSA2" => DingdangSchemeConfig::Rsa2 {
-                        public_key_file: self.path(f.public_key_file.ok_or_else(|| {
+                        public_key_files: public_key_files.ok_or_else(|| {
                             ConfigError::invalid(format!("{at}.public_key_file"), "required for TSK-RSA2")
-                        })?),
+                        })?,
                     },
                     other => {
                         return Err(ConfigError::invalid(
@@ -1073,16 +1263,25 @@ impl Ctx<'_> {
             }
             ProviderKind::Dryad => {
                 let f: FileDryad = typed(&at, table)?;
-                let key = format!("{at}.secret");
-                let secret = self
-                    .secret(&key, f.secret, f.secret_env, f.secret_file)?
-                    .ok_or_else(|| ConfigError::invalid(&key, "required"))?;
+                let secrets = self
+                    .secrets(
+                        &at,
+                        "secret",
+                        ACCOUNT_KEY_COST,
+                        SecretKeys {
+                            inline: f.secret,
+                            env: f.secret_env,
+                            file: f.secret_file,
+                            list: f.secrets,
+                        },
+                    )?
+                    .ok_or_else(|| ConfigError::invalid(format!("{at}.secret"), "required"))?;
                 let skew_key = format!("{at}.max_clock_skew");
                 Ok(AccountConfig {
                     id: id_of(&f.id)?,
                     rate_limit: None,
                     settings: ProviderSettings::Dryad {
-                        secret,
+                        secrets,
                         max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("300s"))?,
                     },
                 })
@@ -1107,10 +1306,24 @@ impl Ctx<'_> {
             .ok_or_else(|| {
                 ConfigError::invalid(format!("{at}.url"), format!("`{}` is not an http(s) URL", f.url))
             })?;
-        let key = format!("{at}.secret");
-        let secret = self
-            .secret(&key, f.secret, f.secret_env, f.secret_file)?
-            .ok_or_else(|| ConfigError::invalid(&key, "required: it signs deliveries"))?;
+        let secrets = self
+            .secrets(
+                &at,
+                "secret",
+                "adds another signature to every delivery",
+                SecretKeys {
+                    inline: f.secret,
+                    env: f.secret_env,
+                    file: f.secret_file,
+                    list: f.secrets,
+                },
+            )?
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{at}.secret"),
+                    "required: it signs deliveries (secrets = [new, old] while it is rotated)",
+                )
+            })?;
         let account_patterns = f
             .accounts
             .iter()
@@ -1160,7 +1373,7 @@ impl Ctx<'_> {
         Ok(EndpointConfig {
             id,
             url,
-            secret,
+            secrets,
             accounts: account_patterns,
             events,
             auto_pause_after,
@@ -1358,13 +1571,183 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:1234");
         assert_eq!(c.queue.as_ref().map(|q| q.prefix.as_str()), Some("payhook"));
         match &c.accounts[0].settings {
-            ProviderSettings::Dryad { secret, .. } => assert_eq!(secret.expose(), "from-env"),
+            ProviderSettings::Dryad { secrets, .. } => assert_eq!(secrets.first().expose(), "from-env"),
             other => panic!("{other:?}"),
         }
         assert!(
             !format!("{c:?}").contains("from-env"),
             "Debug must not print secrets"
         );
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const ENDPOINT: &str = "[[endpoints]]\nid=\"e\"\nurl=\"https://x.example\"\n";
+
+    #[test]
+    fn an_endpoint_takes_secret_or_secrets() {
+        let c = parse(&format!("{ENDPOINT}secrets = [\"whsec_bmV3\", \"whsec_b2xk\"]\n")).unwrap();
+        let shown: Vec<&str> = c.endpoints[0].secrets.iter().map(Secret::expose).collect();
+        assert_eq!(shown, ["whsec_bmV3", "whsec_b2xk"], "in the configured order");
+        let c = parse(&format!("{ENDPOINT}secret = \"whsec_b2xk\"\n")).unwrap();
+        assert_eq!(c.endpoints[0].secrets.len(), 1);
+
+        // Both forms: refused, naming the list and the single key.
+        for single in ["secret = \"a\"", "secret_env = \"A\"", "secret_file = \"a\""] {
+            let e = err(&format!("{ENDPOINT}{single}\nsecrets = [\"b\"]\n"));
+            assert!(
+                e.starts_with("endpoints[0].secrets:") && e.contains("secret (or secret_env, secret_file)"),
+                "{e}"
+            );
+        }
+        let e = err(&format!("{ENDPOINT}secrets = []\n"));
+        assert!(
+            e.starts_with("endpoints[0].secrets:") && e.contains("at least one"),
+            "{e}"
+        );
+        let e = err(&format!("{ENDPOINT}secrets = [\"a\", \"\"]\n"));
+        assert!(
+            e.starts_with("endpoints[0].secrets[1]:") && e.contains("empty"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{ENDPOINT}secrets = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n"
+        ));
+        assert!(
+            e.starts_with("endpoints[0].secrets:") && e.contains("lists 5") && e.contains("at most 4"),
+            "{e}"
+        );
+        parse(&format!("{ENDPOINT}secrets = [\"a\", \"b\", \"c\", \"d\"]\n")).unwrap();
+        let e = err(&format!("{ENDPOINT}secrets = [\"same\", \"same\"]\n"));
+        assert!(
+            e.starts_with("endpoints[0].secrets[1]:") && e.contains("secrets[0]"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("\"same\""),
+            "the message does not echo the secret: {e}"
+        );
+        let e = err(&format!("{ENDPOINT}secrets = [\"a\", 5]\n"));
+        assert!(e.starts_with("endpoints[0].secrets[1]:"), "{e}");
+        let e = err(&format!(
+            "{ENDPOINT}secrets = [{{ env = \"A\", file = \"b\" }}]\n"
+        ));
+        assert!(e.starts_with("endpoints[0].secrets[0]:"), "{e}");
+        let e = err(ENDPOINT);
+        assert!(
+            e.starts_with("endpoints[0].secret:") && e.contains("required"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listed_secrets_come_inline_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old"), "from-file\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let env = |name: &str| match name {
+            "NEW" => Some("from-env".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let text = format!("{ENDPOINT}secrets = [{{ env = \"NEW\" }}, {{ file = \"old\" }}, \"inline\"]\n");
+        let c = Config::from_toml_str(&text, dir.path(), &env).unwrap();
+        let shown: Vec<&str> = c.endpoints[0].secrets.iter().map(Secret::expose).collect();
+        assert_eq!(shown, ["from-env", "from-file", "inline"]);
+        assert!(
+            !format!("{c:?}").contains("from-env"),
+            "Debug hides listed secrets"
+        );
+        for (entry, key) in [
+            ("{ env = \"UNSET\" }", "endpoints[0].secrets[0]"),
+            ("{ env = \"EMPTY\" }", "endpoints[0].secrets[0]"),
+            ("{ file = \"empty\" }", "endpoints[0].secrets[0]"),
+            ("{ file = \"missing\" }", "endpoints[0].secrets[0]"),
+        ] {
+            let e = Config::from_toml_str(&format!("{ENDPOINT}secrets = [{entry}]\n"), dir.path(), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{entry}: {e}");
+        }
+    }
+
+    #[test]
+    fn accounts_take_key_lists() {
+        let c = parse(
+            "[[accounts]]\nid=\"c\"\nprovider=\"cbb\"\npublic_key_files=[\"new.pem\", \"/keys/old.pem\"]\n\
+             [[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecrets=[\"new\", \"old\"]\n\
+             [[accounts]]\nid=\"h\"\nprovider=\"dingdang\"\nscheme=\"TSK-HMAC-SHA256-BASIC\"\n\
+             skill_id=\"1\"\nsecrets=[\"new\", \"old\"]\n\
+             [[accounts]]\nid=\"r\"\nprovider=\"dingdang\"\nscheme=\"TSK-RSA2\"\nskill_id=\"1\"\n\
+             public_key_files=[\"a.pem\", \"b.pem\"]\n\
+             [[accounts]]\nid=\"m\"\nprovider=\"shouqianba\"\nterminal_sn=\"1\"\nterminal_keys=[\"new\", \"old\"]\n\
+             [[accounts]]\nid=\"s\"\nprovider=\"shouqianba\"\nsign_mode=\"rsa\"\nterminal_sn=\"1\"\n\
+             public_key_files=[\"a.pem\", \"b.pem\"]\n\
+             [[accounts]]\nid=\"a\"\nprovider=\"abc\"\nmerchant_id=\"1\"\ncertificate_files=[\"a.pem\", \"b.pem\"]\n",
+        )
+        .unwrap();
+        let files =
+            |list: &KeyList<PathBuf>| list.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
+        let secrets = |list: &KeyList<Secret>| list.iter().map(|s| s.expose().to_owned()).collect::<Vec<_>>();
+        let pair = vec!["/etc/payhook/a.pem".to_owned(), "/etc/payhook/b.pem".to_owned()];
+        let new_old = vec!["new".to_owned(), "old".to_owned()];
+        for account in &c.accounts {
+            match &account.settings {
+                ProviderSettings::Cbb { public_key_files, .. } => {
+                    assert_eq!(files(public_key_files), ["/etc/payhook/new.pem", "/keys/old.pem"])
+                }
+                ProviderSettings::Dryad { secrets: s, .. } => assert_eq!(secrets(s), new_old),
+                ProviderSettings::Dingdang {
+                    scheme: DingdangSchemeConfig::HmacSha256 { secrets: s },
+                    ..
+                } => assert_eq!(secrets(s), new_old),
+                ProviderSettings::Dingdang {
+                    scheme: DingdangSchemeConfig::Rsa2 { public_key_files },
+                    ..
+                } => assert_eq!(files(public_key_files), pair),
+                ProviderSettings::Shouqianba {
+                    mode: SqbMode::Md5 { terminal_keys },
+                    ..
+                } => assert_eq!(secrets(terminal_keys), new_old),
+                ProviderSettings::Shouqianba {
+                    mode: SqbMode::Rsa { public_key_files },
+                    ..
+                } => assert_eq!(files(public_key_files), pair),
+                ProviderSettings::Abc {
+                    certificate_files, ..
+                } => assert_eq!(files(certificate_files), pair),
+            }
+        }
+
+        let cbb = "[[accounts]]\nid=\"c\"\nprovider=\"cbb\"\n";
+        let dryad = "[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\n";
+        let cases = [
+            (format!("{cbb}public_key_file=\"a.pem\"\npublic_key_files=[\"b.pem\"]\n"), "accounts[0].public_key_files:"),
+            (format!("{cbb}public_key_files=[]\n"), "accounts[0].public_key_files:"),
+            (format!("{cbb}public_key_files=[\"a\",\"b\",\"c\",\"d\",\"e\"]\n"), "accounts[0].public_key_files:"),
+            (format!("{cbb}public_key_files=[\"a.pem\",\"/etc/payhook/a.pem\"]\n"), "accounts[0].public_key_files[1]:"),
+            (cbb.to_owned(), "accounts[0].public_key_file:"),
+            (format!("{dryad}secret=\"a\"\nsecrets=[\"b\"]\n"), "accounts[0].secrets:"),
+            (format!("{dryad}secrets=[]\n"), "accounts[0].secrets:"),
+            (format!("{dryad}secrets=[\"\"]\n"), "accounts[0].secrets[0]:"),
+            (format!("{dryad}secrets=[\"a\",\"b\",\"c\",\"d\",\"e\"]\n"), "accounts[0].secrets:"),
+            (
+                "[[accounts]]\nid=\"s\"\nprovider=\"shouqianba\"\nterminal_sn=\"1\"\nterminal_key=\"k\"\nterminal_keys=[\"k2\"]\n"
+                    .to_owned(),
+                "accounts[0].terminal_keys:",
+            ),
+            (
+                "[[accounts]]\nid=\"a\"\nprovider=\"abc\"\nmerchant_id=\"1\"\ncertificate_file=\"a\"\ncertificate_files=[\"b\"]\n"
+                    .to_owned(),
+                "accounts[0].certificate_files:",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err(&text);
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@
 //!   endpoints a reload (`SIGHUP`, `POST /admin/reload`) swaps whole, and
 //!   the local view of paused endpoints (`dispatch::health` keeps it fresh
 //!   and pauses failing endpoints on its own).
+//! - [`key_list`]: the short non-empty list an endpoint's secrets and an
+//!   account's keys are held in, so that either can be rotated without a gap.
 //! - [`app`]: wires the parts into a running relay with explicit shutdown
 //!   (`CancellationToken` + `TaskTracker`).
 //! - [`queue`]: scaled mode's RabbitMQ side: topology, the outbox publisher
@@ -56,6 +58,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod ingress;
+pub mod key_list;
 pub mod live;
 pub mod queue;
 pub mod server;

@@ -94,7 +94,7 @@ static SQB_MD5: LazyLock<Shouqianba> = LazyLock::new(|| {
     Shouqianba::new(
         SQB_TERMINAL_SN.to_owned(),
         SqbSignMode::Md5 {
-            terminal_key: SQB_TERMINAL_KEY.to_vec(),
+            terminal_keys: SQB_TERMINAL_KEY.to_vec().into(),
         },
     )
 });
@@ -102,7 +102,7 @@ static SQB_RSA: LazyLock<Shouqianba> = LazyLock::new(|| {
     Shouqianba::new(
         SQB_TERMINAL_SN.to_owned(),
         SqbSignMode::Rsa {
-            key: sandbox_key("sqb_pub.pem", MIN_RSA_BITS),
+            keys: sandbox_key("sqb_pub.pem", MIN_RSA_BITS).into(),
         },
     )
 });
@@ -111,7 +111,7 @@ static ABC: LazyLock<Abc> =
 static DINGDANG_HMAC: LazyLock<Dingdang> = LazyLock::new(|| {
     Dingdang::new(
         DingdangScheme::HmacSha256 {
-            secret: DINGDANG_SECRET.to_vec(),
+            secrets: DINGDANG_SECRET.to_vec().into(),
         },
         DINGDANG_SKEW,
     )
@@ -119,7 +119,7 @@ static DINGDANG_HMAC: LazyLock<Dingdang> = LazyLock::new(|| {
 static DINGDANG_RSA: LazyLock<Dingdang> = LazyLock::new(|| {
     Dingdang::new(
         DingdangScheme::Rsa2 {
-            key: sandbox_key("dingdang_platform_pub.pem", MIN_RSA_BITS),
+            keys: sandbox_key("dingdang_platform_pub.pem", MIN_RSA_BITS).into(),
         },
         DINGDANG_SKEW,
     )

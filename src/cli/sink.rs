@@ -51,7 +51,10 @@ impl SinkState {
     }
 }
 
-/// Whether both signature header sets verify with `secret`.
+/// Whether both signature header sets verify with `secret`. While the
+/// endpoint's secret is rotated `webhook-signature` lists one signature per
+/// secret, and one that matches is enough; `X-Signature` is made with the
+/// endpoint's first (newest) secret.
 pub fn signatures_valid(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let Ok(ts_ms) = h("x-timestamp").parse::<i64>() else {
@@ -62,7 +65,10 @@ pub fn signatures_valid(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool 
     };
     let x = x_signature(secret, body, h("x-nonce"), ts_ms);
     let w = webhook_signature(secret, h("webhook-id"), ts_s, body);
-    ct_eq(x.as_bytes(), h("x-signature").as_bytes()) && ct_eq(w.as_bytes(), h("webhook-signature").as_bytes())
+    let webhook_ok = h("webhook-signature")
+        .split(' ')
+        .any(|given| ct_eq(w.as_bytes(), given.as_bytes()));
+    ct_eq(x.as_bytes(), h("x-signature").as_bytes()) && webhook_ok
 }
 
 async fn receive(

@@ -10,6 +10,7 @@ use super::http::{storable_text, DeliveryClient};
 use super::sign::delivery_headers;
 use crate::config::{DeliveryConfig, EndpointConfig, Secret};
 use crate::live::{LiveConfig, PausedEndpoints};
+use crate::key_list::KeyList;
 use crate::store::{now_ms, AttemptRecord, ClaimedJob, JobRef, NextStep, RecordOutcome, Store, StoreError};
 use crate::telemetry::{AttemptOutcome, Metrics};
 
@@ -18,7 +19,8 @@ use crate::telemetry::{AttemptOutcome, Metrics};
 pub struct Endpoint {
     pub id: String,
     pub url: url::Url,
-    pub secret: Secret,
+    /// The first signs `X-Signature`; each signs `webhook-signature`.
+    pub secrets: KeyList<Secret>,
 }
 
 impl From<&EndpointConfig> for Endpoint {
@@ -26,7 +28,7 @@ impl From<&EndpointConfig> for Endpoint {
         Self {
             id: c.id.to_string(),
             url: c.url.clone(),
-            secret: c.secret.clone(),
+            secrets: c.secrets.clone(),
         }
     }
 }
@@ -302,7 +304,7 @@ impl Deliverer {
         let nonce = ulid::Ulid::new().to_string();
         let body = job.payload.as_bytes().to_vec();
         let headers = delivery_headers(
-            endpoint.secret.expose(),
+            &endpoint.secrets,
             &job.event_id,
             &body,
             started_ms,

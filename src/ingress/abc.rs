@@ -19,15 +19,17 @@ use super::provider::{
     Verified,
 };
 use crate::domain::{AmountFen, EventType, Notification, ProviderKind};
+use crate::key_list::KeyList;
 
 const MESSAGE_OPEN: &[u8] = b"<Message>";
 const MESSAGE_CLOSE: &[u8] = b"</Message>";
 /// Deeper nesting than any bank notice has is refused rather than walked.
 const MAX_DEPTH: usize = 32;
 
-/// Verifies callbacks with the bank certificate's public key (RSA-1024 allowed).
+/// Verifies callbacks with the bank certificate's public key (RSA-1024
+/// allowed), or any of its certificates' while one is renewed.
 pub struct Abc {
-    key: RsaPublicKey,
+    keys: KeyList<RsaPublicKey>,
     /// The account's pinned algorithm: a notice cannot choose a weaker one.
     algorithm: AbcAlgorithm,
     /// The account's `merchant_id`: the Message's `MerchantID` must be it.
@@ -35,9 +37,9 @@ pub struct Abc {
 }
 
 impl Abc {
-    pub fn new(key: RsaPublicKey, algorithm: AbcAlgorithm, merchant_id: String) -> Self {
+    pub fn new(keys: impl Into<KeyList<RsaPublicKey>>, algorithm: AbcAlgorithm, merchant_id: String) -> Self {
         Self {
-            key,
+            keys: keys.into(),
             algorithm,
             merchant_id,
         }
@@ -270,7 +272,10 @@ impl Provider for Abc {
             .and_then(|s| std::str::from_utf8(s).ok())
             .filter(|s| !s.trim().is_empty())
             .ok_or(Rejection::BadSignature("missing Signature"))?;
-        if !self.key.verify_base64(algorithm, envelope.message(), signature) {
+        if !self
+            .keys
+            .verify_base64_any(algorithm, envelope.message(), signature)
+        {
             return Err(Rejection::BadSignature("signature does not match"));
         }
         Ok(Verified::default())
@@ -518,7 +523,7 @@ mod tests {
               <HostTime>23:59:59</HostTime></TrxResponse>",
         );
         let body = signed_body(&message, "SHA256withRSA", RsaAlgorithm::Sha256Legacy1024);
-        let sha256 = Abc::new(abc().key, AbcAlgorithm::Sha256WithRsa, MERCHANT.into());
+        let sha256 = Abc::new(abc().keys, AbcAlgorithm::Sha256WithRsa, MERCHANT.into());
         let n = verify_and_parse(&sha256, &HeaderMap::new(), &body, Utc::now()).unwrap();
         // An account pinned to SHA1withRSA refuses it, although it verifies.
         assert!(matches!(

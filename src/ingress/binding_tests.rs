@@ -48,7 +48,7 @@ proptest! {
     #[test]
     fn shouqianba_rsa_notice_for_another_terminal_is_refused((a, b) in two_ids()) {
         let signer = ShouqianbaSandbox::new(a.clone(), SqbSandboxMode::Rsa { key: private("sqb_sandbox_priv.pem") });
-        let victim = Shouqianba::new(b.clone(), SqbSignMode::Rsa { key: public("sqb_pub.pem", 2048) });
+        let victim = Shouqianba::new(b.clone(), SqbSignMode::Rsa { keys: public("sqb_pub.pem", 2048).into() });
         prop_assert!(cross_post(&signer, &victim).is_err());
         // The header's terminal is not signed: rewritten to the victim's, the
         // signature still verifies, and only the body's terminal_sn refuses it.
@@ -61,7 +61,7 @@ proptest! {
             Err(Rejection::WrongAccount("terminal_sn"))
         );
         // Its own account accepts it.
-        let own = Shouqianba::new(a, SqbSignMode::Rsa { key: public("sqb_pub.pem", 2048) });
+        let own = Shouqianba::new(a, SqbSignMode::Rsa { keys: public("sqb_pub.pem", 2048).into() });
         prop_assert!(cross_post(&signer, &own).is_ok());
     }
 
@@ -77,7 +77,7 @@ proptest! {
     #[test]
     fn dingdang_notice_for_another_skill_is_refused((a, b) in two_ids(), rsa in any::<bool>()) {
         let (signer, victim, own) = if rsa {
-            let scheme = || DingdangScheme::Rsa2 { key: public("dingdang_platform_pub.pem", 2048) };
+            let scheme = || DingdangScheme::Rsa2 { keys: public("dingdang_platform_pub.pem", 2048).into() };
             (
                 DingdangSandbox::new(DingdangSandboxScheme::Rsa2 { key: private("dingdang_sandbox_priv.pem") }, a.clone()),
                 Dingdang::new(scheme(), SKEW, b),
@@ -87,8 +87,8 @@ proptest! {
             let secret = b"one-platform-secret".to_vec();
             (
                 DingdangSandbox::new(DingdangSandboxScheme::HmacSha256 { secret: secret.clone() }, a.clone()),
-                Dingdang::new(DingdangScheme::HmacSha256 { secret: secret.clone() }, SKEW, b),
-                Dingdang::new(DingdangScheme::HmacSha256 { secret }, SKEW, a),
+                Dingdang::new(DingdangScheme::HmacSha256 { secrets: secret.clone().into() }, SKEW, b),
+                Dingdang::new(DingdangScheme::HmacSha256 { secrets: secret.into() }, SKEW, a),
             )
         };
         prop_assert_eq!(cross_post(&signer, &victim), Err(Rejection::WrongAccount("skillId")));

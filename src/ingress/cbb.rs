@@ -14,15 +14,17 @@ use super::provider::{
     Verified,
 };
 use crate::domain::{AmountFen, EventType, Notification, ProviderKind};
+use crate::key_list::KeyList;
 
-/// Verifies callbacks with the CBB platform public key (at least 2048 bits).
+/// Verifies callbacks with the CBB platform public key (at least 2048 bits),
+/// or any of its keys while the key is rotated.
 pub struct Cbb {
-    key: RsaPublicKey,
+    keys: KeyList<RsaPublicKey>,
 }
 
 impl Cbb {
-    pub fn new(key: RsaPublicKey) -> Self {
-        Self { key }
+    pub fn new(keys: impl Into<KeyList<RsaPublicKey>>) -> Self {
+        Self { keys: keys.into() }
     }
 }
 
@@ -98,8 +100,8 @@ impl Cbb {
         };
         let signing_string = sorted_signing_string(pairs, &["sign"]);
         if !self
-            .key
-            .verify_base64(RsaAlgorithm::Sha256, signing_string.as_bytes(), sign)
+            .keys
+            .verify_base64_any(RsaAlgorithm::Sha256, signing_string.as_bytes(), sign)
         {
             return Err(Rejection::BadSignature("signature does not match"));
         }
@@ -367,6 +369,26 @@ mod tests {
                 assert!(matches!(result, Err(Rejection::BadSignature(_))), "{body:?}");
             }
         }
+    }
+
+    #[test]
+    fn any_listed_key_verifies_and_none_is_a_bad_signature() {
+        let key = |name: &str| RsaPublicKey::load(&vectors_dir().join("keys").join(name), 2048).unwrap();
+        let (headers, body) = request_of(
+            &sandbox()
+                .sign_sample(&sample_spec(SampleKind::Payment, 100))
+                .unwrap(),
+        );
+        let req = RawRequest::new(&headers, &body);
+        // Signed with the old key, listed second after the new one.
+        let rotating = Cbb::new(KeyList::new(vec![key("sqb_pub.pem"), key("cbb_platform_pub.pem")]).unwrap());
+        assert!(rotating.verify(&req, Utc::now()).is_ok());
+        let neither =
+            Cbb::new(KeyList::new(vec![key("sqb_pub.pem"), key("dingdang_platform_pub.pem")]).unwrap());
+        assert_eq!(
+            neither.verify(&req, Utc::now()),
+            Err(Rejection::BadSignature("signature does not match"))
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::provider::{
     Verified,
 };
 use crate::domain::{EventType, Notification, ProviderKind};
+use crate::key_list::KeyList;
 
 const HMAC_SCHEME: &str = "TSK-HMAC-SHA256-BASIC";
 const RSA2_SCHEME: &str = "TSK-RSA2";
@@ -28,10 +29,12 @@ const DATETIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 /// How an account's notices are signed.
 #[derive(Clone)]
 pub enum DingdangScheme {
-    /// `TSK-HMAC-SHA256-BASIC`: lowercase hex HMAC-SHA256 keyed with the skill secret.
-    HmacSha256 { secret: Vec<u8> },
-    /// `TSK-RSA2`: base64 SHA256withRSA, verified with the platform public key.
-    Rsa2 { key: RsaPublicKey },
+    /// `TSK-HMAC-SHA256-BASIC`: lowercase hex HMAC-SHA256 keyed with the
+    /// skill secret (any of them while it is rotated).
+    HmacSha256 { secrets: KeyList<Vec<u8>> },
+    /// `TSK-RSA2`: base64 SHA256withRSA, verified with the platform public
+    /// key (any of them while it is rotated).
+    Rsa2 { keys: KeyList<RsaPublicKey> },
 }
 
 impl DingdangScheme {
@@ -46,8 +49,8 @@ impl DingdangScheme {
 impl std::fmt::Debug for DingdangScheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DingdangScheme::HmacSha256 { .. } => f.write_str("HmacSha256 { secret: <redacted> }"),
-            DingdangScheme::Rsa2 { key } => write!(f, "Rsa2 {{ key: {key:?} }}"),
+            DingdangScheme::HmacSha256 { .. } => f.write_str("HmacSha256 { secrets: <redacted> }"),
+            DingdangScheme::Rsa2 { keys } => write!(f, "Rsa2 {{ keys: {keys:?} }}"),
         }
     }
 }
@@ -182,10 +185,10 @@ impl Provider for Dingdang {
             return Err(Rejection::BadSignature("signature scheme is not this account's"));
         }
         let ok = match &self.scheme {
-            DingdangScheme::HmacSha256 { secret } => {
+            DingdangScheme::HmacSha256 { secrets } => secrets.any_verifies(|secret| {
                 verify_hex_hmac_sha256(secret, &[req.body, auth.datetime.as_bytes()], auth.signature)
-            }
-            DingdangScheme::Rsa2 { key } => key.verify_base64(
+            }),
+            DingdangScheme::Rsa2 { keys } => keys.verify_base64_any(
                 RsaAlgorithm::Sha256,
                 &signing_content(req.body, auth.datetime),
                 auth.signature,
@@ -358,7 +361,7 @@ mod tests {
     fn hmac_provider() -> Dingdang {
         Dingdang::new(
             DingdangScheme::HmacSha256 {
-                secret: SECRET.to_vec(),
+                secrets: SECRET.to_vec().into(),
             },
             SKEW,
             SKILL.into(),
@@ -376,7 +379,7 @@ mod tests {
 
     fn rsa_provider() -> Dingdang {
         let key = RsaPublicKey::load(&vectors_dir().join("keys/dingdang_platform_pub.pem"), 2048).unwrap();
-        Dingdang::new(DingdangScheme::Rsa2 { key }, SKEW, SKILL.into())
+        Dingdang::new(DingdangScheme::Rsa2 { keys: key.into() }, SKEW, SKILL.into())
     }
 
     fn rsa_sandbox() -> DingdangSandbox {
@@ -394,11 +397,17 @@ mod tests {
         match account["scheme"].as_str().unwrap() {
             HMAC_SCHEME => {
                 let secret = account["secret"].as_str().unwrap().as_bytes().to_vec();
-                Dingdang::new(DingdangScheme::HmacSha256 { secret }, skew, skill)
+                Dingdang::new(
+                    DingdangScheme::HmacSha256 {
+                        secrets: secret.into(),
+                    },
+                    skew,
+                    skill,
+                )
             }
             RSA2_SCHEME => {
                 let key = vector_public_key(account, "public_key_file", 2048);
-                Dingdang::new(DingdangScheme::Rsa2 { key }, skew, skill)
+                Dingdang::new(DingdangScheme::Rsa2 { keys: key.into() }, skew, skill)
             }
             other => panic!("unknown scheme {other}"),
         }

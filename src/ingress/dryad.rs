@@ -13,16 +13,18 @@ use super::provider::{
     SignedRequest, Verified,
 };
 use crate::domain::{EventType, Notification, ProviderKind};
+use crate::key_list::KeyList;
 
 pub struct Dryad {
-    secret: Vec<u8>,
+    /// The secret, or each of them while it is rotated.
+    secrets: KeyList<Vec<u8>>,
     max_clock_skew: Duration,
 }
 
 impl Dryad {
-    pub fn new(secret: Vec<u8>, max_clock_skew: Duration) -> Self {
+    pub fn new(secrets: impl Into<KeyList<Vec<u8>>>, max_clock_skew: Duration) -> Self {
         Self {
-            secret,
+            secrets: secrets.into(),
             max_clock_skew,
         }
     }
@@ -53,7 +55,10 @@ impl Provider for Dryad {
             return Err(Rejection::BadSignature("nonce must be 1 to 128 characters"));
         }
         let parts: [&[u8]; 3] = [req.body, nonce.as_bytes(), timestamp.as_bytes()];
-        if !verify_hex_hmac_sha256(&self.secret, &parts, signature) {
+        if !self
+            .secrets
+            .any_verifies(|secret| verify_hex_hmac_sha256(secret, &parts, signature))
+        {
             return Err(Rejection::BadSignature("signature does not match"));
         }
         // One spelling per instant: a sign or leading zeros would let the same
@@ -215,6 +220,26 @@ mod tests {
             .verify(&RawRequest::new(&empty, &body), spec.now)
             .unwrap_err();
         assert!(matches!(err, Rejection::BadSignature(_)));
+    }
+
+    #[test]
+    fn any_listed_secret_verifies_and_none_is_a_bad_signature() {
+        let spec = sample_spec(SampleKind::Payment, 100);
+        let signed = DryadSandbox::new(b"old".to_vec()).sign_sample(&spec).unwrap();
+        let (headers, body) = request_of(&signed);
+        let req = RawRequest::new(&headers, &body);
+        let secrets = |list: &[&[u8]]| KeyList::new(list.iter().map(|s| s.to_vec()).collect()).unwrap();
+        let skew = Duration::from_secs(300);
+        assert!(Dryad::new(secrets(&[b"new", b"old"]), skew)
+            .verify(&req, spec.now)
+            .is_ok());
+        assert!(Dryad::new(secrets(&[b"old", b"new"]), skew)
+            .verify(&req, spec.now)
+            .is_ok());
+        assert_eq!(
+            Dryad::new(secrets(&[b"new", b"other"]), skew).verify(&req, spec.now),
+            Err(Rejection::BadSignature("signature does not match"))
+        );
     }
 
     proptest::proptest! {

@@ -14,21 +14,24 @@ use super::provider::{
     Verified,
 };
 use crate::domain::{AmountFen, EventType, Notification, ProviderKind};
+use crate::key_list::KeyList;
 
 /// How an account's callbacks are signed.
 #[derive(Clone)]
 pub enum SqbSignMode {
-    /// Lowercase (or upper-case) hex MD5 of the raw body followed by the terminal key.
-    Md5 { terminal_key: Vec<u8> },
-    /// Base64 SHA256withRSA over the raw body, with Shouqianba's public key.
-    Rsa { key: RsaPublicKey },
+    /// Lowercase (or upper-case) hex MD5 of the raw body followed by the
+    /// terminal key (any of them while the key is rotated).
+    Md5 { terminal_keys: KeyList<Vec<u8>> },
+    /// Base64 SHA256withRSA over the raw body, with Shouqianba's public key
+    /// (any of them while the key is rotated).
+    Rsa { keys: KeyList<RsaPublicKey> },
 }
 
 impl std::fmt::Debug for SqbSignMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SqbSignMode::Md5 { .. } => f.write_str("Md5 { terminal_key: <redacted> }"),
-            SqbSignMode::Rsa { key } => write!(f, "Rsa {{ key: {key:?} }}"),
+            SqbSignMode::Md5 { .. } => f.write_str("Md5 { terminal_keys: <redacted> }"),
+            SqbSignMode::Rsa { keys } => write!(f, "Rsa {{ keys: {keys:?} }}"),
         }
     }
 }
@@ -119,11 +122,11 @@ impl Provider for Shouqianba {
         }
         let sign = sign.trim();
         let ok = match &self.mode {
-            SqbSignMode::Md5 { terminal_key } => match hex::decode(sign) {
-                Ok(given) => ct_eq(&md5_sign(req.body, terminal_key), &given),
+            SqbSignMode::Md5 { terminal_keys } => match hex::decode(sign) {
+                Ok(given) => terminal_keys.any_verifies(|key| ct_eq(&md5_sign(req.body, key), &given)),
                 Err(_) => false,
             },
-            SqbSignMode::Rsa { key } => key.verify_base64(RsaAlgorithm::Sha256, req.body, sign),
+            SqbSignMode::Rsa { keys } => keys.verify_base64_any(RsaAlgorithm::Sha256, req.body, sign),
         };
         if !ok {
             return Err(Rejection::BadSignature("signature does not match"));
@@ -303,7 +306,7 @@ mod tests {
         Shouqianba::new(
             TERMINAL.into(),
             SqbSignMode::Md5 {
-                terminal_key: KEY.to_vec(),
+                terminal_keys: KEY.to_vec().into(),
             },
         )
     }
@@ -318,7 +321,12 @@ mod tests {
     }
 
     fn rsa_provider() -> Shouqianba {
-        Shouqianba::new(TERMINAL.into(), SqbSignMode::Rsa { key: public_key() })
+        Shouqianba::new(
+            TERMINAL.into(),
+            SqbSignMode::Rsa {
+                keys: public_key().into(),
+            },
+        )
     }
 
     fn rsa_sandbox() -> ShouqianbaSandbox {
@@ -330,11 +338,16 @@ mod tests {
         match account["sign_mode"].as_str().unwrap() {
             "md5" => {
                 let key = account["terminal_key"].as_str().unwrap().as_bytes().to_vec();
-                Shouqianba::new(terminal, SqbSignMode::Md5 { terminal_key: key })
+                Shouqianba::new(
+                    terminal,
+                    SqbSignMode::Md5 {
+                        terminal_keys: key.into(),
+                    },
+                )
             }
             "rsa" => {
                 let key = vector_public_key(account, "public_key_file", 2048);
-                Shouqianba::new(terminal, SqbSignMode::Rsa { key })
+                Shouqianba::new(terminal, SqbSignMode::Rsa { keys: key.into() })
             }
             other => panic!("unknown sign_mode {other}"),
         }

@@ -3,15 +3,20 @@
 //! print is what payhook's own signing code produces, the guide shows each
 //! snippet verbatim, and each snippet, run with its language's toolchain where
 //! this machine has it, accepts the vector and refuses a tampered body. The
-//! Python and Node.js snippets also verify a real delivery from a running relay.
+//! Python and Node.js snippets also verify a real delivery from a running relay,
+//! and the Standard Webhooks snippet (the published Python library) verifies a
+//! delivery signed with rotated secrets with either secret.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use payhook::config::Secret;
 use payhook::dispatch::sign::{delivery_headers, standard_webhooks_key, webhook_signature, x_signature};
+use payhook::key_list::KeyList;
 
 use crate::helpers::{dryad_callback, spawn_app, Backend, ENDPOINT_SECRET};
+use crate::rotation::{spawn_with_rotating_endpoint, NEW_SECRET, OLD_SECRET};
 
 const SECRET: &str = "whsec_c2FuZGJveC1lbmRwb2ludC1zZWNyZXQ=";
 const EVENT_ID: &str = "evt_01K3FQ4T8Z6N2WJ5X7R9MBCDEH";
@@ -26,6 +31,10 @@ const SNIPPETS: &[(&str, &str)] = &[
     ("verify.js", "javascript"),
     ("verify.go", "go"),
 ];
+
+/// Snippets that use a published library instead of the vector: shown in the
+/// guide verbatim like the others, run against a real delivery.
+const LIBRARY_SNIPPETS: &[(&str, &str)] = &[("verify_standardwebhooks.py", "python")];
 
 fn docs() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs")
@@ -54,7 +63,8 @@ fn expected_signatures() -> (String, String) {
 fn the_guide_and_snippets_carry_payhooks_own_signatures() {
     let (x_sig, webhook_sig) = expected_signatures();
     // The same values as the delivery headers payhook sends for this input.
-    let headers = delivery_headers(SECRET, EVENT_ID, BODY.as_bytes(), TIMESTAMP_MS, NONCE, 1);
+    let secrets = KeyList::one(Secret::new(SECRET));
+    let headers = delivery_headers(&secrets, EVENT_ID, BODY.as_bytes(), TIMESTAMP_MS, NONCE, 1);
     let header = |name: &str| {
         headers
             .iter()
@@ -109,7 +119,7 @@ fn the_guide_and_snippets_carry_payhooks_own_signatures() {
 #[test]
 fn the_guide_shows_each_snippet_verbatim() {
     let guide = guide();
-    for (file, lang) in SNIPPETS {
+    for (file, lang) in SNIPPETS.iter().chain(LIBRARY_SNIPPETS) {
         let code = read(&snippet(file));
         assert!(code.ends_with('\n'));
         assert!(
@@ -353,6 +363,111 @@ async fn snippets_verify_a_real_delivery() {
             check("the Node.js snippet on a real delivery", cmd, expect_ok);
         }
     }
+}
+
+/// The rotation section's promise, with the published Standard Webhooks
+/// library: a delivery from an endpoint with `secrets = [new, old]` verifies
+/// with the new secret alone and with the old one alone, and not with an
+/// unrelated one; X-Signature (the stdlib snippet) is the new secret's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standardwebhooks_verifies_a_rotated_delivery_with_either_secret() {
+    if !present("python3", "--version") {
+        return skip("Standard Webhooks", "python3 is not installed");
+    }
+    if !present_module("standardwebhooks") {
+        return skip(
+            "Standard Webhooks",
+            "the Python package standardwebhooks is not installed (python3 -m pip install standardwebhooks)",
+        );
+    }
+    let guide = guide();
+    let section = &guide[guide
+        .find("### 3.5 Rotating the endpoint secret")
+        .expect("the rotation section")..];
+    assert!(
+        section.contains("secrets = [\"whsec_new…\", \"whsec_old…\"]"),
+        "the guide shows the list"
+    );
+
+    let (app, merchant) = spawn_with_rotating_endpoint().await;
+    let signed = dryad_callback("guide-rotated", 12_345, chrono::Utc::now());
+    let (status, answer) = app.post_signed("dryad-main", &signed).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = merchant.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let delivery = &got[0];
+    assert_eq!(
+        delivery.header("webhook-signature").split(' ').count(),
+        2,
+        "one signature per secret"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let body_path = dir.path().join("body");
+    std::fs::write(&body_path, &delivery.body).unwrap();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &delivery.headers {
+        headers.insert(name.as_str().to_owned(), value.to_str().unwrap().into());
+    }
+    let headers = serde_json::Value::Object(headers).to_string();
+    let unrelated = "whsec_dW5yZWxhdGVkLWVuZHBvaW50LXNlY3JldA==";
+    for (secrets, expect_ok) in [
+        (vec![NEW_SECRET], true),
+        (vec![OLD_SECRET], true),
+        (vec![unrelated], false),
+        (vec![unrelated, OLD_SECRET], true),
+    ] {
+        let out = Command::new("python3")
+            .arg("-B")
+            .arg(snippet("verify_standardwebhooks.py"))
+            .arg(&body_path)
+            .arg(&headers)
+            .args(&secrets)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.success(),
+            expect_ok,
+            "standardwebhooks with {secrets:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if expect_ok {
+            let id = delivery.json()["id"].as_str().unwrap().to_owned();
+            assert_eq!(stdout.trim(), format!("webhook-signature: ok, event {id}"));
+        }
+    }
+
+    // X-Signature has room for one signature: the new secret's, as the
+    // guide says, so an X-Signature merchant tries each secret it knows.
+    for (secret, expect_ok) in [(NEW_SECRET, true), (OLD_SECRET, false)] {
+        let out = Command::new("python3")
+            .arg("-B")
+            .arg("-c")
+            .arg(
+                "import json, sys; sys.path.insert(0, sys.argv[1]); import verify\n\
+                 body = open(sys.argv[2], 'rb').read(); headers = json.loads(sys.argv[3])\n\
+                 sys.exit(0 if verify.x_signature_valid(sys.argv[4], body, headers) else 1)",
+            )
+            .arg(docs().join("snippets"))
+            .arg(&body_path)
+            .arg(&headers)
+            .arg(secret)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), expect_ok, "X-Signature with {secret}");
+    }
+}
+
+/// Whether `python3` can import `module`.
+fn present_module(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 #[test]

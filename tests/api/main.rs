@@ -28,6 +28,7 @@ mod pg_db;
 mod plans;
 mod providers;
 mod proxies;
+mod rotation;
 mod scaled;
 mod secrets;
 mod store_conformance;

@@ -16,6 +16,8 @@ use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs8::DecodePrivateKey;
 use x509_cert::der::{Decode, Encode};
 
+use crate::key_list::KeyList;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
@@ -111,6 +113,18 @@ impl RsaPublicKey {
     pub fn verify_base64(&self, alg: RsaAlgorithm, message: &[u8], signature_b64: &str) -> bool {
         match decode_base64_lenient(signature_b64) {
             Some(sig) => self.verify(alg, message, &sig),
+            None => false,
+        }
+    }
+}
+
+/// An account's public keys: one, or several while the provider rotates its
+/// key. The signature is decoded once, then checked against each key in
+/// turn (at most [`crate::key_list::MAX_KEYS`]).
+impl KeyList<RsaPublicKey> {
+    pub fn verify_base64_any(&self, alg: RsaAlgorithm, message: &[u8], signature_b64: &str) -> bool {
+        match decode_base64_lenient(signature_b64) {
+            Some(sig) => self.any_verifies(|key| key.verify(alg, message, &sig)),
             None => false,
         }
     }
