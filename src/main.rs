@@ -125,6 +125,12 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Events { command } => payhook::cli::admin_client::events(command)
             .await
             .map_err(|e| e.to_string()),
+        Command::Endpoints { command } => payhook::cli::endpoints::endpoints(command)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Reload { admin } => payhook::cli::endpoints::reload(admin)
+            .await
+            .map_err(|e| e.to_string()),
         Command::Deliveries { command } => payhook::cli::admin_client::deliveries(command)
             .await
             .map_err(|e| e.to_string()),

@@ -198,7 +198,7 @@ pub enum AdminClientError {
 }
 
 /// A connected admin API: base URL and token.
-struct Client {
+pub(crate) struct Client {
     base: url::Url,
     token: String,
     http: reqwest::Client,
@@ -218,7 +218,7 @@ fn connect_addr(listen: SocketAddr) -> SocketAddr {
 }
 
 impl Client {
-    fn new(args: &AdminArgs) -> Result<Self, AdminClientError> {
+    pub(crate) fn new(args: &AdminArgs) -> Result<Self, AdminClientError> {
         let env_token = std::env::var("PAYHOOK_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -260,7 +260,7 @@ impl Client {
     }
 
     /// `{base}/admin/{segments…}?{query}`, each segment escaped.
-    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> url::Url {
+    pub(crate) fn url(&self, segments: &[&str], query: &[(&str, String)]) -> url::Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().push("admin").extend(segments);
@@ -274,7 +274,11 @@ impl Client {
         url
     }
 
-    async fn call(&self, method: reqwest::Method, url: url::Url) -> Result<Value, AdminClientError> {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+    ) -> Result<Value, AdminClientError> {
         let shown = url.to_string();
         let response = self
             .http
@@ -457,13 +461,13 @@ async fn redeliver_dead_in_batches(
 // ---------------------------------------------------------------------------
 // Output.
 
-fn pretty(v: &Value) -> String {
+pub(crate) fn pretty(v: &Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
     s.push('\n');
     s
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".to_owned(),
         Value::String(s) if s.is_empty() => "-".to_owned(),

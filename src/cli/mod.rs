@@ -3,6 +3,7 @@
 pub mod admin_client;
 pub mod bench;
 pub mod demo;
+pub mod endpoints;
 pub mod keys;
 pub mod simulate;
 pub mod sink;
@@ -33,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     #[command(
-        after_help = "Examples:\n  payhook serve                                # embedded default (SQLite), ./payhook.toml if present\n  payhook serve --config payhook.toml\n  payhook serve --config payhook.toml --role ingress\n  PAYHOOK_ADMIN_LISTEN=127.0.0.1:9091 payhook serve --config payhook.toml --role dispatcher\n\nScaled mode: --role ingress and --role dispatcher need [queue] amqp_url (RabbitMQ)\nand refuse to start without it. Each process has its own admin port: on one\nhost, give the second one another with PAYHOOK_ADMIN_LISTEN or server.admin_listen."
+        after_help = "Examples:\n  payhook serve                                # embedded default (SQLite), ./payhook.toml if present\n  payhook serve --config payhook.toml\n  payhook serve --config payhook.toml --role ingress\n  PAYHOOK_ADMIN_LISTEN=127.0.0.1:9091 payhook serve --config payhook.toml --role dispatcher\n\nScaled mode: --role ingress and --role dispatcher need [queue] amqp_url (RabbitMQ)\nand refuse to start without it. Each process has its own admin port: on one\nhost, give the second one another with PAYHOOK_ADMIN_LISTEN or server.admin_listen.\n\nSIGHUP (or `payhook reload`, POST /admin/reload) reads the config file again and\nswaps accounts and endpoints without a restart."
     )]
     /// Run the relay: provider ingress, dispatcher and admin port.
     Serve {
@@ -145,6 +146,24 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 200, requires = "dead",
               value_parser = clap::value_parser!(u32).range(1..=500))]
         batch_size: u32,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    #[command(
+        after_help = "Examples:\n  payhook endpoints list --config payhook.toml\n  payhook endpoints pause shop-backend\n  payhook endpoints resume shop-backend"
+    )]
+    /// Merchant endpoints: list them with their state, pause or resume one,
+    /// through the admin API.
+    Endpoints {
+        #[command(subcommand)]
+        command: endpoints::EndpointsCommand,
+    },
+    #[command(
+        after_help = "Examples:\n  payhook reload --config payhook.toml\n  kill -HUP $(pidof payhook)             # the same, by signal"
+    )]
+    /// Make the running relay read its config file again (accounts and
+    /// endpoints are swapped; a file that does not validate changes nothing).
+    Reload {
         #[command(flatten)]
         admin: AdminArgs,
     },

@@ -525,7 +525,7 @@ impl PostgresStore {
         // on the database's.
         let rows = sqlx::query(concat!(
             "WITH picked AS MATERIALIZED ( \
-                 SELECT id FROM deliveries \
+                 SELECT id, next_attempt_at AS due FROM deliveries \
                  WHERE status = 'pending' AND next_attempt_at < $1::int8 + ",
             db_skew!("$3::int8"),
             " AND lease_until <= ",
@@ -537,14 +537,21 @@ impl PostgresStore {
              UPDATE deliveries d SET next_attempt_at = ",
             db_now!(),
             " FROM picked WHERE d.id = picked.id \
-             RETURNING d.id, d.attempts"
+             RETURNING d.id, d.attempts, picked.due"
         ))
         .bind(due_before_ms)
         .bind(limit_param(limit))
         .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(job_ref).collect()
+        // RETURNING follows no order: republish in the order the jobs became
+        // due (a resumed endpoint's backlog goes out oldest first).
+        let mut due: Vec<(i64, JobRef)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>("due")?, job_ref(r)?)))
+            .collect::<Result<_, StoreError>>()?;
+        due.sort_by_key(|(at, job)| (*at, job.delivery_id));
+        Ok(due.into_iter().map(|(_, job)| job).collect())
     }
 }
 

@@ -22,6 +22,11 @@ fn every_command_has_help() {
         vec!["events", "show", "--help"],
         vec!["redeliver", "--help"],
         vec!["deliveries", "list", "--help"],
+        vec!["endpoints", "--help"],
+        vec!["endpoints", "list", "--help"],
+        vec!["endpoints", "pause", "--help"],
+        vec!["endpoints", "resume", "--help"],
+        vec!["reload", "--help"],
     ] {
         let out = payhook().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

@@ -602,7 +602,7 @@ async fn console_fits_a_1400_by_900_screen_and_its_views_are_links() {
         browser
             .js("return [...document.querySelectorAll('.zone-name')].map((z) => z.textContent)")
             .await,
-        serde_json::json!(["(UTC)", "(UTC)"])
+        serde_json::json!(["(UTC)", "(UTC)", "(UTC)"])
     );
     // SQLite with the embedded queue: no outbox, no RabbitMQ counters.
     assert_eq!(
@@ -753,4 +753,74 @@ async fn console_fits_a_1400_by_900_screen_and_its_views_are_links() {
 fn yuan(fen: &Value) -> String {
     let fen = fen.as_i64().unwrap();
     format!("{}.{:02}", fen / 100, fen % 100)
+}
+
+/// The endpoints panel pauses and resumes an endpoint: while it is paused,
+/// the panel says so and a new event waits; on resume it is delivered.
+#[tokio::test]
+async fn console_pauses_and_resumes_an_endpoint() {
+    if !browser::available() {
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/admin/ui", app.admin_url)).await;
+    browser
+        .wait_for(
+            "the login prompt",
+            "return !document.getElementById('login').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.type_into("#token-input", ADMIN_TOKEN).await;
+    browser.click("#login-submit").await;
+    let row = "tr[data-testid=endpoint-row][data-endpoint-id=merchant]";
+    browser
+        .wait_for(
+            "the merchant endpoint, active",
+            &format!("const r = document.querySelector('{row}'); return r && r.dataset.paused === 'false'"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(browser.js(&fits_its_card("#endpoints-table")).await == true);
+    browser.click(&format!("{row} button[data-action=pause]")).await;
+    let state = browser
+        .wait_for(
+            "the endpoint shown paused",
+            &format!(
+                "const r = document.querySelector('{row}'); \
+                 return r && r.dataset.paused === 'true' && r.querySelector('[data-testid=endpoint-state]').textContent"
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(state.as_str().unwrap().starts_with("paused since "), "{state}");
+    assert_eq!(
+        browser
+            .js("return document.getElementById('notice').textContent")
+            .await,
+        "Endpoint merchant paused: its deliveries wait until it is resumed."
+    );
+    let (_, page) = app.admin_get("/admin/endpoints").await;
+    assert_eq!(page["endpoints"][0]["paused"], true, "{page}");
+
+    let signed = dryad_callback("PAUSE1", 1234, chrono::Utc::now());
+    assert_eq!(app.post_signed("dryad-main", &signed).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        app.merchant.received().is_empty(),
+        "a paused endpoint got a delivery"
+    );
+    browser.screenshot("console-endpoint-paused").await;
+
+    browser.click(&format!("{row} button[data-action=resume]")).await;
+    browser
+        .wait_for(
+            "the endpoint shown active",
+            &format!("const r = document.querySelector('{row}'); return r && r.dataset.paused === 'false'"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(app.merchant.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    browser.close().await;
 }

@@ -353,12 +353,19 @@ impl TestApp {
             None => Arc::new(SystemClock),
         };
         self.shutdown = CancellationToken::new();
+        // The file a reload reads: the test's config as it started, which a
+        // test may rewrite (`write_config`) before asking for a reload.
+        let config_path = self.config_file();
+        if !config_path.exists() {
+            std::fs::write(&config_path, &self.config_text).unwrap();
+        }
         let app = Application::build(
             self.config(),
             BuildOptions {
                 role,
                 clock,
                 shutdown: self.shutdown.clone(),
+                config_path: Some(config_path),
             },
         )
         .await
@@ -400,6 +407,36 @@ impl TestApp {
     /// The running relay's store.
     pub fn store(&self) -> &payhook::store::Store {
         self.store.as_ref().expect("relay is running")
+    }
+
+    /// The config file the relay reloads from (`payhook.toml` in the test's
+    /// own folder; key files in it must be absolute paths).
+    pub fn config_file(&self) -> PathBuf {
+        self._dir.path().join("payhook.toml")
+    }
+
+    /// Replaces the config file (not the running config: that takes a
+    /// reload).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_file(), text).unwrap();
+    }
+
+    /// `POST` on the admin API with [`ADMIN_TOKEN`]: the status and the JSON
+    /// body (null when it is not JSON).
+    pub async fn admin_post(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.admin_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// The SQLite file of a [`Backend::Sqlite`] relay.
@@ -655,6 +692,11 @@ impl RelayProcess {
             .stderr(log)
             .spawn()
             .unwrap()
+    }
+
+    /// The file `serve --config` was given (rewrite it, then `SIGHUP`).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     pub async fn wait_up(&mut self) {

@@ -21,6 +21,7 @@ mod fixtures;
 mod guide;
 mod helpers;
 mod hostile;
+mod lifecycle;
 mod logs;
 mod misbehaving_merchants;
 mod openapi;

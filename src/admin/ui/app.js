@@ -43,8 +43,8 @@
     queue: null,
     pending: undefined,
     dead: undefined,
-    seq: { events: 0, detail: 0, dead: 0 },
-    snapshot: { events: '', dead: '' },
+    seq: { events: 0, detail: 0, dead: 0, endpoints: 0 },
+    snapshot: { events: '', dead: '', endpoints: '' },
   };
 
   const $ = (id) => document.getElementById(id);
@@ -339,6 +339,7 @@
     writeAddress(false);
     loadEvents();
     loadDead();
+    loadEndpoints();
     refreshSummary().then(refreshCounters);
     if (event) openEvent(event);
     state.intervals.push(
@@ -351,6 +352,7 @@
       setInterval(() => {
         if (document.hidden) return;
         loadDead();
+        loadEndpoints();
         // Only the newest page follows new events; an older page stays put.
         if (state.cursors.length === 1) loadEvents();
       }, LISTS_EVERY_MS),
@@ -846,6 +848,89 @@
     $('counters-updated').textContent = `updated ${time(new Date().toISOString())} (${zoneName()})`;
   }
 
+
+  // ---------------------------------------------------------------------
+  // Endpoints: paused or not, their backlog and health; pause and resume.
+
+  async function loadEndpoints() {
+    const seq = ++state.seq.endpoints;
+    try {
+      const page = await api('GET', '/admin/endpoints');
+      if (seq !== state.seq.endpoints) return;
+      show('endpoints-error', '');
+      renderEndpoints(Array.isArray(page.endpoints) ? page.endpoints : []);
+    } catch (e) {
+      if (seq === state.seq.endpoints) failed('endpoints-error', e);
+    }
+  }
+
+  function endpointState(e) {
+    if (!e.paused) return 'active';
+    const by = e.paused_by === 'auto' ? 'paused automatically' : 'paused';
+    return e.paused_at ? `${by} since ${time(e.paused_at)}` : by;
+  }
+
+  function renderEndpoints(endpoints) {
+    const snapshot = JSON.stringify([endpoints, state.zone]);
+    if (snapshot === state.snapshot.endpoints) return;
+    state.snapshot.endpoints = snapshot;
+    const paused = endpoints.filter((e) => e.paused).length;
+    const count = $('endpoints-count');
+    count.textContent = paused ? `(${paused} of ${endpoints.length} paused)` : `(${endpoints.length})`;
+    count.dataset.paused = String(paused);
+    const rows = endpoints.map((e) =>
+      el(
+        'tr',
+        {
+          className: e.paused ? 'paused' : null,
+          dataset: { testid: 'endpoint-row', endpointId: orDash(e.id), paused: String(Boolean(e.paused)) },
+        },
+        cell(orDash(e.id)),
+        cell(endpointState(e), { dataset: { testid: 'endpoint-state' } }),
+        cell(orDash(e.pending), { className: 'num' }),
+        cell(orDash(e.dead), { className: 'num' }),
+        cell(time(e.last_success_at)),
+        cell(orDash(e.consecutive_failures), { className: 'num' }),
+        cell(orDash(e.url)),
+        el(
+          'td',
+          {},
+          el(
+            'button',
+            {
+              type: 'button',
+              dataset: { action: e.paused ? 'resume' : 'pause', testid: 'endpoint-toggle' },
+              title: e.paused
+                ? 'Resume: its waiting deliveries go out in the order they became due'
+                : 'Pause: its deliveries wait until it is resumed',
+            },
+            e.paused ? 'Resume' : 'Pause',
+          ),
+        ),
+      ),
+    );
+    $('endpoints-body').replaceChildren(...rows);
+    $('endpoints-empty').hidden = rows.length > 0;
+  }
+
+  async function switchEndpoint(id, action, button) {
+    button.disabled = true;
+    try {
+      const answer = await api('POST', `/admin/endpoints/${encodeURIComponent(id)}/${action}`);
+      const done = action === 'pause'
+        ? (answer.changed ? `Endpoint ${id} paused: its deliveries wait until it is resumed.` : `Endpoint ${id} was already paused.`)
+        : (answer.changed ? `Endpoint ${id} resumed: its waiting deliveries go out in order.` : `Endpoint ${id} was not paused.`);
+      notice(done);
+      state.snapshot.endpoints = '';
+      loadEndpoints();
+      refreshSummary();
+    } catch (e) {
+      if (e.status !== 401) notice(`Could not ${action} endpoint ${id}: ${e.message}`, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---------------------------------------------------------------------
   // Wiring.
 
@@ -869,9 +954,10 @@
       showZone();
       fillForm();
       writeAddress(false);
-      state.snapshot = { events: '', dead: '' };
+      state.snapshot = { events: '', dead: '', endpoints: '' };
       loadEvents();
       loadDead();
+      loadEndpoints();
       if (state.selected) loadDetail();
     });
     window.addEventListener('popstate', () => {
@@ -912,6 +998,11 @@
       if (!row || !button) return;
       if (button.dataset.action === 'redeliver') redeliver(row.dataset.eventId, button);
       else openEvent(row.dataset.eventId);
+    });
+    $('endpoints-body').addEventListener('click', (e) => {
+      const row = e.target.closest('tr[data-endpoint-id]');
+      const button = e.target.closest('button[data-action]');
+      if (row && button) switchEndpoint(row.dataset.endpointId, button.dataset.action, button);
     });
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden && state.token) refreshSummary().then(refreshCounters);
