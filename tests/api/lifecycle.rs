@@ -444,3 +444,68 @@ async fn sighup_reloads_the_config_file() {
     assert!(relay.logs().contains("config reloaded"), "{}", relay.logs());
     relay.kill();
 }
+
+/// Reloads while callbacks arrive drop nothing: every callback is accepted,
+/// and the endpoint present in every config gets every event.
+async fn reloads_under_traffic_drop_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let second = Merchant::start().await;
+    let with_second = format!(
+        "{}\n[[endpoints]]\nid = \"second\"\nurl = \"{}\"\nsecret = \"{ENDPOINT_SECRET}\"\naccounts = [\"*\"]\nevents = [\"*\"]\n",
+        app.config_text, second.url
+    );
+    const CALLBACKS: usize = 200;
+    let now = chrono::Utc::now();
+    let sender = {
+        let client = app.client.clone();
+        let url = format!("{}/notify/dryad-main", app.ingress_url);
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..CALLBACKS {
+                let signed = dryad_callback(&format!("LIVE-{i}"), 100, now);
+                let mut request = client.post(&url).header("content-type", signed.content_type);
+                for (name, value) in &signed.headers {
+                    request = request.header(name, value);
+                }
+                let response = request.body(signed.body.clone()).send().await.unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        })
+    };
+    let mut reloads = 0;
+    while !sender.is_finished() {
+        let text = if reloads % 2 == 0 {
+            &with_second
+        } else {
+            &app.config_text
+        };
+        app.write_config(text);
+        let (status, answer) = app.admin_post("/admin/reload").await;
+        assert_eq!(status, 200, "{answer}");
+        reloads += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let statuses = sender.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(reloads >= 5, "only {reloads} reloads during the traffic");
+    let got = app.merchant.wait_for(CALLBACKS, Duration::from_secs(30)).await;
+    let mut orders = order_ids(&got);
+    orders.sort();
+    orders.dedup();
+    assert_eq!(
+        orders.len(),
+        CALLBACKS,
+        "the endpoint in every config got every event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_traffic_drop_nothing_sqlite() {
+    reloads_under_traffic_drop_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_traffic_drop_nothing_scaled() {
+    reloads_under_traffic_drop_nothing(Backend::Scaled).await;
+}
