@@ -469,9 +469,15 @@ async fn handle_message(handling: Arc<Handling>, delivery: Delivery) {
         return;
     };
     let mut running = Vec::with_capacity(task.jobs().len());
+    let mut turns = Turn::chain(task.jobs().len()).into_iter();
     for &job in task.jobs() {
         let for_job = handling.clone();
-        running.push(handling.tasks.spawn(async move { for_job.handle_job(job).await }));
+        let turn = turns.next().unwrap_or_default();
+        running.push(
+            handling
+                .tasks
+                .spawn(async move { for_job.handle_job(job, turn).await }),
+        );
     }
     let mut all_done = true;
     for job in running {
@@ -479,6 +485,65 @@ async fn handle_message(handling: Arc<Handling>, delivery: Delivery) {
         all_done &= job.await.unwrap_or(false);
     }
     settle(&delivery, all_done).await;
+}
+
+/// A job's turn among the jobs of its message. The jobs run concurrently,
+/// but each takes its place in the lines (its endpoint's slots, then the
+/// attempt slots) only after the job before it took its own, so that they
+/// start in the message's order: the order they became due, which a resumed
+/// endpoint's backlog keeps. Tokio's semaphores serve waiters first come,
+/// first served; the claims still share one statement.
+#[derive(Default)]
+struct Turn {
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Dropped (on any return, too) to let the next job go.
+    next: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// `n` turns, each after the one before.
+    fn chain(n: usize) -> Vec<Turn> {
+        if n <= 1 {
+            return (0..n).map(|_| Turn::default()).collect();
+        }
+        let mut turns = Vec::with_capacity(n);
+        let mut after = None;
+        for i in 0..n {
+            let (next, rx) = if i + 1 < n {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            turns.push(Turn { after, next });
+            after = rx;
+        }
+        turns
+    }
+
+    /// Waits until the job before this one has taken its place.
+    async fn wait(&mut self) {
+        if let Some(after) = self.after.take() {
+            // An error is a job that ended early: its turn is over too.
+            let _ = after.await;
+        }
+    }
+
+    fn pass(&mut self) {
+        self.next.take();
+    }
+
+    /// Awaits `acquire`, passing the turn as soon as this job is in line
+    /// (its first poll found no free slot) or holds the slot.
+    async fn in_line<T>(&mut self, acquire: impl std::future::Future<Output = T>) -> T {
+        let mut acquire = std::pin::pin!(acquire);
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(acquire.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(got) = first {
+            return got;
+        }
+        self.pass();
+        acquire.await
+    }
 }
 
 /// Acks a handled message, or returns it to the queue.
@@ -507,7 +572,7 @@ impl Handling {
     /// while it waits for its endpoint's slot and an attempt slot: waiting
     /// costs no statement, no publish and no CPU, however long the merchant
     /// takes.
-    async fn handle_job(&self, job: JobRef) -> bool {
+    async fn handle_job(&self, job: JobRef, mut turn: Turn) -> bool {
         let Handling {
             broker,
             deliverer,
@@ -546,6 +611,7 @@ impl Handling {
             };
         }
         let _held = self.held.hold(claimed.delivery_id);
+        turn.wait().await;
         // A job whose endpoint this process does not know needs no endpoint
         // slot: the deliverer puts it back or lets it die, without a request.
         let known = deliverer
@@ -557,21 +623,26 @@ impl Handling {
             match gates.admit(&claimed.endpoint_id) {
                 Admission::Now(slot) => Some(slot),
                 Admission::Wait(place) => {
-                    let slot = self.unless_stopping(place.slot()).await;
+                    let slot = turn.in_line(self.unless_stopping(place.slot())).await;
                     drop(place);
                     match slot {
                         Some(slot) => Some(slot),
                         None => return self.give_back(job).await,
                     }
                 }
-                Admission::Later(wait) => return self.send_back(job, wait).await,
+                Admission::Later(wait) => {
+                    // Not in line here: the next job need not wait for this one.
+                    turn.pass();
+                    return self.send_back(job, wait).await;
+                }
             }
         } else {
             None
         };
-        let permit = self
-            .unless_stopping(async { self.slots.clone().acquire_owned().await.ok() })
+        let permit = turn
+            .in_line(self.unless_stopping(async { self.slots.clone().acquire_owned().await.ok() }))
             .await;
+        turn.pass();
         let Some(permit) = permit else {
             return self.give_back(job).await;
         };
