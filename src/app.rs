@@ -32,7 +32,8 @@ use crate::store::{now_ms, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Which parts of the relay this process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Role {
     #[default]
     All,

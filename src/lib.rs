@@ -12,7 +12,7 @@
 //!   [`domain::Notification`] bound to its account by a signed merchant field
 //!   (a platform key signs every merchant's notices). `ingress::common` holds
 //!   what providers share (bounded, duplicate-refusing form and JSON parsing,
-//!   signing strings, RSA via `ring`, constant-time MACs, time parsing);
+//!   signing strings, RSA via `ring`, time parsing);
 //!   `ingress::registry` builds providers from the config and refuses
 //!   accounts that could not be told apart; `ingress::rate_limit` is the
 //!   per-account limit; `ingress::handler` is the request path (verification
@@ -33,10 +33,14 @@
 //!   `/admin/ui` (`admin/ui/`).
 //! - [`telemetry`]: tracing setup and the Prometheus metrics of the contract.
 //! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed.
+//! - [`crypto`]: HMAC-SHA256 and constant-time comparison, shared by provider
+//!   verification, delivery signing and the admin token check.
 //! - [`live`]: what changes while the relay runs: the accounts and
 //!   endpoints a reload (`SIGHUP`, `POST /admin/reload`) swaps whole, and
 //!   the local view of paused endpoints (`dispatch::health` keeps it fresh
 //!   and pauses failing endpoints on its own).
+//! - [`sandbox_keys`]: an RSA-2048 pair for sandbox accounts (`payhook keys
+//!   generate`, and the bench's relay).
 //! - [`key_list`]: the short non-empty list an endpoint's secrets and an
 //!   account's keys are held in, so that either can be rotated without a gap.
 //! - [`app`]: wires the parts into a running relay with explicit shutdown
@@ -46,21 +50,33 @@
 //!   busy endpoint, so waiting jobs cost nothing).
 //! - [`server`]: the HTTP accept loop (connection and in-flight limits,
 //!   header-read and idle timeouts for HTTP/1 and HTTP/2, graceful drain).
-//! - [`cli`]: the `payhook` subcommands (`simulate`, `sink`, `keys`, `demo`,
-//!   and `events`/`redeliver` through the admin API).
+//! - [`cli`] (feature `cli`, on by default): the `payhook` subcommands
+//!   (`simulate`, `sink`, `keys`, `demo`, and `events`, `redeliver`,
+//!   `endpoints`, `reload` through the admin API).
+//!
+//! The command line is a feature, `cli` (on by default), rather than a
+//! second crate: one version, one lock file and one test binary, while a
+//! program that embeds the relay (`default-features = false`) gets no clap
+//! or indicatif. Only `main.rs` and [`cli`] use them; the library's enums
+//! that flags take (`app::Role`, `ingress::SampleKind`,
+//! `bench::requests::BenchProvider`) derive `clap::ValueEnum` only with the
+//! feature. CI checks that the library builds without it.
 
 pub mod admin;
 pub mod app;
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod dispatch;
 pub mod domain;
 pub mod ingress;
 pub mod key_list;
 pub mod live;
 pub mod queue;
+pub mod sandbox_keys;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -115,7 +115,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Keys {
             command: KeysCommand::Generate { out, force },
         } => {
-            payhook::cli::keys::generate_into(&out, force).map_err(|e| e.to_string())?;
+            payhook::sandbox_keys::generate_into(&out, force).map_err(|e| e.to_string())?;
             println!(
                 "wrote {0}/private.pem and {0}/public.pem (sandbox use only)",
                 out.display()

@@ -31,8 +31,8 @@ use sha2::{Digest, Sha256};
 
 use super::AdminState;
 use crate::config::Secret;
+use crate::crypto::ct_eq;
 use crate::domain::{AccountId, EndpointId, EventId, EventType};
-use crate::ingress::common::ct_eq;
 use crate::store::{
     DeliveryDetail, DeliveryFilter, DeliveryStatus, EventFilter, PausedBy, StoreError, StoredAttempt,
     StoredEvent,

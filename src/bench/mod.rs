@@ -31,7 +31,7 @@ pub enum BenchError {
     #[error("signing: {0}")]
     Sign(#[from] crate::ingress::SignError),
     #[error("keys: {0}")]
-    Keys(#[from] crate::cli::keys::KeysError),
+    Keys(#[from] crate::sandbox_keys::KeysError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("database: {0}")]

@@ -14,7 +14,8 @@ use crate::ingress::registry::build_sandbox_signer;
 use crate::ingress::{SampleKind, SampleSigner, SampleSpec};
 
 /// Which provider's callbacks to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum BenchProvider {
     /// Dryad: HMAC-SHA256 with a timestamp window and a nonce.
     Dryad,
@@ -118,7 +119,7 @@ fn quoted(path: &Path) -> String {
 /// provider and signing mode. The RSA ones share a key pair generated into
 /// `dir` now, so the bench needs no key files of its own.
 pub fn accounts_toml(dir: &Path) -> Result<String, BenchError> {
-    crate::cli::keys::generate(dir)?;
+    crate::sandbox_keys::generate(dir)?;
     let public = quoted(&dir.join("public.pem"));
     let private = quoted(&dir.join("private.pem"));
     Ok(format!(

@@ -4,7 +4,6 @@ pub mod admin_client;
 pub mod bench;
 pub mod demo;
 pub mod endpoints;
-pub mod keys;
 pub mod simulate;
 pub mod sink;
 

@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 
+use crate::crypto::ct_eq;
 use crate::dispatch::sign::{webhook_signature, x_signature};
-use crate::ingress::common::ct_eq;
 
 #[derive(Clone)]
 struct SinkState {

@@ -10,7 +10,7 @@
 use base64::Engine;
 
 use crate::config::Secret;
-use crate::ingress::common::hmac_sha256;
+use crate::crypto::hmac_sha256;
 use crate::key_list::KeyList;
 
 /// The key bytes for Standard Webhooks: for `whsec_…` the base64-decoded

@@ -12,13 +12,14 @@ use base64::Engine;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::common::{hmac_sha256, verify_hex_hmac_sha256, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
+use super::common::{RsaAlgorithm, RsaPublicKey, RsaSigningKey};
 use super::dryad::within_skew;
 use super::json::{object_body, opt_str, req_fen, req_str};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
 };
+use crate::crypto::{hmac_sha256, verify_hex_hmac_sha256};
 use crate::domain::{EventType, Notification, ProviderKind};
 use crate::key_list::KeyList;
 

@@ -6,12 +6,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::common::{from_epoch_millis, hmac_sha256, parse_shanghai_local, verify_hex_hmac_sha256};
+use super::common::{from_epoch_millis, parse_shanghai_local};
 use super::json::{object_body, opt_str, req_fen, req_id_text};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, ReplayNonce, SampleKind, SampleSigner, SampleSpec, SignError,
     SignedRequest, Verified,
 };
+use crate::crypto::{hmac_sha256, verify_hex_hmac_sha256};
 use crate::domain::{EventType, Notification, ProviderKind};
 use crate::key_list::KeyList;
 

@@ -125,7 +125,8 @@ pub struct SampleSpec {
     pub forge: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum SampleKind {
     Payment,
     Refund,

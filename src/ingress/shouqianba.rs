@@ -7,12 +7,13 @@ use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
 use serde_json::{Map, Value};
 
-use super::common::{ct_eq, from_epoch_millis, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
+use super::common::{from_epoch_millis, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
 use super::json::{object_body, opt_str, req_str};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
 };
+use crate::crypto::ct_eq;
 use crate::domain::{AmountFen, EventType, Notification, ProviderKind};
 use crate::key_list::KeyList;
 

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use crate::helpers::*;
 
 fn hmac_hex(parts: &[&[u8]]) -> String {
-    payhook::ingress::common::hmac_sha256(DRYAD_SECRET.as_bytes(), parts)
+    payhook::crypto::hmac_sha256(DRYAD_SECRET.as_bytes(), parts)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

@@ -18,7 +18,7 @@ const CBB_ACCOUNT: &str =
 
 fn dryad_headers(body: &[u8], timestamp: &str) -> Vec<(String, String)> {
     let nonce = format!("n-{}", ulid::Ulid::new());
-    let mac = payhook::ingress::common::hmac_sha256(
+    let mac = payhook::crypto::hmac_sha256(
         DRYAD_SECRET.as_bytes(),
         &[body, nonce.as_bytes(), timestamp.as_bytes()],
     );

@@ -1,4 +1,5 @@
-//! `payhook keys generate`: a sandbox RSA key pair for testing an integration.
+//! A sandbox RSA-2048 key pair written to a folder: `payhook keys generate`,
+//! and the accounts of the relay `payhook bench` starts.
 
 use std::path::Path;
 

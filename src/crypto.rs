@@ -1,4 +1,6 @@
-//! HMAC and constant-time comparison.
+//! HMAC and constant-time comparison: what provider verification, delivery
+//! signing, the admin token check and the sample sink share. It sits below
+//! every layer that uses it, so none of them imports another for it.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
