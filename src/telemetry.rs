@@ -8,6 +8,8 @@ use std::sync::Arc;
 use metrics::{Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::domain::AttemptOutcome;
+
 static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Ingress outcomes; the label values are part of the external contract.
@@ -41,46 +43,6 @@ impl IngressOutcome {
             IngressOutcome::TooLarge => "too_large",
             IngressOutcome::Error => "error",
         }
-    }
-}
-
-/// Delivery attempt outcomes; label values are part of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    Delivered,
-    HttpError,
-    Timeout,
-    ConnectError,
-    RefusedTarget,
-    /// The job's endpoint is not in this dispatcher's config (a rolling
-    /// config change): put back without an attempt, or dead once
-    /// `[delivery] unknown_endpoint_grace` has passed.
-    UnknownEndpoint,
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::HttpError => "http_error",
-            AttemptOutcome::Timeout => "timeout",
-            AttemptOutcome::ConnectError => "connect_error",
-            AttemptOutcome::RefusedTarget => "refused_target",
-            AttemptOutcome::UnknownEndpoint => "unknown_endpoint",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            AttemptOutcome::Delivered,
-            AttemptOutcome::HttpError,
-            AttemptOutcome::Timeout,
-            AttemptOutcome::ConnectError,
-            AttemptOutcome::RefusedTarget,
-            AttemptOutcome::UnknownEndpoint,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == text)
     }
 }
 

@@ -9,10 +9,11 @@ use super::health::EndpointHealth;
 use super::http::{storable_text, DeliveryClient};
 use super::sign::delivery_headers;
 use crate::config::{DeliveryConfig, EndpointConfig, Secret};
+use crate::domain::AttemptOutcome;
 use crate::key_list::KeyList;
 use crate::live::{LiveConfig, PausedEndpoints};
 use crate::store::{now_ms, AttemptRecord, ClaimedJob, JobRef, NextStep, RecordOutcome, Store, StoreError};
-use crate::telemetry::{AttemptOutcome, Metrics};
+use crate::telemetry::Metrics;
 
 /// A merchant endpoint as the dispatcher needs it.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::config::ProxyUrl;
-use crate::telemetry::AttemptOutcome;
+use crate::domain::AttemptOutcome;
 
 /// At most this much of a merchant's answer is read (and kept for operators);
 /// the rest is never pulled off the socket.

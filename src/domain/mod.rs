@@ -6,7 +6,9 @@
 mod amount;
 mod event;
 mod ids;
+mod outcome;
 
 pub use amount::{AmountError, AmountFen};
 pub use event::{format_time, Event, EventType, Notification, ProviderKind};
 pub use ids::{AccountId, EndpointId, EventId, IdError};
+pub use outcome::{AttemptOutcome, DeliveryStatus};

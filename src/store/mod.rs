@@ -28,7 +28,7 @@ use crate::domain::{EndpointId, Event, EventId};
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
-use crate::telemetry::AttemptOutcome;
+pub use crate::domain::{AttemptOutcome, DeliveryStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -503,34 +503,6 @@ pub struct StoredEvent {
     /// The event JSON exactly as delivered.
     pub payload: String,
     pub received_at_ms: i64,
-}
-
-/// The state of a delivery row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeliveryStatus {
-    Pending,
-    Delivered,
-    Dead,
-}
-
-impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 3] = [
-        DeliveryStatus::Pending,
-        DeliveryStatus::Delivered,
-        DeliveryStatus::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Dead => "dead",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
 }
 
 /// Which deliveries to list, newest first.

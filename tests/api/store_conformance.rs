@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use payhook::domain::AttemptOutcome;
 use payhook::domain::{
     AccountId, AmountFen, EndpointId, Event, EventId, EventType, Notification, ProviderKind,
 };
@@ -13,7 +14,6 @@ use payhook::store::{
     now_ms, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, NextStep, RecordOutcome,
     Store,
 };
-use payhook::telemetry::AttemptOutcome;
 
 use crate::pg_db::{fresh_database, TestDatabase};
 
