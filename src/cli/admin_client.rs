@@ -134,14 +134,7 @@ pub async fn deliveries(command: DeliveriesCommand) -> Result<(), AdminClientErr
     let page = client
         .call(reqwest::Method::GET, client.url(&["deliveries"], &query))
         .await?;
-    print!(
-        "{}",
-        if admin.json {
-            pretty(&page)
-        } else {
-            deliveries_table(&page, status)
-        }
-    );
+    show(&admin, &page, || deliveries_table(&page, status));
     Ok(())
 }
 
@@ -349,14 +342,7 @@ pub async fn events(command: EventsCommand) -> Result<(), AdminClientError> {
             let page = client
                 .call(reqwest::Method::GET, client.url(&["events"], &query))
                 .await?;
-            print!(
-                "{}",
-                if admin.json {
-                    pretty(&page)
-                } else {
-                    events_table(&page)
-                }
-            );
+            show(&admin, &page, || events_table(&page));
             Ok(())
         }
         EventsCommand::Show { event_id, admin } => {
@@ -364,14 +350,7 @@ pub async fn events(command: EventsCommand) -> Result<(), AdminClientError> {
             let shown = client
                 .call(reqwest::Method::GET, client.url(&["events", &event_id], &[]))
                 .await?;
-            print!(
-                "{}",
-                if admin.json {
-                    pretty(&shown)
-                } else {
-                    event_text(&shown)
-                }
-            );
+            show(&admin, &shown, || event_text(&shown));
             Ok(())
         }
     }
@@ -413,6 +392,12 @@ pub async fn redeliver(
     };
     print!("{}", if admin.json { pretty(&answer) } else { text });
     Ok(())
+}
+
+/// Prints the admin API's answer as JSON with `--json`, else as `text`
+/// makes it.
+pub(crate) fn show(admin: &AdminArgs, answer: &Value, text: impl FnOnce() -> String) {
+    print!("{}", if admin.json { pretty(answer) } else { text() });
 }
 
 /// Bulk redelivery a batch at a time, so that a large backlog of dead

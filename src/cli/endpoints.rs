@@ -4,7 +4,7 @@
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::admin_client::{pretty, table, text, AdminArgs, AdminClientError, Client};
+use super::admin_client::{pretty, show, table, text, AdminArgs, AdminClientError, Client};
 
 #[derive(Debug, Subcommand)]
 pub enum EndpointsCommand {
@@ -44,14 +44,7 @@ pub async fn endpoints(command: EndpointsCommand) -> Result<(), AdminClientError
             let page = client
                 .call(reqwest::Method::GET, client.url(&["endpoints"], &[]))
                 .await?;
-            print!(
-                "{}",
-                if admin.json {
-                    pretty(&page)
-                } else {
-                    endpoints_table(&page)
-                }
-            );
+            show(&admin, &page, || endpoints_table(&page));
             Ok(())
         }
         EndpointsCommand::Pause { endpoint, admin } => switch(&endpoint, "pause", &admin).await,

@@ -97,6 +97,20 @@ async fn post_event(app: &TestApp, order: &str) -> String {
     got[before].json()["id"].as_str().unwrap().to_owned()
 }
 
+/// Opens the console and logs in with the admin token.
+async fn log_in(browser: &Browser, app: &TestApp) {
+    browser.goto(&format!("{}/admin/ui", app.admin_url)).await;
+    browser
+        .wait_for(
+            "the login prompt",
+            "return !document.getElementById('login').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.type_into("#token-input", ADMIN_TOKEN).await;
+    browser.click("#login-submit").await;
+}
+
 fn css_string(text: &str) -> String {
     serde_json::to_string(text).unwrap()
 }
@@ -420,16 +434,7 @@ async fn console_redelivers_all_dead_in_batches() {
     let received = app.merchant.received().len();
 
     let browser = Browser::start().await;
-    browser.goto(&format!("{}/admin/ui", app.admin_url)).await;
-    browser
-        .wait_for(
-            "the login prompt",
-            "return !document.getElementById('login').hidden",
-            Duration::from_secs(10),
-        )
-        .await;
-    browser.type_into("#token-input", ADMIN_TOKEN).await;
-    browser.click("#login-submit").await;
+    log_in(&browser, &app).await;
     browser
         .wait_for(
             "three dead rows",
@@ -527,16 +532,7 @@ async fn console_fits_a_1400_by_900_screen_and_its_views_are_links() {
     let browser = Browser::start().await;
     let size = browser.js("return [window.innerWidth, window.innerHeight]").await;
     assert_eq!(size, serde_json::json!([1400, 900]), "the page is 1400×900");
-    browser.goto(&format!("{}/admin/ui", app.admin_url)).await;
-    browser
-        .wait_for(
-            "the login prompt",
-            "return !document.getElementById('login').hidden",
-            Duration::from_secs(10),
-        )
-        .await;
-    browser.type_into("#token-input", ADMIN_TOKEN).await;
-    browser.click("#login-submit").await;
+    log_in(&browser, &app).await;
     browser
         .wait_for(
             "eight events and the store's counts",
@@ -764,16 +760,7 @@ async fn console_pauses_and_resumes_an_endpoint() {
     }
     let app = spawn_app(Backend::Sqlite).await;
     let browser = Browser::start().await;
-    browser.goto(&format!("{}/admin/ui", app.admin_url)).await;
-    browser
-        .wait_for(
-            "the login prompt",
-            "return !document.getElementById('login').hidden",
-            Duration::from_secs(10),
-        )
-        .await;
-    browser.type_into("#token-input", ADMIN_TOKEN).await;
-    browser.click("#login-submit").await;
+    log_in(&browser, &app).await;
     let row = "tr[data-testid=endpoint-row][data-endpoint-id=merchant]";
     browser
         .wait_for(

@@ -424,9 +424,13 @@ impl TestApp {
     /// `POST` on the admin API with [`ADMIN_TOKEN`]: the status and the JSON
     /// body (null when it is not JSON).
     pub async fn admin_post(&self, path: &str) -> (u16, serde_json::Value) {
+        self.admin_request(reqwest::Method::POST, path).await
+    }
+
+    async fn admin_request(&self, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
         let response = self
             .client
-            .post(format!("{}{path}", self.admin_url))
+            .request(method, format!("{}{path}", self.admin_url))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
@@ -491,19 +495,7 @@ impl TestApp {
     /// `GET` on the admin API with [`ADMIN_TOKEN`]: the status and the JSON
     /// body (null when it is not JSON).
     pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.admin_url))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        )
+        self.admin_request(reqwest::Method::GET, path).await
     }
 
     /// Waits until the admin API lists `n` dead deliveries, and returns the
@@ -691,6 +683,16 @@ impl RelayProcess {
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
+            .unwrap()
+    }
+
+    /// The process's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url))
+            .await
+            .unwrap()
+            .text()
+            .await
             .unwrap()
     }
 

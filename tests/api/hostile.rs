@@ -278,14 +278,7 @@ async fn ten_thousand_forgeries_deliver_nothing_and_leave_memory_flat() {
         grown_mib < 20,
         "memory grew {grown_mib} MiB over 10,000 forgeries"
     );
-    let metrics = client
-        .get(format!("{}/metrics", relay.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert_eq!(
         metric_value(
             &metrics,

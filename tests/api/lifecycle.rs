@@ -404,14 +404,7 @@ async fn sighup_reloads_the_config_file() {
     assert!(status.success());
     let client = reqwest::Client::new();
     let reloaded = eventually(Duration::from_secs(10), || async {
-        let text = client
-            .get(format!("{}/metrics", relay.admin_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = relay.metrics().await;
         metric_value(&text, "payhook_config_reloads_total", &[("outcome", "ok")]) == 1.0
     })
     .await;
