@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::admin_query::NOT_REDELIVERED;
+use super::admin_query::{sqlite_sql, NOT_REDELIVERED};
 use super::{Store, StoreError};
 
 /// An endpoint's row: pause and health.
@@ -49,12 +49,6 @@ impl PausedBy {
             PausedBy::Auto => "auto",
         }
     }
-}
-
-/// `$1` → `?1`: SQLite's numbered parameters, for SQL written for
-/// PostgreSQL (no statement here has a `$` elsewhere).
-fn sqlite_sql(pg: &str) -> String {
-    pg.replace('$', "?")
 }
 
 /// Runs a statement on either backend and gives its rows-affected count.
