@@ -350,8 +350,8 @@ mod tests {
     use super::*;
     use crate::domain::AmountFen;
     use crate::ingress::tests_support::{
-        check_shared_vectors_with, request_of, sample_spec, vector_public_key, vector_request, vectors_dir,
-        verify_and_parse,
+        check_shared_vectors_with, request_of, round_trip, sample_spec, schemes_refuse_each_other,
+        vector_public_key, vector_request, vectors_dir, verify_and_parse,
     };
 
     const SECRET: &[u8] = b"skill_secret";
@@ -602,32 +602,9 @@ mod tests {
     }
 
     fn check_round_trip(provider: &Dingdang, sandbox: &DingdangSandbox, kind: SampleKind, fen: i64) {
-        let spec = sample_spec(kind, fen);
-        let signed = sandbox.sign_sample(&spec).unwrap();
-        let (headers, body) = request_of(&signed);
-        let n = verify_and_parse(provider, &headers, &body, spec.now).unwrap();
-        assert_eq!(n.provider_trade_no, spec.trade_no);
-        assert_eq!(
-            n.merchant_order_no.as_deref(),
-            Some(spec.merchant_order_no.as_str())
-        );
-        assert_eq!(n.amount, spec.amount);
-        assert_eq!(n.occurred_at, Some(spec.now));
-        match kind {
-            SampleKind::Payment => assert_eq!(n.event_type, EventType::PaymentSucceeded),
-            SampleKind::Refund => {
-                assert_eq!(n.event_type, EventType::RefundSucceeded);
-                assert_eq!(n.refund_amount, Some(spec.amount));
-            }
-        }
-
-        let mut forged = spec.clone();
-        forged.forge = true;
-        let (headers, body) = request_of(&sandbox.sign_sample(&forged).unwrap());
-        let err = provider
-            .verify(&RawRequest::new(&headers, &body), spec.now)
-            .unwrap_err();
-        assert!(matches!(err, Rejection::BadSignature(_)));
+        let n = round_trip(provider, sandbox, kind, fen);
+        // A refund notice carries the refunded amount as its amount too.
+        assert_eq!(n.amount, AmountFen::from_fen(fen).unwrap());
     }
 
     #[test]
@@ -644,15 +621,7 @@ mod tests {
             check_round_trip(&provider, &sandbox, kind, 12_345);
         }
         // Each scheme refuses the other's notices.
-        let spec = sample_spec(SampleKind::Payment, 1);
-        let (headers, body) = request_of(&hmac_sandbox().sign_sample(&spec).unwrap());
-        assert!(provider
-            .verify(&RawRequest::new(&headers, &body), spec.now)
-            .is_err());
-        let (headers, body) = request_of(&sandbox.sign_sample(&spec).unwrap());
-        assert!(hmac_provider()
-            .verify(&RawRequest::new(&headers, &body), spec.now)
-            .is_err());
+        schemes_refuse_each_other((&provider, &sandbox), (&hmac_provider(), &hmac_sandbox()));
     }
 
     /// One RSA-signed sample, signed once: the `rsa` crate is slow in debug builds.

@@ -289,7 +289,8 @@ mod tests {
 
     use super::*;
     use crate::ingress::tests_support::{
-        check_shared_vectors, request_of, sample_spec, vector_public_key, vectors_dir, verify_and_parse,
+        check_shared_vectors, request_of, round_trip, sample_spec, schemes_refuse_each_other,
+        vector_public_key, vectors_dir, verify_and_parse,
     };
 
     const TERMINAL: &str = "100111220054389553";
@@ -501,36 +502,8 @@ mod tests {
         kind: SampleKind,
         fen: i64,
     ) -> Notification {
-        let spec = sample_spec(kind, fen);
-        let signed = sandbox.sign_sample(&spec).unwrap();
-        let (headers, body) = request_of(&signed);
-        let n = verify_and_parse(provider, &headers, &body, spec.now).unwrap();
-        assert_eq!(n.provider_trade_no, spec.trade_no);
-        assert_eq!(
-            n.merchant_order_no.as_deref(),
-            Some(spec.merchant_order_no.as_str())
-        );
-        assert_eq!(n.occurred_at, Some(spec.now));
+        let n = round_trip(provider, sandbox, kind, fen);
         assert_eq!(n.channel.as_deref(), Some("wechat"));
-        match kind {
-            SampleKind::Payment => {
-                assert_eq!(n.event_type, EventType::PaymentSucceeded);
-                assert_eq!(n.amount, spec.amount);
-            }
-            SampleKind::Refund => {
-                assert_eq!(n.event_type, EventType::RefundSucceeded);
-                assert_eq!(n.refund_amount, Some(spec.amount));
-            }
-        }
-
-        let mut forged = spec.clone();
-        forged.forge = true;
-        let signed = sandbox.sign_sample(&forged).unwrap();
-        let (headers, body) = request_of(&signed);
-        let err = provider
-            .verify(&RawRequest::new(&headers, &body), spec.now)
-            .unwrap_err();
-        assert!(matches!(err, Rejection::BadSignature(_)));
         n
     }
 
@@ -556,15 +529,7 @@ mod tests {
             check_round_trip(&provider, &sandbox, kind, 12_345);
         }
         // An MD5 signature does not pass an RSA account, nor the other way round.
-        let spec = sample_spec(SampleKind::Payment, 1);
-        let (headers, body) = request_of(&md5_sandbox().sign_sample(&spec).unwrap());
-        assert!(provider
-            .verify(&RawRequest::new(&headers, &body), spec.now)
-            .is_err());
-        let (headers, body) = request_of(&sandbox.sign_sample(&spec).unwrap());
-        assert!(md5_provider()
-            .verify(&RawRequest::new(&headers, &body), spec.now)
-            .is_err());
+        schemes_refuse_each_other((&provider, &sandbox), (&md5_provider(), &md5_sandbox()));
     }
 
     /// One RSA-signed sample, signed once: the `rsa` crate is slow in debug builds.

@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::domain::{format_time, AccountId, AmountFen, Event, EventId, EventType, Notification};
 use crate::ingress::common::RsaPublicKey;
-use crate::ingress::provider::{Provider, RawRequest, Rejection, SampleKind, SampleSpec, SignedRequest};
+use crate::ingress::provider::{
+    Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignedRequest,
+};
 
 /// A spec at a fixed instant (2026-01-15T06:30:00Z) with unique ids.
 pub fn sample_spec(kind: SampleKind, fen: i64) -> SampleSpec {
@@ -236,4 +238,56 @@ pub fn assert_no_headers(v: &Value, _accepted: Option<&Notification>) {
 /// [`check_shared_vectors_with`] without provider-specific checks.
 pub fn check_shared_vectors<P: Provider>(provider: &str, build: impl Fn(&Value) -> P) -> usize {
     check_shared_vectors_with(provider, build, |_, _| {})
+}
+
+/// A sandbox sample of `kind` verifies and parses into what was signed (the
+/// amount of a payment, the refund amount of a refund), and the same sample
+/// forged is refused as a bad signature. Returns the parsed notice.
+pub fn round_trip<P: Provider>(
+    provider: &P,
+    sandbox: &dyn SampleSigner,
+    kind: SampleKind,
+    fen: i64,
+) -> Notification {
+    let spec = sample_spec(kind, fen);
+    let (headers, body) = request_of(&sandbox.sign_sample(&spec).expect("sandbox signs"));
+    let n = verify_and_parse(provider, &headers, &body, spec.now).expect("sandbox sample is accepted");
+    assert_eq!(n.provider_trade_no, spec.trade_no);
+    assert_eq!(
+        n.merchant_order_no.as_deref(),
+        Some(spec.merchant_order_no.as_str())
+    );
+    assert_eq!(n.occurred_at, Some(spec.now));
+    match kind {
+        SampleKind::Payment => {
+            assert_eq!(n.event_type, EventType::PaymentSucceeded);
+            assert_eq!(n.amount, spec.amount);
+        }
+        SampleKind::Refund => {
+            assert_eq!(n.event_type, EventType::RefundSucceeded);
+            assert_eq!(n.refund_amount, Some(spec.amount));
+        }
+    }
+    let forged = SampleSpec {
+        forge: true,
+        ..spec.clone()
+    };
+    let (headers, body) = request_of(&sandbox.sign_sample(&forged).expect("sandbox signs"));
+    let err = provider
+        .verify(&RawRequest::new(&headers, &body), spec.now)
+        .expect_err("a forged sample is refused");
+    assert!(matches!(err, Rejection::BadSignature(_)), "{err:?}");
+    n
+}
+
+/// An account of one signing scheme refuses notices signed with the other.
+pub fn schemes_refuse_each_other<A: Provider, B: Provider>(
+    (a, a_sandbox): (&A, &dyn SampleSigner),
+    (b, b_sandbox): (&B, &dyn SampleSigner),
+) {
+    let spec = sample_spec(SampleKind::Payment, 1);
+    let (headers, body) = request_of(&b_sandbox.sign_sample(&spec).expect("sandbox signs"));
+    assert!(a.verify(&RawRequest::new(&headers, &body), spec.now).is_err());
+    let (headers, body) = request_of(&a_sandbox.sign_sample(&spec).expect("sandbox signs"));
+    assert!(b.verify(&RawRequest::new(&headers, &body), spec.now).is_err());
 }

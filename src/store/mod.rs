@@ -471,7 +471,8 @@ impl Store {
 
 // ---------------------------------------------------------------------------
 // Operator queries (`/admin/*`): listing, inspection and redelivery. The
-// statements are in `sqlite_admin.rs` and `postgres_admin.rs`.
+// statements are in `admin_query.rs`, written once for both backends, and
+// expanded in `sqlite_admin.rs` and `postgres_admin.rs`.
 
 /// Which events to list, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
