@@ -21,8 +21,9 @@ use tokio_util::task::TaskTracker;
 use super::connection::Broker;
 use super::publisher::{persistent, publish_confirmed};
 use super::QueueTask;
+use crate::dispatch::attempt::Settled;
 use crate::dispatch::Deliverer;
-use crate::store::{now_ms, JobClaim, JobRef, NextStep, RecordOutcome};
+use crate::store::{now_ms, ClaimedJob, JobClaim, JobRef, NextStep, RecordOutcome};
 
 const COMPONENT: &str = "delivery-consumer";
 const SWEEPER: &str = "overdue-sweeper";
@@ -573,67 +574,113 @@ impl Handling {
     /// costs no statement, no publish and no CPU, however long the merchant
     /// takes.
     async fn handle_job(&self, job: JobRef, mut turn: Turn) -> bool {
+        let claimed = match self.claim(job).await {
+            Ok(claimed) => claimed,
+            Err(done) => return done,
+        };
+        let _held = self.held.hold(claimed.delivery_id);
+        turn.wait().await;
+        // A job whose endpoint this process does not know needs no endpoint
+        // slot: the deliverer puts it back or lets it die, without a request.
+        let known = self
+            .deliverer
+            .live
+            .current()
+            .targets
+            .contains_key(&claimed.endpoint_id);
+        let slots = match self.take_slots(job, &claimed.endpoint_id, known, &mut turn).await {
+            Ok(slots) => slots,
+            Err(done) => return done,
+        };
+        let started = Instant::now();
+        let running = known.then(|| self.gates.gate(&claimed.endpoint_id).start());
+        let attempted = self.deliverer.attempt(&claimed).await;
+        drop(running);
+        drop(slots);
+        let settled = match attempted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "attempt outcome not stored; the job returns to the queue");
+                return false;
+            }
+        };
+        if known {
+            self.gates.observe(&claimed.endpoint_id, started.elapsed());
+        }
+        if settled.record == RecordOutcome::Applied {
+            self.publish_next(job, &settled).await;
+        }
+        true
+    }
+
+    /// Claims the job. `Err` carries [`handle_job`](Self::handle_job)'s
+    /// answer when there is nothing to attempt: the job is stale, parked
+    /// until it is due or free, waiting for its paused endpoint, or could
+    /// not be claimed (false: the message returns to the queue).
+    async fn claim(&self, job: JobRef) -> Result<ClaimedJob, bool> {
         let Handling {
             broker,
             deliverer,
-            gates,
             channel,
             ..
         } = self;
         let claimed = match deliverer.store.claim_job(job, deliverer.lease()).await {
             Ok(JobClaim::Claimed(claimed)) => claimed,
             // Delivered, dead or superseded: this message is not needed.
-            Ok(JobClaim::Stale) => return true,
+            Ok(JobClaim::Stale) => return Err(true),
             // Not due yet, or held by a dispatcher that may have died: wait and
             // look again then (a live holder will have moved the job on, making
             // this copy stale; a dead one's lease will have expired).
             Ok(JobClaim::NotDue { due_at_ms: until_ms } | JobClaim::Taken { until_ms }) => {
-                return matches!(
-                    park(broker, channel, job, ms_duration(until_ms - now_ms())).await,
-                    Ok(true)
-                );
+                let parked = park(broker, channel, job, ms_duration(until_ms - now_ms())).await;
+                return Err(matches!(parked, Ok(true)));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim job; returning it to the queue");
-                return false;
+                return Err(false);
             }
         };
         // A paused endpoint's job waits in the store, not in the queue: its
         // lease is given back and the message dropped; resuming the endpoint
         // publishes it again (and the overdue sweep skips it meanwhile).
         if deliverer.paused.contains(&claimed.endpoint_id) {
-            return match deliverer.store.release(&[claimed.delivery_id]).await {
+            return Err(match deliverer.store.release(&[claimed.delivery_id]).await {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot release a paused endpoint's job; returning it to the queue");
                     false
                 }
-            };
+            });
         }
-        let _held = self.held.hold(claimed.delivery_id);
-        turn.wait().await;
-        // A job whose endpoint this process does not know needs no endpoint
-        // slot: the deliverer puts it back or lets it die, without a request.
-        let known = deliverer
-            .live
-            .current()
-            .targets
-            .contains_key(&claimed.endpoint_id);
+        Ok(claimed)
+    }
+
+    /// The endpoint's slot (for a `known` endpoint) and an attempt slot,
+    /// taken in `turn`. `Err` carries [`handle_job`](Self::handle_job)'s
+    /// answer when the job goes back instead: the endpoint's line is too
+    /// long, or the dispatcher is stopping.
+    async fn take_slots(
+        &self,
+        job: JobRef,
+        endpoint: &str,
+        known: bool,
+        turn: &mut Turn,
+    ) -> Result<(Option<OwnedSemaphorePermit>, OwnedSemaphorePermit), bool> {
         let endpoint_slot = if known {
-            match gates.admit(&claimed.endpoint_id) {
+            match self.gates.admit(endpoint) {
                 Admission::Now(slot) => Some(slot),
                 Admission::Wait(place) => {
                     let slot = turn.in_line(self.unless_stopping(place.slot())).await;
                     drop(place);
                     match slot {
                         Some(slot) => Some(slot),
-                        None => return self.give_back(job).await,
+                        None => return Err(self.give_back(job).await),
                     }
                 }
                 Admission::Later(wait) => {
                     // Not in line here: the next job need not wait for this one.
                     turn.pass();
-                    return self.send_back(job, wait).await;
+                    return Err(self.send_back(job, wait).await);
                 }
             }
         } else {
@@ -643,60 +690,48 @@ impl Handling {
             .in_line(self.unless_stopping(async { self.slots.clone().acquire_owned().await.ok() }))
             .await;
         turn.pass();
-        let Some(permit) = permit else {
-            return self.give_back(job).await;
-        };
-        let started = Instant::now();
-        let running = known.then(|| gates.gate(&claimed.endpoint_id).start());
-        let attempted = deliverer.attempt(&claimed).await;
-        drop(running);
-        drop(permit);
-        drop(endpoint_slot);
-        let settled = match attempted {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "attempt outcome not stored; the job returns to the queue");
-                return false;
+        match permit {
+            Some(permit) => Ok((endpoint_slot, permit)),
+            None => Err(self.give_back(job).await),
+        }
+    }
+
+    /// Publishes what comes after a stored outcome: the retry, parked until
+    /// it is due, or the job on the dead queue. A publish that fails loses
+    /// nothing: the outcome is stored, and the sweeper finds the job overdue
+    /// and publishes it again.
+    async fn publish_next(&self, job: JobRef, settled: &Settled) {
+        let Handling { broker, channel, .. } = self;
+        // Put back without an attempt (unknown endpoint): the same attempt
+        // again, later.
+        let next_job = if settled.deferred {
+            job
+        } else {
+            JobRef {
+                delivery_id: job.delivery_id,
+                attempt: job.attempt + 1,
             }
         };
-        if known {
-            gates.observe(&claimed.endpoint_id, started.elapsed());
-        }
-        if settled.record == RecordOutcome::Applied {
-            // Put back without an attempt (unknown endpoint): the same
-            // attempt again, later.
-            let next_job = if settled.deferred {
-                job
-            } else {
-                JobRef {
-                    delivery_id: job.delivery_id,
-                    attempt: job.attempt + 1,
-                }
-            };
-            let published = match settled.next {
-                NextStep::Delivered => Ok(true),
-                NextStep::RetryAt(at) => park(broker, channel, next_job, ms_duration(at - now_ms())).await,
-                NextStep::Dead => {
-                    publish_confirmed(
-                        channel,
-                        "",
-                        &broker.topology.dead_queue(),
-                        &QueueTask::Deliver(job).to_bytes(),
-                        persistent("application/json"),
-                    )
-                    .await
-                }
-            };
-            if !matches!(published, Ok(true)) {
-                // The outcome is stored; the sweeper finds the job overdue and
-                // publishes it again, so the ack loses nothing.
-                tracing::warn!(
-                    delivery_id = job.delivery_id,
-                    "next step not published; the sweeper will"
-                );
+        let published = match settled.next {
+            NextStep::Delivered => Ok(true),
+            NextStep::RetryAt(at) => park(broker, channel, next_job, ms_duration(at - now_ms())).await,
+            NextStep::Dead => {
+                publish_confirmed(
+                    channel,
+                    "",
+                    &broker.topology.dead_queue(),
+                    &QueueTask::Deliver(job).to_bytes(),
+                    persistent("application/json"),
+                )
+                .await
             }
+        };
+        if !matches!(published, Ok(true)) {
+            tracing::warn!(
+                delivery_id = job.delivery_id,
+                "next step not published; the sweeper will"
+            );
         }
-        true
     }
 
     /// A busy endpoint's job that would wait too long here waits in the
