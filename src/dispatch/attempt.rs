@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 
 use super::health::EndpointHealth;
-use super::http::{storable_text, DeliveryClient};
+use super::http::{storable_text, AttemptResult, DeliveryClient};
 use super::sign::delivery_headers;
 use crate::config::{DeliveryConfig, EndpointConfig, Secret};
 use crate::domain::AttemptOutcome;
@@ -168,21 +168,7 @@ impl Deliverer {
             if hold > shortest && self.store.defer(job_ref, hold).await?.is_none() {
                 return Ok(superseded);
             }
-            if due_for <= shortest {
-                tracing::warn!(
-                    endpoint = %job.endpoint_id,
-                    grace_ms = millis_u64(self.delivery.unknown_endpoint_grace),
-                    "delivery for an endpoint this dispatcher's config lacks put back; it goes dead if no \
-                     dispatcher that knows the endpoint takes it within the grace"
-                );
-            } else {
-                tracing::debug!(
-                    endpoint = %job.endpoint_id,
-                    due_for_ms = millis_u64(due_for),
-                    hold_ms = millis_u64(hold),
-                    "endpoint still unknown; put back"
-                );
-            }
+            self.log_put_back(job, due_for, hold, shortest);
             return Ok(Settled {
                 next: NextStep::RetryAt(
                     now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX / 4)),
@@ -191,6 +177,35 @@ impl Deliverer {
                 deferred: true,
             });
         }
+        self.dead_past_grace(job, now, due_for).await
+    }
+
+    fn log_put_back(&self, job: &ClaimedJob, due_for: Duration, hold: Duration, shortest: Duration) {
+        if due_for <= shortest {
+            tracing::warn!(
+                endpoint = %job.endpoint_id,
+                grace_ms = millis_u64(self.delivery.unknown_endpoint_grace),
+                "delivery for an endpoint this dispatcher's config lacks put back; it goes dead if no \
+                 dispatcher that knows the endpoint takes it within the grace"
+            );
+        } else {
+            tracing::debug!(
+                endpoint = %job.endpoint_id,
+                due_for_ms = millis_u64(due_for),
+                hold_ms = millis_u64(hold),
+                "endpoint still unknown; put back"
+            );
+        }
+    }
+
+    /// The job's endpoint stayed unknown past `unknown_endpoint_grace`: its
+    /// delivery is dead, with an attempt that says why.
+    async fn dead_past_grace(
+        &self,
+        job: &ClaimedJob,
+        now: i64,
+        due_for: Duration,
+    ) -> Result<Settled, StoreError> {
         let record = AttemptRecord {
             delivery_id: job.delivery_id,
             attempt: job.attempt,
@@ -342,38 +357,42 @@ impl Deliverer {
         };
         let recorded = self.record(record).await?;
         if recorded == RecordOutcome::Applied {
-            match next {
-                NextStep::Delivered => {
-                    let latency_ms = finished_ms.saturating_sub(job.received_at_ms).max(0);
-                    self.metrics.event_to_delivery(latency_ms as f64 / 1000.0);
-                    tracing::debug!(status = result.http_status, latency_ms, "delivered");
-                }
-                // Values, not Debug forms: an absent status or error is an
-                // absent field, not `None`.
-                NextStep::Dead => {
-                    self.metrics.delivery_dead(&job.endpoint_id);
-                    tracing::warn!(
-                        error = result.error.as_deref(),
-                        status = result.http_status,
-                        "delivery is dead after its last attempt"
-                    );
-                }
-                NextStep::RetryAt(at_ms) => {
-                    tracing::info!(
-                        error = result.error.as_deref(),
-                        status = result.http_status,
-                        retry_in_ms = at_ms.saturating_sub(finished_ms).max(0),
-                        next_attempt_at = %instant_of(at_ms),
-                        "delivery attempt failed; retry scheduled"
-                    );
-                }
-            }
+            self.report(job, next, &result, finished_ms);
         }
         Ok(Settled {
             next,
             record: recorded,
             deferred: false,
         })
+    }
+
+    /// The metrics and the log line of a stored attempt's outcome. Values,
+    /// not Debug forms: an absent status or error is an absent field.
+    fn report(&self, job: &ClaimedJob, next: NextStep, result: &AttemptResult, finished_ms: i64) {
+        match next {
+            NextStep::Delivered => {
+                let latency_ms = finished_ms.saturating_sub(job.received_at_ms).max(0);
+                self.metrics.event_to_delivery(latency_ms as f64 / 1000.0);
+                tracing::debug!(status = result.http_status, latency_ms, "delivered");
+            }
+            NextStep::Dead => {
+                self.metrics.delivery_dead(&job.endpoint_id);
+                tracing::warn!(
+                    error = result.error.as_deref(),
+                    status = result.http_status,
+                    "delivery is dead after its last attempt"
+                );
+            }
+            NextStep::RetryAt(at_ms) => {
+                tracing::info!(
+                    error = result.error.as_deref(),
+                    status = result.http_status,
+                    retry_in_ms = at_ms.saturating_sub(finished_ms).max(0),
+                    next_attempt_at = %instant_of(at_ms),
+                    "delivery attempt failed; retry scheduled"
+                );
+            }
+        }
     }
 }
 

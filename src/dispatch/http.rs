@@ -231,25 +231,7 @@ impl DeliveryClient {
         } else {
             None
         };
-        // Read only a little of the answer, whatever the merchant sends.
-        let mut excerpt: Vec<u8> = Vec::new();
-        let mut stream = response.bytes_stream();
-        let mut body_error = None;
-        while excerpt.len() < RESPONSE_READ_LIMIT {
-            match stream.next().await {
-                Some(Ok(chunk)) => {
-                    let room = RESPONSE_READ_LIMIT - excerpt.len();
-                    excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                }
-                Some(Err(e)) => {
-                    body_error = Some(e);
-                    break;
-                }
-                None => break,
-            }
-        }
-        drop(stream);
-        let excerpt = (!excerpt.is_empty()).then(|| storable_text(&String::from_utf8_lossy(&excerpt)));
+        let (excerpt, body_error) = read_excerpt(response).await;
         if status.is_success() {
             // A 2xx counts even if the merchant then stalls its body: the
             // status is the confirmation.
@@ -281,6 +263,29 @@ impl DeliveryClient {
 /// valid UTF-8 that both stores keep.
 pub fn storable_text(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
+}
+
+/// The start of the merchant's answer: only a little of it is read,
+/// whatever the merchant sends. The error, if reading it failed.
+async fn read_excerpt(response: reqwest::Response) -> (Option<String>, Option<reqwest::Error>) {
+    let mut excerpt: Vec<u8> = Vec::new();
+    let mut stream = response.bytes_stream();
+    let mut body_error = None;
+    while excerpt.len() < RESPONSE_READ_LIMIT {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                let room = RESPONSE_READ_LIMIT - excerpt.len();
+                excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Some(Err(e)) => {
+                body_error = Some(e);
+                break;
+            }
+            None => break,
+        }
+    }
+    let excerpt = (!excerpt.is_empty()).then(|| storable_text(&String::from_utf8_lossy(&excerpt)));
+    (excerpt, body_error)
 }
 
 fn failure(outcome: AttemptOutcome, error: String) -> AttemptResult {

@@ -13,7 +13,7 @@ use super::registry::Account;
 use super::{Dialect, RawRequest, Rejection};
 use crate::clock::Clock;
 use crate::config::EndpointConfig;
-use crate::domain::{Event, EventId};
+use crate::domain::{Event, EventId, Notification};
 use crate::live::LiveConfig;
 use crate::store::{IngestOutcome, NewEvent, Store};
 use crate::telemetry::{IngressOutcome, Metrics};
@@ -225,6 +225,48 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
+/// What the store is given for a verified notification: the event, the
+/// endpoints subscribed to it, and the raw callback. `None` if the event
+/// cannot be serialized (never expected: then the provider retries).
+fn new_event(
+    state: &IngressState,
+    account: &Account,
+    endpoints: &[EndpointConfig],
+    headers: &HeaderMap,
+    bytes: &[u8],
+    notification: Notification,
+    nonce: Option<String>,
+) -> Option<NewEvent> {
+    let dedup_extra = notification.dedup_extra.clone();
+    let event = Event::new(
+        EventId::generate(),
+        account.provider.kind(),
+        account.id.clone(),
+        notification,
+        chrono::Utc::now(),
+    );
+    let endpoints = if event.event_type.is_deliverable() {
+        endpoints
+            .iter()
+            .filter(|e| e.subscribes(&event.account, event.event_type))
+            .map(|e| e.id.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let payload = serde_json::to_string(&event).ok()?;
+    Some(NewEvent {
+        event,
+        payload,
+        dedup_extra,
+        raw_body: bytes.to_vec(),
+        raw_headers: headers_json(headers, account.provider.signature_headers()),
+        endpoints,
+        nonce,
+        outbox: state.outbox,
+    })
+}
+
 async fn handle(
     state: &IngressState,
     account: &Account,
@@ -255,38 +297,11 @@ async fn handle(
     if let Err(rejection) = identifiers_storable(&notification) {
         return Reply::Rejected(rejection);
     }
-    let dedup_extra = notification.dedup_extra.clone();
-    let event = Event::new(
-        EventId::generate(),
-        account.provider.kind(),
-        account.id.clone(),
-        notification,
-        chrono::Utc::now(),
-    );
-    let endpoints = if event.event_type.is_deliverable() {
-        endpoints
-            .iter()
-            .filter(|e| e.subscribes(&event.account, event.event_type))
-            .map(|e| e.id.clone())
-            .collect()
-    } else {
-        Vec::new()
+    let nonce = verified.replay_nonce.map(|n| n.nonce);
+    let Some(new) = new_event(state, account, endpoints, headers, &bytes, notification, nonce) else {
+        return Reply::Unavailable;
     };
-    let payload = match serde_json::to_string(&event) {
-        Ok(p) => p,
-        Err(_) => return Reply::Unavailable,
-    };
-    let event_id = event.id.to_string();
-    let new = NewEvent {
-        event,
-        payload,
-        dedup_extra,
-        raw_body: bytes.to_vec(),
-        raw_headers: headers_json(headers, account.provider.signature_headers()),
-        endpoints,
-        nonce: verified.replay_nonce.map(|n| n.nonce),
-        outbox: state.outbox,
-    };
+    let event_id = new.event.id.to_string();
     match state.store.ingest(new).await {
         Ok(IngestOutcome::Accepted { jobs }) => {
             tracing::Span::current().record("event_id", event_id.as_str());
