@@ -64,28 +64,11 @@ impl DeliveryConsumer {
             stop_keeper.clone(),
         ));
         let mut last_session = None;
-        'connect: while !self.shutdown.is_cancelled() {
+        while !self.shutdown.is_cancelled() {
             let Some(session) = self.broker.open(COMPONENT, &self.shutdown).await else {
                 break;
             };
-            let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
-            let consumer = async {
-                session
-                    .channel
-                    .basic_qos(prefetch, BasicQosOptions::default())
-                    .await?;
-                session
-                    .channel
-                    .basic_consume(
-                        ShortString::from(self.broker.topology.deliveries_queue()),
-                        ShortString::from(format!("payhook-{}", ulid::Ulid::new())),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-            }
-            .await;
-            let mut consumer = match consumer {
+            let mut consumer = match self.consume(&session.channel, concurrency).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start consuming; reconnecting");
@@ -104,27 +87,9 @@ impl DeliveryConsumer {
                 tasks: tasks.clone(),
                 shutdown: self.shutdown.clone(),
             });
-            loop {
-                let next = tokio::select! {
-                    next = consumer.next() => next,
-                    _ = self.shutdown.cancelled() => {
-                        last_session = Some(session);
-                        break 'connect;
-                    }
-                };
-                match next {
-                    Some(Ok(delivery)) => {
-                        tasks.spawn(handle_message(handling.clone(), delivery));
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer failed; reconnecting");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!("consumer stream ended; reconnecting");
-                        break;
-                    }
-                }
+            if self.take_messages(&mut consumer, &handling).await {
+                last_session = Some(session);
+                break;
             }
             self.broker.mark_down(COMPONENT);
         }
@@ -140,6 +105,45 @@ impl DeliveryConsumer {
         }
         let _ = sweeper.await;
         self.broker.mark_down(COMPONENT);
+    }
+
+    /// Starts consuming the deliveries queue on `channel`, with a prefetch
+    /// of `concurrency` messages.
+    async fn consume(&self, channel: &Channel, concurrency: usize) -> Result<lapin::Consumer, lapin::Error> {
+        let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_consume(
+                ShortString::from(self.broker.topology.deliveries_queue()),
+                ShortString::from(format!("payhook-{}", ulid::Ulid::new())),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Hands each message to a task of its own until the consumer fails
+    /// (false: reconnect) or the dispatcher stops (true).
+    async fn take_messages(&self, consumer: &mut lapin::Consumer, handling: &Arc<Handling>) -> bool {
+        loop {
+            let next = tokio::select! {
+                next = consumer.next() => next,
+                _ = self.shutdown.cancelled() => return true,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    handling.tasks.spawn(handle_message(handling.clone(), delivery));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer failed; reconnecting");
+                    return false;
+                }
+                None => {
+                    tracing::warn!("consumer stream ended; reconnecting");
+                    return false;
+                }
+            }
+        }
     }
 }
 
