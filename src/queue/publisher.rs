@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connection::Broker;
+use super::connection::{Broker, Session};
 use super::{QueueTask, MAX_JOBS_PER_MESSAGE};
-use crate::store::{JobRef, OutboxItem, Store, OUTBOX_LEASE};
+use crate::store::{JobRef, OutboxItem, Store, StoreError, OUTBOX_LEASE};
 use crate::telemetry::Metrics;
 
 const COMPONENT: &str = "outbox-publisher";
@@ -95,155 +95,104 @@ pub async fn publish_confirmed(
 impl OutboxPublisher {
     pub async fn run(mut self) {
         self.broker.status.register(COMPONENT);
-        let mut handoff = self.handoff.take();
-        // When the outbox was last scanned; the first pass scans.
-        let mut last_scan: Option<Instant> = None;
-        // Confirm waits of earlier batches; on shutdown they get a moment to
-        // finish, so that confirmed rows are forgotten rather than republished.
-        let confirms = TaskTracker::new();
-        let unsettled = Unsettled::default();
-        // Set by a confirm wait whose messages came back unroutable: the
-        // topology is declared again before the next batch.
-        let returned = Arc::new(AtomicBool::new(false));
+        let mut sources = Sources {
+            handoff: self.handoff.take(),
+            unsettled: Unsettled::default(),
+            last_scan: None,
+        };
         let (forget, confirmed) = mpsc::unbounded_channel();
         let forgetter = tokio::spawn(forget_confirmed(self.store.clone(), confirmed));
-        'connect: while !self.shutdown.is_cancelled() {
+        let shared = Shared {
+            confirms: TaskTracker::new(),
+            returned: Arc::new(AtomicBool::new(false)),
+            forget,
+        };
+        while !self.shutdown.is_cancelled() {
             let Some(session) = self.broker.open(COMPONENT, &self.shutdown).await else {
                 break;
             };
-            // Cancelled by a confirm wait that failed: this session's channel
-            // is unusable, and the loop reconnects.
-            let failed = CancellationToken::new();
-            let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-            let mut store_backoff = Duration::from_millis(100);
-            loop {
-                let permit = tokio::select! {
-                    permit = in_flight.clone().acquire_owned() => permit.ok(),
-                    _ = failed.cancelled() => None,
-                    _ = self.shutdown.cancelled() => break 'connect,
-                };
-                let Some(permit) = permit else {
-                    self.broker.mark_down(COMPONENT);
-                    continue 'connect;
-                };
-                if failed.is_cancelled() {
-                    self.broker.mark_down(COMPONENT);
-                    continue 'connect;
-                }
-                if returned.swap(false, Ordering::AcqRel) {
-                    self.idle_until(RETURNED_PAUSE, &failed).await;
-                    if self.shutdown.is_cancelled() {
-                        break 'connect;
-                    }
-                    if let Err(e) = self
-                        .broker
-                        .topology
-                        .declare(&session.connection, &session.channel)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot declare the topology again; reconnecting");
-                        self.broker.mark_down(COMPONENT);
-                        continue 'connect;
-                    }
-                    tracing::info!("topology declared again; sending the returned jobs again");
-                }
-                // Rows this process just committed come in memory. The scan
-                // finds the rest (other processes' rows whose lease ran out,
-                // redeliveries): without a hand-off queue whenever nothing is
-                // at hand, with one at least every `SCAN_EVERY`.
-                let mut items = take_unsettled(&unsettled, BATCH);
-                items.extend(take_handed_off(handoff.as_mut(), BATCH - items.len()));
-                let scan_due = match (&handoff, last_scan) {
-                    (_, None) => true,
-                    (None, Some(_)) => items.is_empty(),
-                    (Some(_), Some(at)) => at.elapsed() >= SCAN_EVERY,
-                };
-                if scan_due && items.len() < BATCH {
-                    match self.store.outbox_claim(BATCH - items.len(), OUTBOX_LEASE).await {
-                        Ok(scanned) => {
-                            store_backoff = Duration::from_millis(100);
-                            last_scan = Some(Instant::now());
-                            // (The outbox gauge is refreshed by the relay's
-                            // upkeep timer, broker up or down.)
-                            // A row sent again may be scanned too, once its
-                            // lease ran out: once in a batch is enough.
-                            let held: HashSet<i64> = items.iter().map(|i| i.outbox_id).collect();
-                            items.extend(scanned.into_iter().filter(|s| !held.contains(&s.outbox_id)));
-                        }
-                        Err(e) if items.is_empty() => {
-                            tracing::warn!(error = %e, "cannot read the outbox; retrying");
-                            drop(permit);
-                            self.idle(store_backoff, &failed).await;
-                            store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
-                            continue;
-                        }
-                        Err(e) => {
-                            // The handed-off rows are published all the same.
-                            tracing::warn!(error = %e, "cannot read the outbox; retrying");
-                        }
-                    }
-                }
-                if items.is_empty() {
-                    drop(permit);
-                    // Each commit wakes this loop; otherwise it sleeps until
-                    // the next scan is due.
-                    let wait = match (&handoff, last_scan) {
-                        (Some(_), Some(at)) => SCAN_EVERY.saturating_sub(at.elapsed()),
-                        _ => IDLE,
-                    };
-                    self.idle(wait, &failed).await;
-                    continue;
-                }
-                let pending = match self.send_batch(&session.channel, &items).await {
-                    Ok(pending) => pending,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "publishing failed; reconnecting");
-                        requeue(&unsettled, items);
-                        self.broker.mark_down(COMPONENT);
-                        continue 'connect;
-                    }
-                };
-                // The next batch is claimed and sent while this one waits for
-                // its confirms (a quorum queue's confirm waits for its log to
-                // reach disk on a majority): the round trips overlap instead
-                // of adding up.
-                let forget = forget.clone();
-                let metrics = self.metrics.clone();
-                let failed = failed.clone();
-                let unsettled = unsettled.clone();
-                let returned = returned.clone();
-                confirms.spawn(async move {
-                    match settle_batch(&forget, &metrics, &items, pending).await {
-                        Settled::Done => {}
-                        Settled::Returned(ids) => {
-                            // Flagged before the rows are requeued, so that
-                            // the loop declares the topology before it sends
-                            // them again.
-                            returned.store(true, Ordering::Release);
-                            requeue(
-                                &unsettled,
-                                items.into_iter().filter(|i| ids.contains(&i.outbox_id)).collect(),
-                            );
-                        }
-                        Settled::Failed => {
-                            // Requeued before the cancel, so that the next
-                            // session finds them.
-                            requeue(&unsettled, items);
-                            failed.cancel();
-                        }
-                    }
-                    drop(permit);
-                });
+            if let SessionEnd::Stop = self.publish(&session, &mut sources, &shared).await {
+                break;
             }
         }
-        confirms.close();
-        let _ = tokio::time::timeout(CONFIRM_WAIT, confirms.wait()).await;
+        shared.confirms.close();
+        let _ = tokio::time::timeout(CONFIRM_WAIT, shared.confirms.wait()).await;
         // The last confirmed rows are deleted before the publisher ends (a
         // confirm wait still running keeps the channel open: its rows are
         // then published again after a restart, a tolerated duplicate).
-        drop(forget);
+        drop(shared);
         let _ = tokio::time::timeout(FORGET_AFTER + Duration::from_secs(5), forgetter).await;
         self.broker.mark_down(COMPONENT);
+    }
+
+    /// Publishes batches on one broker session until it fails (reconnect)
+    /// or the publisher stops.
+    async fn publish(&self, session: &Session, sources: &mut Sources, shared: &Shared) -> SessionEnd {
+        // Cancelled by a confirm wait that failed: this session's channel
+        // is unusable, and the loop reconnects.
+        let failed = CancellationToken::new();
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut store_backoff = Duration::from_millis(100);
+        loop {
+            let permit = tokio::select! {
+                permit = in_flight.clone().acquire_owned() => permit.ok(),
+                _ = failed.cancelled() => None,
+                _ = self.shutdown.cancelled() => return SessionEnd::Stop,
+            };
+            let Some(permit) = permit else {
+                self.broker.mark_down(COMPONENT);
+                return SessionEnd::Reconnect;
+            };
+            if failed.is_cancelled() {
+                self.broker.mark_down(COMPONENT);
+                return SessionEnd::Reconnect;
+            }
+            if shared.returned.swap(false, Ordering::AcqRel) {
+                match self.declare_again(session, &failed).await {
+                    Redeclared::Yes => {}
+                    Redeclared::Stopping => return SessionEnd::Stop,
+                    Redeclared::Failed => return SessionEnd::Reconnect,
+                }
+            }
+            let items = match sources.gather(self).await {
+                Ok(items) => {
+                    store_backoff = Duration::from_millis(100);
+                    items
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox; retrying");
+                    drop(permit);
+                    self.idle(store_backoff, &failed).await;
+                    store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if items.is_empty() {
+                drop(permit);
+                // Each commit wakes this loop; otherwise it sleeps until
+                // the next scan is due.
+                self.idle(sources.idle_wait(), &failed).await;
+                continue;
+            }
+            let pending = match self.send_batch(&session.channel, &items).await {
+                Ok(pending) => pending,
+                Err(e) => {
+                    tracing::warn!(error = %e, "publishing failed; reconnecting");
+                    requeue(&sources.unsettled, items);
+                    self.broker.mark_down(COMPONENT);
+                    return SessionEnd::Reconnect;
+                }
+            };
+            // The next batch is claimed and sent while this one waits for
+            // its confirms (a quorum queue's confirm waits for its log to
+            // reach disk on a majority): the round trips overlap instead
+            // of adding up.
+            let after = shared.after_confirms(&self.metrics, &failed, &sources.unsettled);
+            shared.confirms.spawn(async move {
+                after.settle(items, pending).await;
+                drop(permit);
+            });
+        }
     }
 
     /// Publishes every message of `items` without waiting for the broker.
@@ -305,6 +254,38 @@ impl OutboxPublisher {
     }
 
     /// Sleeps for `wait` (commits do not cut it short).
+    /// Declares the topology again after messages came back unroutable
+    /// (someone deleted a queue), once a short pause has passed.
+    async fn declare_again(&self, session: &Session, failed: &CancellationToken) -> Redeclared {
+        self.idle_until(RETURNED_PAUSE, failed).await;
+        if self.shutdown.is_cancelled() {
+            return Redeclared::Stopping;
+        }
+        if let Err(e) = self
+            .broker
+            .topology
+            .declare(&session.connection, &session.channel)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot declare the topology again; reconnecting");
+            self.broker.mark_down(COMPONENT);
+            return Redeclared::Failed;
+        }
+        tracing::info!("topology declared again; sending the returned jobs again");
+        Redeclared::Yes
+    }
+
+    /// Leases outbox rows (up to a batch with `items`) and adds those not
+    /// already in `items`: a row sent again may be scanned too, once its
+    /// lease ran out, and once in a batch is enough. (The outbox gauge is
+    /// refreshed by the relay's upkeep timer, broker up or down.)
+    async fn scan_into(&self, items: &mut Vec<OutboxItem>) -> Result<(), StoreError> {
+        let scanned = self.store.outbox_claim(BATCH - items.len(), OUTBOX_LEASE).await?;
+        let held: HashSet<i64> = items.iter().map(|i| i.outbox_id).collect();
+        items.extend(scanned.into_iter().filter(|s| !held.contains(&s.outbox_id)));
+        Ok(())
+    }
+
     async fn idle_until(&self, wait: Duration, failed: &CancellationToken) {
         tokio::select! {
             _ = failed.cancelled() => {}
@@ -334,6 +315,128 @@ enum Settled {
     /// The confirms did not come: the channel is unusable, and the rows are
     /// to be sent again (they stay in the outbox meanwhile).
     Failed,
+}
+
+/// Where a batch's rows come from: rows sent but not settled (to send
+/// again), rows this process just committed (in memory), and the outbox
+/// table, which finds the rest (other processes' rows whose lease ran out,
+/// redeliveries).
+struct Sources {
+    handoff: Option<mpsc::Receiver<OutboxItem>>,
+    unsettled: Unsettled,
+    /// When the outbox was last scanned; the first pass scans.
+    last_scan: Option<Instant>,
+}
+
+impl Sources {
+    /// Up to a batch of rows. The table is scanned, without a hand-off
+    /// queue, whenever nothing is at hand, and with one at least every
+    /// `SCAN_EVERY`. An error only when nothing at all could be gathered
+    /// (handed-off rows are published even if the scan failed).
+    async fn gather(&mut self, publisher: &OutboxPublisher) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut items = take_unsettled(&self.unsettled, BATCH);
+        items.extend(take_handed_off(self.handoff.as_mut(), BATCH - items.len()));
+        let scan_due = match (&self.handoff, self.last_scan) {
+            (_, None) => true,
+            (None, Some(_)) => items.is_empty(),
+            (Some(_), Some(at)) => at.elapsed() >= SCAN_EVERY,
+        };
+        if scan_due && items.len() < BATCH {
+            match publisher.scan_into(&mut items).await {
+                Ok(()) => self.last_scan = Some(Instant::now()),
+                Err(e) if items.is_empty() => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "cannot read the outbox; publishing what is at hand"),
+            }
+        }
+        Ok(items)
+    }
+
+    /// How long an idle publisher sleeps: until the next scan is due (each
+    /// commit wakes it sooner).
+    fn idle_wait(&self) -> Duration {
+        match (&self.handoff, self.last_scan) {
+            (Some(_), Some(at)) => SCAN_EVERY.saturating_sub(at.elapsed()),
+            _ => IDLE,
+        }
+    }
+}
+
+/// What outlives one broker session: the confirm waits of sent batches (on
+/// shutdown they get a moment to finish, so that confirmed rows are
+/// forgotten rather than republished), whether messages came back
+/// unroutable (the topology is declared again before the next batch), and
+/// where confirmed rows go to be deleted.
+struct Shared {
+    confirms: TaskTracker,
+    returned: Arc<AtomicBool>,
+    forget: mpsc::UnboundedSender<Vec<i64>>,
+}
+
+impl Shared {
+    fn after_confirms(
+        &self,
+        metrics: &Arc<Metrics>,
+        failed: &CancellationToken,
+        unsettled: &Unsettled,
+    ) -> AfterConfirms {
+        AfterConfirms {
+            forget: self.forget.clone(),
+            metrics: metrics.clone(),
+            failed: failed.clone(),
+            unsettled: unsettled.clone(),
+            returned: self.returned.clone(),
+        }
+    }
+}
+
+enum SessionEnd {
+    Stop,
+    Reconnect,
+}
+
+/// After [`OutboxPublisher::declare_again`].
+enum Redeclared {
+    Yes,
+    Stopping,
+    /// Reconnect.
+    Failed,
+}
+
+/// What a batch's confirm wait acts on when it ends.
+struct AfterConfirms {
+    forget: mpsc::UnboundedSender<Vec<i64>>,
+    metrics: Arc<Metrics>,
+    /// Cancelled when the session's channel is unusable.
+    failed: CancellationToken,
+    unsettled: Unsettled,
+    /// Set when messages came back unroutable.
+    returned: Arc<AtomicBool>,
+}
+
+impl AfterConfirms {
+    /// Waits for the batch's confirms: confirmed rows are forgotten,
+    /// returned ones are sent again after the topology is declared again,
+    /// and on a failure all are sent again on the next session.
+    async fn settle(self, items: Vec<OutboxItem>, pending: PendingConfirms) {
+        match settle_batch(&self.forget, &self.metrics, &items, pending).await {
+            Settled::Done => {}
+            Settled::Returned(ids) => {
+                // Flagged before the rows are requeued, so that the loop
+                // declares the topology before it sends them again.
+                self.returned.store(true, Ordering::Release);
+                requeue(
+                    &self.unsettled,
+                    items.into_iter().filter(|i| ids.contains(&i.outbox_id)).collect(),
+                );
+            }
+            Settled::Failed => {
+                // Requeued before the cancel, so that the next session finds
+                // them.
+                requeue(&self.unsettled, items);
+                self.failed.cancel();
+            }
+        }
+    }
 }
 
 /// Waits for a sent batch's confirms and has the rows they cover forgotten.
