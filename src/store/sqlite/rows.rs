@@ -83,9 +83,30 @@ fn execute(conn: &Connection, sql: &str, params: &[Param<'_>]) -> Result<usize, 
 pub(super) fn ingest_many(conn: &Connection, news: &[&NewEvent]) -> Result<Vec<IngestOutcome>, StoreError> {
     let now = now_ms();
     let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; news.len()];
+    mark_replays(conn, news, now, &mut outcomes)?;
+    insert_events(conn, news, &mut outcomes)?;
+    // Delivery jobs and outbox rows of the accepted events, in batch order.
+    let accepted: Vec<&NewEvent> = news
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| matches!(o, Some(IngestOutcome::Accepted { .. })))
+        .map(|(n, _)| *n)
+        .collect();
+    insert_jobs(conn, &accepted, now)?;
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| StoreError::Corrupt("ingest without outcome".into())))
+        .collect()
+}
 
-    // Nonces: one already stored, or taken by an earlier write of this
-    // batch, makes the callback a replay, and nothing else of it is written.
+/// Nonces: one already stored, or taken by an earlier write of this batch,
+/// makes the callback a replay, and nothing else of it is written.
+fn mark_replays(
+    conn: &Connection,
+    news: &[&NewEvent],
+    now: i64,
+    outcomes: &mut [Option<IngestOutcome>],
+) -> Result<(), StoreError> {
     let with_nonce: Vec<(usize, &str, &str)> = news
         .iter()
         .enumerate()
@@ -116,8 +137,16 @@ pub(super) fn ingest_many(conn: &Connection, news: &[&NewEvent]) -> Result<Vec<I
             outcomes[*i] = Some(IngestOutcome::Replayed);
         }
     }
+    Ok(())
+}
 
-    // Events: one whose dedup identity is already stored is a duplicate.
+/// Events not replayed: one whose dedup identity is already stored is a
+/// duplicate (answered with the stored event's id), the rest are accepted.
+fn insert_events(
+    conn: &Connection,
+    news: &[&NewEvent],
+    outcomes: &mut [Option<IngestOutcome>],
+) -> Result<(), StoreError> {
     let candidates: Vec<usize> = (0..news.len()).filter(|i| outcomes[*i].is_none()).collect();
     let mut inserted: HashSet<String> = HashSet::new();
     for chunk in chunks(&candidates) {
@@ -172,14 +201,11 @@ pub(super) fn ingest_many(conn: &Connection, news: &[&NewEvent]) -> Result<Vec<I
             }
         });
     }
+    Ok(())
+}
 
-    // Delivery jobs and outbox rows of the accepted events, in batch order.
-    let accepted: Vec<&NewEvent> = news
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, o)| matches!(o, Some(IngestOutcome::Accepted { .. })))
-        .map(|(n, _)| *n)
-        .collect();
+/// The accepted events' delivery jobs and (RabbitMQ mode) outbox rows.
+fn insert_jobs(conn: &Connection, accepted: &[&NewEvent], now: i64) -> Result<(), StoreError> {
     let jobs: Vec<(&str, &str)> = accepted
         .iter()
         .flat_map(|n| n.endpoints.iter().map(|e| (n.event.id.as_str(), e.as_str())))
@@ -216,10 +242,7 @@ pub(super) fn ingest_many(conn: &Connection, news: &[&NewEvent]) -> Result<Vec<I
         }
         execute(conn, &sql, &params)?;
     }
-    outcomes
-        .into_iter()
-        .map(|o| o.ok_or_else(|| StoreError::Corrupt("ingest without outcome".into())))
-        .collect()
+    Ok(())
 }
 
 fn step(rec: &AttemptRecord, now: i64) -> (&'static str, i64) {
