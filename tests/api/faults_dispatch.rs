@@ -133,6 +133,7 @@ impl Relay {
                 role,
                 clock: Arc::new(SystemClock),
                 shutdown: shutdown.clone(),
+                ..BuildOptions::default()
             },
         )
         .await
