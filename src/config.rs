@@ -713,7 +713,11 @@ fn retention(storage: &FileStorage) -> Result<(Duration, Duration), ConfigError>
     };
     let retention = positive("storage.retention", &storage.retention, DEFAULT_RETENTION)?;
     let raw_retention = match &storage.raw_retention {
-        Some(_) => positive("storage.raw_retention", &storage.raw_retention, DEFAULT_RAW_RETENTION)?,
+        Some(_) => positive(
+            "storage.raw_retention",
+            &storage.raw_retention,
+            DEFAULT_RAW_RETENTION,
+        )?,
         // Unset: the default, but never longer than a shorter `retention`.
         None => DEFAULT_RAW_RETENTION.min(retention),
     };
@@ -1576,7 +1580,10 @@ mod tests {
         let c = parse("[storage]\nretention = \"90m\"\n").unwrap();
         assert_eq!(c.storage.raw_retention, Duration::from_secs(90 * 60));
         for (text, key) in [
-            ("[storage]\nretention = \"7d\"\nraw_retention = \"8d\"\n", "storage.raw_retention:"),
+            (
+                "[storage]\nretention = \"7d\"\nraw_retention = \"8d\"\n",
+                "storage.raw_retention:",
+            ),
             ("[storage]\nretention = \"0s\"\n", "storage.retention:"),
             ("[storage]\nraw_retention = \"0d\"\n", "storage.raw_retention:"),
             ("[storage]\nretention = \"a month\"\n", "storage.retention:"),

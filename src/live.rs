@@ -116,7 +116,11 @@ impl LiveConfig {
     /// [`reload`](Self::reload) on a blocking thread, logged and counted in
     /// `payhook_config_reloads_total{outcome}`; `trigger` says what asked
     /// for it (`SIGHUP`, `POST /admin/reload`).
-    pub async fn reload_logged(&self, metrics: &Metrics, trigger: &'static str) -> Result<ReloadReport, ReloadError> {
+    pub async fn reload_logged(
+        &self,
+        metrics: &Metrics,
+        trigger: &'static str,
+    ) -> Result<ReloadReport, ReloadError> {
         let live = self.clone();
         let result = tokio::task::spawn_blocking(move || live.reload())
             .await
@@ -170,8 +174,13 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ),
         (
             "queue",
-            format!("{:?}", running.queue.as_ref().map(|q| (q.amqp_url.expose(), &q.prefix)))
-                != format!("{:?}", new.queue.as_ref().map(|q| (q.amqp_url.expose(), &q.prefix))),
+            format!(
+                "{:?}",
+                running.queue.as_ref().map(|q| (q.amqp_url.expose(), &q.prefix))
+            ) != format!(
+                "{:?}",
+                new.queue.as_ref().map(|q| (q.amqp_url.expose(), &q.prefix))
+            ),
         ),
         (
             "delivery",

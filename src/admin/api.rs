@@ -34,7 +34,8 @@ use crate::config::Secret;
 use crate::domain::{AccountId, EndpointId, EventId, EventType};
 use crate::ingress::common::ct_eq;
 use crate::store::{
-    PausedBy, DeliveryDetail, DeliveryFilter, DeliveryStatus, EventFilter, StoreError, StoredAttempt, StoredEvent,
+    DeliveryDetail, DeliveryFilter, DeliveryStatus, EventFilter, PausedBy, StoreError, StoredAttempt,
+    StoredEvent,
 };
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -618,7 +619,11 @@ async fn list_endpoints(State(state): State<AdminState>) -> Result<Json<Value>, 
         .iter()
         .map(|e| {
             let id = e.id.as_str();
-            let known = states.iter().find(|s| s.endpoint_id == id).cloned().unwrap_or_default();
+            let known = states
+                .iter()
+                .find(|s| s.endpoint_id == id)
+                .cloned()
+                .unwrap_or_default();
             let (pending, dead) = counts.get(id).copied().unwrap_or_default();
             serde_json::json!({
                 "id": id,
@@ -663,7 +668,9 @@ async fn pause_endpoint(
     if changed {
         tracing::warn!(endpoint = %id, "endpoint paused by an operator; its deliveries wait");
     }
-    Ok(Json(serde_json::json!({ "id": id, "paused": true, "changed": changed })))
+    Ok(Json(
+        serde_json::json!({ "id": id, "paused": true, "changed": changed }),
+    ))
 }
 
 async fn resume_endpoint(
@@ -681,14 +688,20 @@ async fn resume_endpoint(
         state.jobs_committed.notify_one();
         tracing::info!(endpoint = %id, "endpoint resumed by an operator; its waiting deliveries go out in order");
     }
-    Ok(Json(serde_json::json!({ "id": id, "paused": false, "changed": changed })))
+    Ok(Json(
+        serde_json::json!({ "id": id, "paused": false, "changed": changed }),
+    ))
 }
 
 /// Reads the config file again (as `SIGHUP` does) and answers what changed,
 /// or 400 with the error, which names the key; a refused file changes
 /// nothing.
 async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, AdminError> {
-    match state.live.reload_logged(&state.metrics, "POST /admin/reload").await {
+    match state
+        .live
+        .reload_logged(&state.metrics, "POST /admin/reload")
+        .await
+    {
         Ok(report) => Ok(Json(serde_json::json!({
             "accounts": report.accounts,
             "endpoints": report.endpoints,

@@ -9,8 +9,8 @@ use super::health::EndpointHealth;
 use super::http::{storable_text, DeliveryClient};
 use super::sign::delivery_headers;
 use crate::config::{DeliveryConfig, EndpointConfig, Secret};
-use crate::live::{LiveConfig, PausedEndpoints};
 use crate::key_list::KeyList;
+use crate::live::{LiveConfig, PausedEndpoints};
 use crate::store::{now_ms, AttemptRecord, ClaimedJob, JobRef, NextStep, RecordOutcome, Store, StoreError};
 use crate::telemetry::{AttemptOutcome, Metrics};
 

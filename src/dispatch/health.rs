@@ -42,7 +42,7 @@ impl EndpointHealth {
     pub fn success(&self, endpoint: &str, at_ms: i64) {
         self.with(|map| {
             let t = map.entry(endpoint.to_owned()).or_default();
-            if t.success_at_ms.is_none_or(|s| s <= at_ms) {
+            if t.success_at_ms.map_or(true, |s| s <= at_ms) {
                 t.success_at_ms = Some(at_ms);
                 t.first_failure_ms = None;
                 t.failures = 0;
@@ -61,7 +61,8 @@ impl EndpointHealth {
 
     /// The tallies so far, which starts the next period.
     pub fn take(&self) -> Vec<HealthReport> {
-        let mut reports: Vec<HealthReport> = self.with(std::mem::take)
+        let mut reports: Vec<HealthReport> = self
+            .with(std::mem::take)
             .into_iter()
             .map(|(endpoint_id, t)| HealthReport {
                 endpoint_id,

@@ -13,8 +13,8 @@ use super::registry::Account;
 use super::{Dialect, RawRequest, Rejection};
 use crate::clock::Clock;
 use crate::config::EndpointConfig;
-use crate::live::LiveConfig;
 use crate::domain::{Event, EventId};
+use crate::live::LiveConfig;
 use crate::store::{IngestOutcome, NewEvent, Store};
 use crate::telemetry::{IngressOutcome, Metrics};
 

@@ -548,7 +548,11 @@ impl Handling {
         let _held = self.held.hold(claimed.delivery_id);
         // A job whose endpoint this process does not know needs no endpoint
         // slot: the deliverer puts it back or lets it die, without a request.
-        let known = deliverer.live.current().targets.contains_key(&claimed.endpoint_id);
+        let known = deliverer
+            .live
+            .current()
+            .targets
+            .contains_key(&claimed.endpoint_id);
         let endpoint_slot = if known {
             match gates.admit(&claimed.endpoint_id) {
                 Admission::Now(slot) => Some(slot),

@@ -147,14 +147,24 @@ impl Store {
     }
 
     /// Pauses `endpoint_id`; false if it already was.
-    pub async fn pause_endpoint(&self, endpoint_id: &str, by: PausedBy, at_ms: i64) -> Result<bool, StoreError> {
+    pub async fn pause_endpoint(
+        &self,
+        endpoint_id: &str,
+        by: PausedBy,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
         Ok(execute!(self, PAUSE, endpoint_id, at_ms, by.as_str()) > 0)
     }
 
     /// Resumes `endpoint_id`; false if it was not paused. With `outbox`
     /// (RabbitMQ mode), its waiting deliveries are published again, in the
     /// order they became due, in the same transaction.
-    pub async fn resume_endpoint(&self, endpoint_id: &str, outbox: bool, at_ms: i64) -> Result<bool, StoreError> {
+    pub async fn resume_endpoint(
+        &self,
+        endpoint_id: &str,
+        outbox: bool,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => {
                 let mut tx = s.write.begin().await?;
@@ -239,7 +249,14 @@ mod tests {
     #[test]
     fn sqlite_placeholders() {
         assert_eq!(sqlite_sql("a = $1 AND b = $12"), "a = ?1 AND b = ?12");
-        for sql in [STATES, PAUSE, RESUME, REPUBLISH_WAITING, REPORT_HEALTH, PENDING_BY_ENDPOINT] {
+        for sql in [
+            STATES,
+            PAUSE,
+            RESUME,
+            REPUBLISH_WAITING,
+            REPORT_HEALTH,
+            PENDING_BY_ENDPOINT,
+        ] {
             assert!(!sqlite_sql(sql).contains('$'));
         }
     }

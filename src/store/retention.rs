@@ -148,7 +148,12 @@ impl Store {
     /// [`RETENTION_BATCH`] rows. Only events with an id above `after` are
     /// looked at (`""`: all). Deletes nothing while the outbox is long (see
     /// [`OUTBOX_TOO_LONG`]).
-    pub async fn purge_expired(&self, before_ms: i64, after: &str, limit: usize) -> Result<PurgeBatch, StoreError> {
+    pub async fn purge_expired(
+        &self,
+        before_ms: i64,
+        after: &str,
+        limit: usize,
+    ) -> Result<PurgeBatch, StoreError> {
         if self.outbox_too_long().await? {
             return Ok(PurgeBatch::default());
         }
@@ -256,7 +261,12 @@ impl Store {
     /// Blanks the raw body and headers of up to `limit` (at most
     /// [`RETENTION_BATCH`]) events received before `before_ms` that still
     /// have them, with ids above `after`, oldest first. The events stay.
-    pub async fn blank_raw(&self, before_ms: i64, after: &str, limit: usize) -> Result<BlankBatch, StoreError> {
+    pub async fn blank_raw(
+        &self,
+        before_ms: i64,
+        after: &str,
+        limit: usize,
+    ) -> Result<BlankBatch, StoreError> {
         let limit = limit_param(limit);
         let bound = id_bound(before_ms);
         let ids: Vec<String> = match self {
@@ -419,7 +429,12 @@ mod tests {
         for sql in [OUTBOX_LENGTH, READ_MARK, WRITE_MARK] {
             assert!(!sqlite_sql(sql).contains('$'), "{sql}");
         }
-        for sql in [SQLITE_PICK, SQLITE_DELETE_ATTEMPTS, SQLITE_DELETE_DELIVERIES, SQLITE_BLANK] {
+        for sql in [
+            SQLITE_PICK,
+            SQLITE_DELETE_ATTEMPTS,
+            SQLITE_DELETE_DELIVERIES,
+            SQLITE_BLANK,
+        ] {
             assert!(!sql.contains('$'), "{sql}");
         }
     }

@@ -392,7 +392,9 @@ async fn enable_incremental_vacuum(write: &SqlitePool) -> Result<(), StoreError>
          (rewrites the file once) so that retention can give freed pages back"
     );
     let started = std::time::Instant::now();
-    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL").execute(write).await?;
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+        .execute(write)
+        .await?;
     sqlx::query("VACUUM").execute(write).await?;
     tracing::info!(
         took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),

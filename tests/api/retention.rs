@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use payhook::clock::FixedClock;
-use payhook::domain::{AccountId, AmountFen, EndpointId, Event, EventId, EventType, Notification, ProviderKind};
+use payhook::domain::{
+    AccountId, AmountFen, EndpointId, Event, EventId, EventType, Notification, ProviderKind,
+};
 use payhook::retention::Retention;
 use payhook::store::{EventFilter, NewEvent, Store};
 use payhook::telemetry::Metrics;
@@ -81,19 +83,25 @@ async fn finished_events_go_and_pending_ones_stay(backend: Backend) {
     let store = app.store().clone();
 
     // Delivered at once.
-    let (status, _) = app.post_signed("dryad-main", &dryad_callback("ret-ok", 100, start)).await;
+    let (status, _) = app
+        .post_signed("dryad-main", &dryad_callback("ret-ok", 100, start))
+        .await;
     assert_eq!(status, 200);
     app.merchant.wait_for(1, Duration::from_secs(10)).await;
     // Dead after its retries.
     app.merchant.always_fail(true);
-    let (status, _) = app.post_signed("dryad-main", &dryad_callback("ret-dead", 100, start)).await;
+    let (status, _) = app
+        .post_signed("dryad-main", &dryad_callback("ret-dead", 100, start))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(app.wait_for_dead(1, Duration::from_secs(15)).await.len(), 1);
     // Pending: the merchant asks for an hour's pause.
     app.merchant.always_fail(false);
     app.merchant.answer_next(503, "3600");
     let before = app.merchant.received().len();
-    let (status, _) = app.post_signed("dryad-main", &dryad_callback("ret-wait", 100, start)).await;
+    let (status, _) = app
+        .post_signed("dryad-main", &dryad_callback("ret-wait", 100, start))
+        .await;
     assert_eq!(status, 200);
     app.merchant.wait_for(before + 1, Duration::from_secs(10)).await;
 
@@ -124,7 +132,10 @@ async fn finished_events_go_and_pending_ones_stay(backend: Backend) {
 
     // Past raw_retention (10 s), within retention (20 s): raw blanked, all kept.
     app.set_clock(latest + chrono::Duration::seconds(11));
-    let blanked = eventually(Duration::from_secs(15), || async { counter(&app, "raw").await >= 3.0 }).await;
+    let blanked = eventually(Duration::from_secs(15), || async {
+        counter(&app, "raw").await >= 3.0
+    })
+    .await;
     assert!(blanked, "{}", app.metrics().await);
     assert_eq!(counter(&app, "raw").await, 3.0);
     for id in [&ok, &dead, &wait] {
@@ -137,7 +148,10 @@ async fn finished_events_go_and_pending_ones_stay(backend: Backend) {
 
     // An hour later: the finished ones go, with their deliveries and attempts.
     app.set_clock(latest + chrono::Duration::hours(1));
-    let purged = eventually(Duration::from_secs(15), || async { counter(&app, "events").await >= 2.0 }).await;
+    let purged = eventually(Duration::from_secs(15), || async {
+        counter(&app, "events").await >= 2.0
+    })
+    .await;
     assert!(purged, "{}", app.metrics().await);
     assert_eq!(counter(&app, "events").await, 2.0);
     assert_eq!(counter(&app, "deliveries").await, 2.0);
@@ -146,9 +160,16 @@ async fn finished_events_go_and_pending_ones_stay(backend: Backend) {
         assert!(store.event(id).await.unwrap().is_none(), "{id} deleted");
         assert!(store.deliveries_for_event(id).await.unwrap().is_empty());
     }
-    assert!(store.attempts_for_delivery(dead_delivery).await.unwrap().is_empty());
+    assert!(store
+        .attempts_for_delivery(dead_delivery)
+        .await
+        .unwrap()
+        .is_empty());
     let kept = store.deliveries_for_event(&wait).await.unwrap();
-    assert!(store.event(&wait).await.unwrap().is_some(), "a pending event is never deleted");
+    assert!(
+        store.event(&wait).await.unwrap().is_some(),
+        "a pending event is never deleted"
+    );
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].status, "pending");
     assert_eq!(store.attempts_for_delivery(kept[0].id).await.unwrap().len(), 1);
@@ -173,7 +194,13 @@ async fn store_events(app: &TestApp, backend: Backend, count: usize, raw_bytes: 
                 AmountFen::from_fen(100).unwrap(),
             );
             n.merchant_order_no = Some(format!("M-bulk-{i}"));
-            let event = Event::new(EventId::generate(), ProviderKind::Dryad, account.clone(), n, Utc::now());
+            let event = Event::new(
+                EventId::generate(),
+                ProviderKind::Dryad,
+                account.clone(),
+                n,
+                Utc::now(),
+            );
             NewEvent {
                 payload: serde_json::to_string(&event).unwrap(),
                 event,
@@ -229,9 +256,16 @@ async fn a_backlog_drains_in_one_pass(backend: Backend) {
     assert_eq!(report.deliveries, 1_250);
     assert_eq!(report.attempts, 1_250);
     assert_eq!(report.raw, 0, "deleted events are not blanked as well");
-    assert!(report.batches >= 3, "1,000 then 250, then the raw pass: {report:?}");
+    assert!(
+        report.batches >= 3,
+        "1,000 then 250, then the raw pass: {report:?}"
+    );
     let text = metrics.render();
-    assert_eq!(metric_value(&text, DELETED, &[("what", "events")]), 1_250.0, "{text}");
+    assert_eq!(
+        metric_value(&text, DELETED, &[("what", "events")]),
+        1_250.0,
+        "{text}"
+    );
     assert_eq!(metric_value(&text, DELETED, &[("what", "deliveries")]), 1_250.0);
     assert_eq!(metric_value(&text, DELETED, &[("what", "attempts")]), 1_250.0);
     let left = app
@@ -274,9 +308,15 @@ async fn sqlite_gives_freed_pages_back() {
     {
         let url = format!("sqlite://{}", app.sqlite_file().display());
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("PRAGMA auto_vacuum = NONE").execute(&mut conn).await.unwrap();
+        sqlx::query("PRAGMA auto_vacuum = NONE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
         sqlx::query("VACUUM").execute(&mut conn).await.unwrap();
-        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(&mut conn).await.unwrap();
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(mode, 0);
         conn.close().await.unwrap();
     }
@@ -324,4 +364,7 @@ fn retention_settings_are_checked() {
     assert!(e.starts_with("storage.retention:"), "{e}");
 }
 
-crate::on_both_backends!(finished_events_go_and_pending_ones_stay, a_backlog_drains_in_one_pass);
+crate::on_both_backends!(
+    finished_events_go_and_pending_ones_stay,
+    a_backlog_drains_in_one_pass
+);
