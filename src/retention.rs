@@ -104,10 +104,27 @@ impl Retention {
             .await?;
         self.blank(now.saturating_sub(millis(self.raw_retention)), &mut report)
             .await?;
-        if report.events + report.raw > 0 && !self.shutdown.is_cancelled() {
-            report.pages_freed = self.store.reclaim_space().await?;
+        if report.events + report.raw > 0 {
+            self.reclaim(&mut report).await?;
         }
         Ok(report)
+    }
+
+    /// SQLite: gives the freed pages back, a bounded number per statement.
+    async fn reclaim(&self, report: &mut PassReport) -> Result<(), StoreError> {
+        loop {
+            let started = Instant::now();
+            let (freed, left) = self.store.reclaim_space().await?;
+            report.pages_freed += freed;
+            // Nothing moved (the file is busy, or nothing was free): the
+            // next pass tries again rather than spin.
+            if freed == 0 || left == 0 {
+                return Ok(());
+            }
+            if !self.pause(started.elapsed()).await {
+                return Ok(());
+            }
+        }
     }
 
     async fn purge(&self, before_ms: i64, report: &mut PassReport) -> Result<(), StoreError> {

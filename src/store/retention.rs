@@ -366,37 +366,29 @@ impl Store {
         Ok(n > OUTBOX_TOO_LONG)
     }
 
-    /// SQLite: gives the database file's free pages back to the file
-    /// system (`auto_vacuum = INCREMENTAL`), a bounded number per
-    /// statement, and returns how many. PostgreSQL: nothing (its own
-    /// vacuum makes the space reusable).
-    pub async fn reclaim_space(&self) -> Result<u64, StoreError> {
+    /// SQLite: gives up to [`VACUUM_PAGES`] of the file's free pages back
+    /// to the file system (`auto_vacuum = INCREMENTAL`) in one statement,
+    /// and returns how many went and how many are still free; the caller
+    /// repeats, pausing between (each statement holds the write lock).
+    /// PostgreSQL: nothing (its own vacuum makes the space reusable).
+    pub async fn reclaim_space(&self) -> Result<(u64, u64), StoreError> {
         let Store::Sqlite(s) = self else {
-            return Ok(0);
+            return Ok((0, 0));
         };
-        let mut freed = 0u64;
-        loop {
-            let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-                .fetch_one(&s.write)
-                .await?;
-            if free <= 0 {
-                return Ok(freed);
-            }
-            let step = free.min(VACUUM_PAGES);
-            sqlx::query(&format!("PRAGMA incremental_vacuum({step})"))
-                .execute(&s.write)
-                .await?;
-            let left: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-                .fetch_one(&s.write)
-                .await?;
-            if left >= free {
-                // Nothing moved (another connection holds pages?): try
-                // again after the next pass rather than spin.
-                return Ok(freed);
-            }
-            freed += u64::try_from(free - left).unwrap_or(0);
-            tokio::task::yield_now().await;
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&s.write)
+            .await?;
+        if free <= 0 {
+            return Ok((0, 0));
         }
+        sqlx::query(&format!("PRAGMA incremental_vacuum({})", free.min(VACUUM_PAGES)))
+            .execute(&s.write)
+            .await?;
+        let left: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&s.write)
+            .await?;
+        let pages = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok((pages(free - left), pages(left)))
     }
 
     /// SQLite: the file's `auto_vacuum` mode (0 none, 1 full, 2
