@@ -5,8 +5,9 @@
 //! `raw_retention`, and on SQLite gives the freed pages back to the file
 //! system. Counted in `payhook_retention_deleted_total{what}`.
 //!
-//! A pass goes in batches of at most [`RETENTION_BATCH`] rows per statement
-//! until a batch finds less than a full one, so a backlog (a first start on
+//! A pass goes in batches of at most `RETENTION_BATCH` (1,000) rows per statement
+//! (and on SQLite, fewer events per transaction) until a batch finds less
+//! than a full one, so a backlog (a first start on
 //! an old store) drains in one pass. Between batches it waits as long as the
 //! batch took: the ingest's writes get the store at least half the time.
 //! The SQL is in `store/retention.rs`.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::store::{Store, StoreError, RETENTION_BATCH};
+use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// The longest time between two passes, whatever the retention.
@@ -102,9 +103,14 @@ impl Retention {
         let mut report = PassReport::default();
         self.purge(now.saturating_sub(millis(self.retention)), &mut report)
             .await?;
+        // Stopped mid-way: nothing more (blanking events the purge did not
+        // get to yet would be wasted work).
+        if self.shutdown.is_cancelled() {
+            return Ok(report);
+        }
         self.blank(now.saturating_sub(millis(self.raw_retention)), &mut report)
             .await?;
-        if report.events + report.raw > 0 {
+        if report.events + report.raw > 0 && !self.shutdown.is_cancelled() {
             self.reclaim(&mut report).await?;
         }
         Ok(report)
@@ -129,12 +135,10 @@ impl Retention {
 
     async fn purge(&self, before_ms: i64, report: &mut PassReport) -> Result<(), StoreError> {
         let mut after = String::new();
+        let limit = self.store.retention_batch_events();
         loop {
             let started = Instant::now();
-            let batch = self
-                .store
-                .purge_expired(before_ms, &after, RETENTION_BATCH)
-                .await?;
+            let batch = self.store.purge_expired(before_ms, &after, limit).await?;
             report.batches += 1;
             report.events += batch.events;
             report.deliveries += batch.deliveries;
@@ -143,7 +147,7 @@ impl Retention {
             self.metrics.retention_deleted("deliveries", batch.deliveries);
             self.metrics.retention_deleted("attempts", batch.attempts);
             match batch.last_id {
-                Some(last) if batch.events >= RETENTION_BATCH as u64 => after = last,
+                Some(last) if batch.events >= limit as u64 => after = last,
                 _ => return Ok(()),
             }
             if !self.pause(started.elapsed()).await {
@@ -156,13 +160,14 @@ impl Retention {
         // Where the last finished pass (of any process) got to.
         let mut after = self.store.raw_blanked_from().await?;
         let mut last_blanked = None;
+        let limit = self.store.retention_batch_events();
         loop {
             let started = Instant::now();
-            let batch = self.store.blank_raw(before_ms, &after, RETENTION_BATCH).await?;
+            let batch = self.store.blank_raw(before_ms, &after, limit).await?;
             report.batches += 1;
             report.raw += batch.blanked;
             self.metrics.retention_deleted("raw", batch.blanked);
-            let full = batch.blanked >= RETENTION_BATCH as u64;
+            let full = batch.blanked >= limit as u64;
             if let Some(last) = batch.last_id {
                 after.clone_from(&last);
                 last_blanked = Some(last);

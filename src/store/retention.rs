@@ -24,6 +24,15 @@ use super::{Store, StoreError};
 /// batch picks.
 pub const RETENTION_BATCH: usize = 1_000;
 
+/// Events one purge transaction (or one raw-blanking statement) takes on
+/// SQLite. SQLite has one write lock,
+/// and the ingest's group commit waits for a whole purge transaction: with
+/// 1,000 events (and their deliveries and attempts) a transaction held it
+/// about 65 ms on the 2-core machine, and ingest p99 during a purge rose
+/// from 13 to 60 ms (BENCHMARKS.md, "Retention"). PostgreSQL locks rows, not
+/// the store, and takes the full [`RETENTION_BATCH`].
+const SQLITE_PURGE_EVENTS: usize = 200;
+
 /// How far past the cut-off time the id range reaches: an event's id and its
 /// `received_at` are both taken from the system clock of the process that
 /// stored it, microseconds apart, so a minute is ample. An event whose id
@@ -141,6 +150,15 @@ fn id_bound(before_ms: i64) -> String {
 const VACUUM_PAGES: i64 = 2_048;
 
 impl Store {
+    /// How many events one retention batch ([`purge_expired`](Self::purge_expired),
+    /// [`blank_raw`](Self::blank_raw)) should take on this store.
+    pub fn retention_batch_events(&self) -> usize {
+        match self {
+            Store::Sqlite(_) => SQLITE_PURGE_EVENTS,
+            Store::Postgres(_) => RETENTION_BATCH,
+        }
+    }
+
     /// Deletes up to `limit` (at most [`RETENTION_BATCH`]) events received
     /// before `before_ms` whose deliveries are all delivered or dead and
     /// that no outbox row still needs, with their deliveries and attempts,
