@@ -339,6 +339,56 @@ async fn sqlite_gives_freed_pages_back() {
     );
 }
 
+/// An event still in the outbox (RabbitMQ mode, not yet published) is kept
+/// whatever its deliveries; one that needs nothing more goes. SQLite with
+/// the embedded queue has no publisher, so the outbox row stays put.
+#[tokio::test]
+async fn an_event_the_outbox_still_needs_is_kept() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let account = AccountId::parse("dryad-main").unwrap();
+    let new = |trade: &str, outbox: bool| {
+        let n = Notification::new(
+            EventType::PaymentSucceeded,
+            trade.to_owned(),
+            AmountFen::from_fen(100).unwrap(),
+        );
+        let event = Event::new(
+            EventId::generate(),
+            ProviderKind::Dryad,
+            account.clone(),
+            n,
+            Utc::now(),
+        );
+        NewEvent {
+            payload: serde_json::to_string(&event).unwrap(),
+            event,
+            dedup_extra: String::new(),
+            raw_body: b"raw".to_vec(),
+            raw_headers: "{}".into(),
+            // No endpoint: nothing pending, so only the outbox can keep it.
+            endpoints: Vec::new(),
+            nonce: None,
+            outbox,
+        }
+    };
+    let queued = new("queued", true);
+    let done = new("done", false);
+    let (queued_id, done_id) = (queued.event.id.to_string(), done.event.id.to_string());
+    for outcome in app.store().ingest_all(vec![queued, done]).await {
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    assert_eq!(app.store().count_outbox().await.unwrap(), 1);
+
+    let (retention, _) = pass_at(&app, Utc::now() + chrono::Duration::days(31));
+    let report = retention.pass().await.unwrap();
+    assert_eq!(report.events, 1, "{report:?}");
+    assert!(app.store().event(&done_id).await.unwrap().is_none());
+    assert!(
+        app.store().event(&queued_id).await.unwrap().is_some(),
+        "an event the outbox still needs stays"
+    );
+}
+
 #[test]
 fn retention_settings_are_checked() {
     let check = |storage: &str| {
