@@ -249,6 +249,20 @@ impl Application {
             shutdown: options.shutdown.clone(),
         };
         workers.push(monitor.run().boxed());
+        // Retention runs where deliveries are made: one role of a scaled
+        // deployment, and every embedded relay. Several such processes
+        // only share the batches.
+        if options.role.runs_dispatcher() {
+            let retention = crate::retention::Retention {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                clock: options.clock.clone(),
+                retention: config.storage.retention,
+                raw_retention: config.storage.raw_retention,
+                shutdown: options.shutdown.clone(),
+            };
+            workers.push(retention.run().boxed());
+        }
 
         Ok(Self {
             ingress,

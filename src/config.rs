@@ -86,7 +86,18 @@ pub struct ServerConfig {
 #[derive(Clone)]
 pub struct StorageConfig {
     pub url: String,
+    /// How long a finished event (every delivery delivered or dead) is kept
+    /// after it was received; then it goes with its deliveries and attempts.
+    pub retention: Duration,
+    /// How long the raw callback (body and headers) is kept; then it is
+    /// blanked and the event stays. At most `retention`.
+    pub raw_retention: Duration,
 }
+
+/// `[storage] retention` when not set: 30 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `[storage] raw_retention` when not set: 7 days.
+pub const DEFAULT_RAW_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The URL with its password (if any) replaced by `***`: `Debug` output and
 /// logs may show where the store is, never how to log in to it.
@@ -111,6 +122,8 @@ impl std::fmt::Debug for StorageConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageConfig")
             .field("url", &redact_url_password(&self.url))
+            .field("retention", &self.retention)
+            .field("raw_retention", &self.raw_retention)
             .finish()
     }
 }
@@ -349,6 +362,8 @@ struct FileServer {
 #[serde(deny_unknown_fields)]
 struct FileStorage {
     url: Option<String>,
+    retention: Option<String>,
+    raw_retention: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -521,6 +536,7 @@ impl Config {
         // A relative SQLite path in the file is the file's, like its key
         // files: the same config works whichever folder payhook starts in.
         // (`PAYHOOK_DATABASE_URL` is taken as given.)
+        let (retention, raw_retention) = retention(&file.storage)?;
         let storage = StorageConfig {
             url: match env("PAYHOOK_DATABASE_URL") {
                 Some(url) => url,
@@ -531,6 +547,8 @@ impl Config {
                         .unwrap_or_else(|| "sqlite://payhook.db".to_owned()),
                 ),
             },
+            retention,
+            raw_retention,
         };
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !known.iter().any(|scheme| storage.url.starts_with(scheme)) {
@@ -675,6 +693,46 @@ fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
             format!("`{text}` is not a duration like 150ms, 10s or 5m ({e})"),
         )
     })
+}
+
+/// `[storage] retention` and `raw_retention`: both longer than zero, and the
+/// raw callback kept no longer than its event (it goes with the event).
+fn retention(storage: &FileStorage) -> Result<(Duration, Duration), ConfigError> {
+    let positive = |key: &str, text: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        let Some(text) = text else {
+            return Ok(default);
+        };
+        let d = duration(key, text)?;
+        if d.is_zero() {
+            return Err(ConfigError::invalid(
+                key,
+                format!("`{text}` keeps nothing; give a duration longer than zero, such as \"30d\""),
+            ));
+        }
+        Ok(d)
+    };
+    let retention = positive("storage.retention", &storage.retention, DEFAULT_RETENTION)?;
+    let raw_retention = match &storage.raw_retention {
+        Some(_) => positive(
+            "storage.raw_retention",
+            &storage.raw_retention,
+            DEFAULT_RAW_RETENTION,
+        )?,
+        // Unset: the default, but never longer than a shorter `retention`.
+        None => DEFAULT_RAW_RETENTION.min(retention),
+    };
+    if raw_retention > retention {
+        return Err(ConfigError::invalid(
+            "storage.raw_retention",
+            format!(
+                "{} is longer than storage.retention ({}): the raw callback goes with its event, \
+                 so it cannot be kept longer",
+                humantime::format_duration(raw_retention),
+                humantime::format_duration(retention)
+            ),
+        ));
+    }
+    Ok((retention, raw_retention))
 }
 
 fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -1507,6 +1565,34 @@ mod tests {
             c.storage.url, "sqlite://here.db",
             "the environment's URL is taken as given"
         );
+    }
+
+    #[test]
+    fn retention_defaults_and_limits() {
+        let c = parse("").unwrap();
+        assert_eq!(c.storage.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.storage.raw_retention, Duration::from_secs(7 * 86_400));
+        let c = parse("[storage]\nretention = \"90d\"\nraw_retention = \"12h\"\n").unwrap();
+        assert_eq!(c.storage.retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.storage.raw_retention, Duration::from_secs(12 * 3600));
+        // A retention shorter than the default raw retention takes the raw
+        // body with it.
+        let c = parse("[storage]\nretention = \"90m\"\n").unwrap();
+        assert_eq!(c.storage.raw_retention, Duration::from_secs(90 * 60));
+        for (text, key) in [
+            (
+                "[storage]\nretention = \"7d\"\nraw_retention = \"8d\"\n",
+                "storage.raw_retention:",
+            ),
+            ("[storage]\nretention = \"0s\"\n", "storage.retention:"),
+            ("[storage]\nraw_retention = \"0d\"\n", "storage.raw_retention:"),
+            ("[storage]\nretention = \"a month\"\n", "storage.retention:"),
+        ] {
+            let e = err(text);
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
+        let e = err("[storage]\nretention = \"7d\"\nraw_retention = \"8d\"\n");
+        assert!(e.contains("storage.retention"), "names both keys: {e}");
     }
 
     #[test]

@@ -48,6 +48,9 @@
 //! - [`queue`]: scaled mode's RabbitMQ side: topology, the outbox publisher
 //!   (confirmed, `mandatory` publishes) and the delivery consumer (a line per
 //!   busy endpoint, so waiting jobs cost nothing).
+//! - [`retention`]: the task that deletes finished events past `[storage]
+//!   retention` and blanks raw callbacks past `raw_retention`, in bounded
+//!   batches (the SQL is in `store/retention.rs`).
 //! - [`server`]: the HTTP accept loop (connection and in-flight limits,
 //!   header-read and idle timeouts for HTTP/1 and HTTP/2, graceful drain).
 //! - [`cli`] (feature `cli`, on by default): the `payhook` subcommands
@@ -76,6 +79,7 @@ pub mod ingress;
 pub mod key_list;
 pub mod live;
 pub mod queue;
+pub mod retention;
 pub mod sandbox_keys;
 pub mod server;
 pub mod store;

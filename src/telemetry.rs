@@ -142,6 +142,11 @@ impl Metrics {
             "payhook_config_reloads_total",
             "Config reloads (SIGHUP or POST /admin/reload), by outcome: ok or error.",
         );
+        d(
+            "payhook_retention_deleted_total",
+            "Rows removed by retention, by what: events, deliveries and attempts deleted, \
+             raw callbacks (body and headers) blanked.",
+        );
         self.recorder.describe_gauge(
             "payhook_endpoint_paused".into(),
             None,
@@ -292,6 +297,15 @@ impl Metrics {
             .set(if paused { 1.0 } else { 0.0 });
     }
 
+    /// `what`: `events`, `deliveries`, `attempts` or `raw`. Zero is not
+    /// counted (the series appears with the first row removed).
+    pub fn retention_deleted(&self, what: &'static str, count: u64) {
+        if count > 0 {
+            self.counter("payhook_retention_deleted_total", &[("what", what)])
+                .increment(count);
+        }
+    }
+
     pub fn config_reload(&self, ok: bool) {
         self.counter(
             "payhook_config_reloads_total",
@@ -406,13 +420,14 @@ mod tests {
         m.set_outbox_pending(1);
         m.set_endpoint_paused("shop", true);
         m.config_reload(true);
+        m.retention_deleted("events", 1);
         let text = m.render();
         let typed: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split_whitespace().next())
             .collect();
-        assert_eq!(typed.len(), 11, "{text}");
+        assert_eq!(typed.len(), 12, "{text}");
         for name in typed {
             assert!(
                 text.contains(&format!("# HELP {name} ")),

@@ -255,7 +255,7 @@ macro_rules! operator_queries {
 pub(super) use operator_queries;
 
 /// The lowest event id made at `ms` (ULID with zero randomness).
-fn event_id_floor(ms: i64) -> String {
+pub(super) fn event_id_floor(ms: i64) -> String {
     let ms = u64::try_from(ms.max(0)).unwrap_or(0);
     format!("evt_{}", ulid::Ulid::from_parts(ms, 0))
 }

@@ -12,6 +12,7 @@ pub use postgres::hot_statements;
 mod admin_query;
 mod endpoints;
 mod postgres_admin;
+mod retention;
 mod sqlite;
 mod sqlite_admin;
 
@@ -21,6 +22,7 @@ use futures_util::future::join_all;
 
 pub use endpoints::{EndpointState, HealthReport, PausedBy};
 pub use postgres::PostgresStore;
+pub use retention::{BlankBatch, PurgeBatch, RETENTION_BATCH};
 pub use sqlite::SqliteStore;
 
 use crate::domain::{EndpointId, Event, EventId};

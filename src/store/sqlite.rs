@@ -10,7 +10,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,8 +50,13 @@ impl SqliteStore {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            // Retention deletes old rows; with incremental auto-vacuum the
+            // freed pages can be given back to the file system. It takes
+            // effect only on a new file (before its first table), which
+            // is why sqlx sets it before `journal_mode`.
+            .connect_with(options.clone().auto_vacuum(SqliteAutoVacuum::Incremental))
             .await?;
+        enable_incremental_vacuum(&write).await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
         // The group-commit writer: its own connection on its own thread,
         // opened after the migrations so that it sees the schema.
@@ -364,6 +371,36 @@ impl SqliteStore {
             })
             .collect()
     }
+}
+
+/// A file made before retention (or by another tool) has `auto_vacuum =
+/// NONE`: freed pages would stay in the file for ever. Switching needs one
+/// `VACUUM`, which rewrites the file; done once, at start-up, before the
+/// writer and readers open their connections.
+async fn enable_incremental_vacuum(write: &SqlitePool) -> Result<(), StoreError> {
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(write).await?;
+    // 2 = INCREMENTAL. A new, empty file already has it from the connect
+    // options.
+    if mode == 2 {
+        return Ok(());
+    }
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(write).await?;
+    tracing::info!(
+        auto_vacuum = mode,
+        pages,
+        "SQLite file has auto_vacuum off: switching to INCREMENTAL with a one-off VACUUM \
+         (rewrites the file once) so that retention can give freed pages back"
+    );
+    let started = std::time::Instant::now();
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+        .execute(write)
+        .await?;
+    sqlx::query("VACUUM").execute(write).await?;
+    tracing::info!(
+        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "SQLite VACUUM done; auto_vacuum is INCREMENTAL"
+    );
+    Ok(())
 }
 
 /// ` IN (?, ?, …)` with `ids` bound.

@@ -251,6 +251,8 @@ pub struct TestOptions {
     pub accounts: String,
     /// `[delivery]` body (TOML).
     pub delivery: String,
+    /// Extra `[storage]` lines beside `url` (TOML), e.g. retention.
+    pub storage: String,
     /// Extra `[[endpoints]]` tables beyond the recording merchant.
     pub extra_endpoints: String,
     pub clock: Option<Arc<FixedClock>>,
@@ -265,6 +267,7 @@ impl Default for TestOptions {
             ),
             delivery: "retry_schedule = [\"50ms\", \"100ms\", \"150ms\"]\nmax_retries = 3\ntimeout = \"2s\"\nconcurrency = 16\nallow_private_targets = true\n".into(),
             extra_endpoints: String::new(),
+            storage: String::new(),
             clock: None,
             role: Role::All,
             backend: Backend::Sqlite,
@@ -316,13 +319,14 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     };
     let config_text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{server}\n\
-         [storage]\nurl = \"{storage_url}\"\n\n{queue}\n[delivery]\n{delivery}\n{accounts}\n\
+         [storage]\nurl = \"{storage_url}\"\n{storage}\n{queue}\n[delivery]\n{delivery}\n{accounts}\n\
          [[endpoints]]\nid = \"merchant\"\nurl = \"{url}\"\nsecret = \"{ENDPOINT_SECRET}\"\naccounts = [\"*\"]\nevents = [\"*\"]\n{extra}",
         delivery = options.delivery,
         accounts = options.accounts,
         url = merchant.url,
         extra = options.extra_endpoints,
         server = options.server,
+        storage = options.storage,
     );
     let mut app = TestApp {
         ingress_url: String::new(),

@@ -29,6 +29,7 @@ mod pg_db;
 mod plans;
 mod providers;
 mod proxies;
+mod retention;
 mod rotation;
 mod scaled;
 mod secrets;
