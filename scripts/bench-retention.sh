@@ -13,6 +13,7 @@
 # 127.0.0.1, loaded by `payhook bench --target`; nothing leaves the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$(pwd)
 
 MODE=${1:?p99 or soak}
 B=${2:-./target/dist/payhook}
@@ -59,6 +60,18 @@ secret = "bench-dryad-secret"
 # last ones are sent SOAK_SECONDS after they were signed.
 max_clock_skew = "${SKEW:-300s}"
 EOF
+  # CBB notices carry no replay nonce: with PROVIDER=cbb the soak's file
+  # holds only what retention manages.
+  if [ "${PROVIDER:-dryad}" = cbb ]; then
+    cat >>"$1/relay.toml" <<EOF
+
+[[accounts]]
+id = "bench-cbb"
+provider = "cbb"
+public_key_file = "$REPO/sandbox-keys/cbb_platform_pub.pem"
+sandbox_private_key_file = "$REPO/sandbox-keys/cbb_sandbox_priv.pem"
+EOF
+  fi
 }
 
 RELAY_PID=""
@@ -79,7 +92,8 @@ trap stop_relay EXIT
 
 load() { # dir requests rate
   "$B" bench --target "http://$LISTEN/" --config "$1/relay.toml" --pid "$RELAY_PID" \
-    -n "$2" --rate "$3" -c 64 --no-baseline --sink-listen "$SINK" >"$1/bench.txt" 2>"$1/bench.log"
+    -n "$2" --rate "$3" -c 64 --no-baseline --sink-listen "$SINK" --provider "${PROVIDER:-dryad}" \
+    >"$1/bench.txt" 2>"$1/bench.log"
 }
 
 case "$MODE" in

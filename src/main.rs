@@ -43,6 +43,7 @@ async fn run(command: Command) -> Result<(), String> {
         } => {
             let config = Config::load(config_path.as_deref()).map_err(|e| e.to_string())?;
             log_start(&config, config_path.as_deref(), role);
+            let signals = Signals::listen();
             let shutdown = CancellationToken::new();
             let app = Application::build(
                 config,
@@ -61,8 +62,17 @@ async fn run(command: Command) -> Result<(), String> {
             if let Some(addr) = app.admin_addr() {
                 tracing::info!(%addr, "admin listening");
             }
-            tokio::spawn(reload_on_sighup(app.live(), app.metrics(), shutdown.clone()));
-            tokio::spawn(stop_on_signal(shutdown));
+            #[cfg(unix)]
+            {
+                let Signals { term, hup } = signals;
+                tokio::spawn(reload_on_sighup(hup, app.live(), app.metrics(), shutdown.clone()));
+                tokio::spawn(stop_on_signal(term, shutdown));
+            }
+            #[cfg(not(unix))]
+            {
+                let Signals {} = signals;
+                tokio::spawn(stop_on_signal(shutdown));
+            }
             app.run_until_stopped().await.map_err(|e| e.to_string())
         }
         Command::Migrate { config } => {
@@ -188,66 +198,83 @@ fn log_start(config: &Config, path: Option<&std::path::Path>, role: payhook::app
     }
 }
 
+/// The signals `serve` acts on, listened for from the start: a SIGTERM or
+/// SIGHUP that arrived before its handler existed would take the signal's
+/// default action and kill the process.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGTERM"))
+                .ok();
+            let hup = signal(SignalKind::hangup())
+                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload"))
+                .ok();
+            Signals { term, hup }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+}
+
 /// SIGHUP reloads the config file: accounts and endpoints are swapped, a
 /// file that does not validate changes nothing (see `payhook::live`).
+#[cfg(unix)]
 async fn reload_on_sighup(
+    hup: Option<tokio::signal::unix::Signal>,
     live: payhook::live::LiveConfig,
     metrics: std::sync::Arc<payhook::telemetry::Metrics>,
     shutdown: CancellationToken,
 ) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/reload");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                got = hup.recv() => {
-                    if got.is_none() {
-                        return;
-                    }
-                    // The outcome is logged and counted there.
-                    let _ = live.reload_logged(&metrics, "SIGHUP").await;
+    let Some(mut hup) = hup else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
                 }
-                _ = shutdown.cancelled() => return,
+                // The outcome is logged and counted there.
+                let _ = live.reload_logged(&metrics, "SIGHUP").await;
             }
+            _ = shutdown.cancelled() => return,
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (live, metrics);
-        shutdown.cancelled().await;
     }
 }
 
 /// SIGINT or SIGTERM starts a graceful shutdown.
-async fn stop_on_signal(shutdown: CancellationToken) {
+#[cfg(unix)]
+async fn stop_on_signal(term: Option<tokio::signal::unix::Signal>, shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
+    match term {
+        Some(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        }
+        None => {
+            let _ = ctrl_c.await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}
+
+/// Ctrl-C starts a graceful shutdown.
+#[cfg(not(unix))]
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutdown requested");
     shutdown.cancel();
 }
