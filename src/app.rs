@@ -144,126 +144,46 @@ impl Application {
             }
         }
         let live = LiveConfig::new(&config, options.config_path.clone())?;
-        let paused = PausedEndpoints::default();
-        let store = Store::connect(&config.storage.url).await?;
-        let metrics = Metrics::new();
-        let jobs_committed = Arc::new(Notify::new());
-        let broker = config.queue.as_ref().map(|q| {
-            Broker::new(
-                q.amqp_url.clone(),
-                Topology::new(&q.prefix, &config.delivery.retry_schedule),
-            )
-        });
-        let nonce_window = live
+        let parts = Parts {
+            store: Store::connect(&config.storage.url).await?,
+            metrics: Metrics::new(),
+            jobs_committed: Arc::new(Notify::new()),
+            broker: config.queue.as_ref().map(|q| {
+                Broker::new(
+                    q.amqp_url.clone(),
+                    Topology::new(&q.prefix, &config.delivery.retry_schedule),
+                )
+            }),
+            paused: PausedEndpoints::default(),
+            live,
+            options,
+        };
+        let nonce_window = parts
+            .live
             .current()
             .accounts
             .values()
             .filter_map(|a| a.provider.replay_window())
             .max()
             .unwrap_or(Duration::from_secs(300));
-
-        let ingress = if options.role.runs_ingress() {
-            let state = IngressState {
-                live: live.clone(),
-                store: store.clone(),
-                clock: options.clock.clone(),
-                metrics: metrics.clone(),
-                max_body_bytes: config.server.max_body_bytes,
-                outbox: broker.is_some(),
-                jobs_committed: jobs_committed.clone(),
-                verifying: Arc::new(tokio::sync::Semaphore::new(
-                    crate::ingress::handler::verification_permits(),
-                )),
-            };
-            let router = Router::new()
-                .route("/notify/{account}", post(notify))
-                .with_state(state)
-                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                    axum::http::StatusCode::REQUEST_TIMEOUT,
-                    config.server.request_timeout,
-                ));
-            Some((bind(config.server.listen).await?, router))
+        let ingress = if parts.options.role.runs_ingress() {
+            Some((bind(config.server.listen).await?, parts.ingress_router(&config)))
         } else {
             None
         };
-
-        let admin_router = admin::router(AdminState {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            broker: broker.as_ref().map(|b| b.status.clone()),
-            admin_token: config.server.admin_token.clone(),
-            live: live.clone(),
-            paused: paused.clone(),
-            clock: options.clock.clone(),
-            jobs_committed: jobs_committed.clone(),
-            outbox: broker.is_some(),
-        });
-        let admin = (bind(config.server.admin_listen).await?, admin_router);
-
-        let mut workers: Vec<BoxFuture<'static, ()>> = Vec::new();
-        if let (Some(broker), true) = (&broker, options.role.runs_ingress()) {
-            let publisher = OutboxPublisher {
-                broker: broker.clone(),
-                store: store.clone(),
-                metrics: metrics.clone(),
-                wake: jobs_committed.clone(),
-                handoff: store.outbox_handoff(),
-                shutdown: options.shutdown.clone(),
-            };
-            workers.push(publisher.run().boxed());
-        }
-        let mut health = EndpointHealth::default();
-        if options.role.runs_dispatcher() {
-            let deliverer = Deliverer::new(
-                store.clone(),
-                live.clone(),
-                paused.clone(),
-                config.delivery.clone(),
-                metrics.clone(),
-            )?;
-            health = deliverer.health.clone();
-            match &broker {
-                Some(broker) => {
-                    let consumer = DeliveryConsumer {
-                        broker: broker.clone(),
-                        deliverer,
-                        shutdown: options.shutdown.clone(),
-                    };
-                    workers.push(consumer.run().boxed());
-                }
-                None => {
-                    let worker = EmbeddedWorker::new(deliverer, jobs_committed, options.shutdown.clone());
-                    workers.push(worker.run().boxed());
-                }
-            }
-        }
-        // Every role: pauses made through any process reach this one, and
-        // auto-pause runs wherever failures are seen.
-        let monitor = EndpointMonitor {
-            store: store.clone(),
-            live: live.clone(),
-            paused,
-            health,
-            metrics: metrics.clone(),
-            clock: options.clock.clone(),
-            shutdown: options.shutdown.clone(),
-        };
-        workers.push(monitor.run().boxed());
-        // Retention runs where deliveries are made: one role of a scaled
-        // deployment, and every embedded relay. Several such processes
-        // only share the batches.
-        if options.role.runs_dispatcher() {
-            let retention = crate::retention::Retention {
-                store: store.clone(),
-                metrics: metrics.clone(),
-                clock: options.clock.clone(),
-                retention: config.storage.retention,
-                raw_retention: config.storage.raw_retention,
-                shutdown: options.shutdown.clone(),
-            };
-            workers.push(retention.run().boxed());
-        }
-
+        let admin = (
+            bind(config.server.admin_listen).await?,
+            parts.admin_router(&config),
+        );
+        let workers = parts.workers(&config)?;
+        let Parts {
+            store,
+            metrics,
+            broker,
+            live,
+            options,
+            ..
+        } = parts;
         Ok(Self {
             ingress,
             admin,
@@ -353,6 +273,124 @@ impl Application {
         self.store.close().await;
         tracing::info!("payhook stopped");
         Ok(())
+    }
+}
+
+/// What the relay's parts share, built once by [`Application::build`].
+struct Parts {
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// Woken by each commit that created delivery jobs.
+    jobs_committed: Arc<Notify>,
+    /// RabbitMQ mode.
+    broker: Option<Broker>,
+    paused: PausedEndpoints,
+    live: LiveConfig,
+    options: BuildOptions,
+}
+
+impl Parts {
+    /// `POST /notify/{account}`.
+    fn ingress_router(&self, config: &Config) -> Router {
+        let state = IngressState {
+            live: self.live.clone(),
+            store: self.store.clone(),
+            clock: self.options.clock.clone(),
+            metrics: self.metrics.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            outbox: self.broker.is_some(),
+            jobs_committed: self.jobs_committed.clone(),
+            verifying: Arc::new(tokio::sync::Semaphore::new(
+                crate::ingress::handler::verification_permits(),
+            )),
+        };
+        Router::new()
+            .route("/notify/{account}", post(notify))
+            .with_state(state)
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                config.server.request_timeout,
+            ))
+    }
+
+    /// The admin port's routes.
+    fn admin_router(&self, config: &Config) -> Router {
+        admin::router(AdminState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            broker: self.broker.as_ref().map(|b| b.status.clone()),
+            admin_token: config.server.admin_token.clone(),
+            live: self.live.clone(),
+            paused: self.paused.clone(),
+            clock: self.options.clock.clone(),
+            jobs_committed: self.jobs_committed.clone(),
+            outbox: self.broker.is_some(),
+        })
+    }
+
+    /// The long-running tasks of the role: the outbox publisher (ingress,
+    /// RabbitMQ mode), the consumer or the embedded worker (dispatcher),
+    /// the endpoint monitor (every role: pauses made through any process
+    /// reach this one, and auto-pause runs wherever failures are seen) and
+    /// retention (where deliveries are made; several such processes only
+    /// share the batches).
+    fn workers(&self, config: &Config) -> Result<Vec<BoxFuture<'static, ()>>, StartupError> {
+        let options = &self.options;
+        let mut workers: Vec<BoxFuture<'static, ()>> = Vec::new();
+        if let (Some(broker), true) = (&self.broker, options.role.runs_ingress()) {
+            let publisher = OutboxPublisher {
+                broker: broker.clone(),
+                store: self.store.clone(),
+                metrics: self.metrics.clone(),
+                wake: self.jobs_committed.clone(),
+                handoff: self.store.outbox_handoff(),
+                shutdown: options.shutdown.clone(),
+            };
+            workers.push(publisher.run().boxed());
+        }
+        let mut health = EndpointHealth::default();
+        if options.role.runs_dispatcher() {
+            let deliverer = Deliverer::new(
+                self.store.clone(),
+                self.live.clone(),
+                self.paused.clone(),
+                config.delivery.clone(),
+                self.metrics.clone(),
+            )?;
+            health = deliverer.health.clone();
+            workers.push(match &self.broker {
+                Some(broker) => DeliveryConsumer {
+                    broker: broker.clone(),
+                    deliverer,
+                    shutdown: options.shutdown.clone(),
+                }
+                .run()
+                .boxed(),
+                None => EmbeddedWorker::new(deliverer, self.jobs_committed.clone(), options.shutdown.clone())
+                    .run()
+                    .boxed(),
+            });
+            let retention = crate::retention::Retention {
+                store: self.store.clone(),
+                metrics: self.metrics.clone(),
+                clock: options.clock.clone(),
+                retention: config.storage.retention,
+                raw_retention: config.storage.raw_retention,
+                shutdown: options.shutdown.clone(),
+            };
+            workers.push(retention.run().boxed());
+        }
+        let monitor = EndpointMonitor {
+            store: self.store.clone(),
+            live: self.live.clone(),
+            paused: self.paused.clone(),
+            health,
+            metrics: self.metrics.clone(),
+            clock: options.clock.clone(),
+            shutdown: options.shutdown.clone(),
+        };
+        workers.push(monitor.run().boxed());
+        Ok(workers)
     }
 }
 

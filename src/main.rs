@@ -40,41 +40,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Serve {
             config: config_path,
             role,
-        } => {
-            let config = Config::load(config_path.as_deref()).map_err(|e| e.to_string())?;
-            log_start(&config, config_path.as_deref(), role);
-            let signals = Signals::listen();
-            let shutdown = CancellationToken::new();
-            let app = Application::build(
-                config,
-                BuildOptions {
-                    role,
-                    shutdown: shutdown.clone(),
-                    config_path: config_path.clone(),
-                    ..BuildOptions::default()
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            if let Some(addr) = app.ingress_addr() {
-                tracing::info!(%addr, "ingress listening");
-            }
-            if let Some(addr) = app.admin_addr() {
-                tracing::info!(%addr, "admin listening");
-            }
-            #[cfg(unix)]
-            {
-                let Signals { term, hup } = signals;
-                tokio::spawn(reload_on_sighup(hup, app.live(), app.metrics(), shutdown.clone()));
-                tokio::spawn(stop_on_signal(term, shutdown));
-            }
-            #[cfg(not(unix))]
-            {
-                let Signals {} = signals;
-                tokio::spawn(stop_on_signal(shutdown));
-            }
-            app.run_until_stopped().await.map_err(|e| e.to_string())
-        }
+        } => serve(config_path, role).await,
         Command::Migrate { config } => {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             let store = Store::connect(&config.storage.url)
@@ -154,6 +120,43 @@ async fn run(command: Command) -> Result<(), String> {
             .map_err(|e| e.to_string()),
         Command::Demo => payhook::cli::demo::run().await.map_err(|e| e.to_string()),
     }
+}
+
+/// `payhook serve`: the relay until SIGTERM or Ctrl-C.
+async fn serve(config_path: Option<std::path::PathBuf>, role: payhook::app::Role) -> Result<(), String> {
+    let config = Config::load(config_path.as_deref()).map_err(|e| e.to_string())?;
+    log_start(&config, config_path.as_deref(), role);
+    let signals = Signals::listen();
+    let shutdown = CancellationToken::new();
+    let app = Application::build(
+        config,
+        BuildOptions {
+            role,
+            shutdown: shutdown.clone(),
+            config_path: config_path.clone(),
+            ..BuildOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if let Some(addr) = app.ingress_addr() {
+        tracing::info!(%addr, "ingress listening");
+    }
+    if let Some(addr) = app.admin_addr() {
+        tracing::info!(%addr, "admin listening");
+    }
+    #[cfg(unix)]
+    {
+        let Signals { term, hup } = signals;
+        tokio::spawn(reload_on_sighup(hup, app.live(), app.metrics(), shutdown.clone()));
+        tokio::spawn(stop_on_signal(term, shutdown));
+    }
+    #[cfg(not(unix))]
+    {
+        let Signals {} = signals;
+        tokio::spawn(stop_on_signal(shutdown));
+    }
+    app.run_until_stopped().await.map_err(|e| e.to_string())
 }
 
 /// One line that says what this process is: version, config file, store (no
