@@ -661,6 +661,11 @@ fn sqlite_relative_to(base: &Path, url: String) -> String {
 }
 
 /// A required, non-empty text value: what binds notices to an account.
+/// A provider's `[[accounts]]` table as its own serde type.
+fn typed<T: serde::de::DeserializeOwned>(at: &str, table: toml::Table) -> Result<T, ConfigError> {
+    T::deserialize(table).map_err(|e| ConfigError::invalid(at, e.to_string().trim().to_owned()))
+}
+
 fn required_text(key: &str, value: Option<String>, what: &str) -> Result<String, ConfigError> {
     match value.map(|v| v.trim().to_owned()) {
         Some(v) if !v.is_empty() => Ok(v),
@@ -1154,197 +1159,220 @@ impl Ctx<'_> {
                 format!("unknown provider `{provider_text}`; one of cbb, shouqianba, abc, dingdang, dryad"),
             )
         })?;
-        fn typed<T: serde::de::DeserializeOwned>(at: &str, table: toml::Table) -> Result<T, ConfigError> {
-            T::deserialize(table).map_err(|e| ConfigError::invalid(at, e.to_string().trim().to_owned()))
-        }
         let id_of = |id: &str| {
             AccountId::parse(id).map_err(|e| ConfigError::invalid(format!("{at}.id"), e.to_string()))
         };
-        match provider {
-            ProviderKind::Cbb => {
-                let f: FileCbb = typed(&at, table)?;
-                let public_key_files = self
-                    .key_files(&at, "public_key_file", f.public_key_file, f.public_key_files)?
-                    .ok_or_else(|| {
-                        ConfigError::invalid(
-                            format!("{at}.public_key_file"),
-                            "required: the CBB platform public key (public_key_files while it is rotated)",
-                        )
-                    })?;
-                Ok(AccountConfig {
-                    id: id_of(&f.id)?,
-                    rate_limit: None,
-                    settings: ProviderSettings::Cbb {
-                        public_key_files,
-                        sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
-                    },
-                })
+        let (id, settings) = match provider {
+            ProviderKind::Cbb => self.cbb_settings(&at, table)?,
+            ProviderKind::Shouqianba => self.shouqianba_settings(&at, table)?,
+            ProviderKind::Abc => self.abc_settings(&at, table)?,
+            ProviderKind::Dingdang => self.dingdang_settings(&at, table)?,
+            ProviderKind::Dryad => self.dryad_settings(&at, table)?,
+        };
+        Ok(AccountConfig {
+            id: id_of(&id)?,
+            rate_limit: None,
+            settings,
+        })
+    }
+
+    /// `[[accounts]]` with `provider = "cbb"`: its file id and settings.
+    fn cbb_settings(&self, at: &str, table: toml::Table) -> Result<(String, ProviderSettings), ConfigError> {
+        let f: FileCbb = typed(at, table)?;
+        let public_key_files = self
+            .key_files(at, "public_key_file", f.public_key_file, f.public_key_files)?
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{at}.public_key_file"),
+                    "required: the CBB platform public key (public_key_files while it is rotated)",
+                )
+            })?;
+        Ok((
+            f.id,
+            ProviderSettings::Cbb {
+                public_key_files,
+                sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
+            },
+        ))
+    }
+
+    /// `[[accounts]]` with `provider = "shouqianba"`: its file id and settings.
+    fn shouqianba_settings(
+        &self,
+        at: &str,
+        table: toml::Table,
+    ) -> Result<(String, ProviderSettings), ConfigError> {
+        let f: FileShouqianba = typed(at, table)?;
+        let key = format!("{at}.terminal_key");
+        let terminal_keys = self.secrets(
+            at,
+            "terminal_key",
+            ACCOUNT_KEY_COST,
+            SecretKeys {
+                inline: f.terminal_key,
+                env: f.terminal_key_env,
+                file: f.terminal_key_file,
+                list: f.terminal_keys,
+            },
+        )?;
+        let public_key_files =
+            self.key_files(at, "public_key_file", f.public_key_file, f.public_key_files)?;
+        let mode = match f.sign_mode.as_deref().unwrap_or("md5") {
+            "md5" => SqbMode::Md5 {
+                terminal_keys: terminal_keys
+                    .ok_or_else(|| ConfigError::invalid(&key, "required when sign_mode = \"md5\""))?,
+            },
+            "rsa" => SqbMode::Rsa {
+                public_key_files: public_key_files.ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("{at}.public_key_file"),
+                        "required when sign_mode = \"rsa\"",
+                    )
+                })?,
+            },
+            other => {
+                return Err(ConfigError::invalid(
+                    format!("{at}.sign_mode"),
+                    format!("`{other}` is not md5 or rsa"),
+                ))
             }
-            ProviderKind::Shouqianba => {
-                let f: FileShouqianba = typed(&at, table)?;
-                let key = format!("{at}.terminal_key");
-                let terminal_keys = self.secrets(
-                    &at,
-                    "terminal_key",
-                    ACCOUNT_KEY_COST,
-                    SecretKeys {
-                        inline: f.terminal_key,
-                        env: f.terminal_key_env,
-                        file: f.terminal_key_file,
-                        list: f.terminal_keys,
-                    },
-                )?;
-                let public_key_files =
-                    self.key_files(&at, "public_key_file", f.public_key_file, f.public_key_files)?;
-                let mode = match f.sign_mode.as_deref().unwrap_or("md5") {
-                    "md5" => SqbMode::Md5 {
-                        terminal_keys: terminal_keys
-                            .ok_or_else(|| ConfigError::invalid(&key, "required when sign_mode = \"md5\""))?,
-                    },
-                    "rsa" => SqbMode::Rsa {
-                        public_key_files: public_key_files.ok_or_else(|| {
-                            ConfigError::invalid(
-                                format!("{at}.public_key_file"),
-                                "required when sign_mode = \"rsa\"",
-                            )
-                        })?,
-                    },
-                    other => {
-                        return Err(ConfigError::invalid(
-                            format!("{at}.sign_mode"),
-                            format!("`{other}` is not md5 or rsa"),
-                        ))
-                    }
-                };
-                if f.terminal_sn.is_empty() {
-                    return Err(ConfigError::invalid(
-                        format!("{at}.terminal_sn"),
-                        "must not be empty",
-                    ));
-                }
-                Ok(AccountConfig {
-                    id: id_of(&f.id)?,
-                    rate_limit: None,
-                    settings: ProviderSettings::Shouqianba {
-                        terminal_sn: f.terminal_sn,
-                        mode,
-                        sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
-                    },
-                })
-            }
-            ProviderKind::Abc => {
-                let f: FileAbc = typed(&at, table)?;
-                let certificate_files = self
-                    .key_files(&at, "certificate_file", f.certificate_file, f.certificate_files)?
-                    .ok_or_else(|| {
-                        ConfigError::invalid(
-                            format!("{at}.certificate_file"),
-                            "required: the bank's certificate (certificate_files while it is renewed)",
-                        )
-                    })?;
-                let merchant_id = required_text(
-                    &format!("{at}.merchant_id"),
-                    f.merchant_id,
-                    "the bank's MerchantID of this account",
-                )?;
-                let algorithm_key = format!("{at}.signature_algorithm");
-                let signature_algorithm = match f.signature_algorithm.as_deref() {
-                    None => crate::ingress::abc::AbcAlgorithm::Sha1WithRsa,
-                    Some(text) => crate::ingress::abc::AbcAlgorithm::parse(text).ok_or_else(|| {
-                        ConfigError::invalid(
-                            &algorithm_key,
-                            format!("`{text}` is not SHA1withRSA or SHA256withRSA"),
-                        )
-                    })?,
-                };
-                Ok(AccountConfig {
-                    id: id_of(&f.id)?,
-                    rate_limit: None,
-                    settings: ProviderSettings::Abc {
-                        certificate_files,
-                        merchant_id,
-                        signature_algorithm,
-                        sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
-                    },
-                })
-            }
-            ProviderKind::Dingdang => {
-                let f: FileDingdang = typed(&at, table)?;
-                let key = format!("{at}.secret");
-                let secrets = self.secrets(
-                    &at,
-                    "secret",
-                    ACCOUNT_KEY_COST,
-                    SecretKeys {
-                        inline: f.secret,
-                        env: f.secret_env,
-                        file: f.secret_file,
-                        list: f.secrets,
-                    },
-                )?;
-                let public_key_files =
-                    self.key_files(&at, "public_key_file", f.public_key_file, f.public_key_files)?;
-                let scheme = match f.scheme.as_str() {
-                    "TSK-HMAC-SHA256-BASIC" => DingdangSchemeConfig::HmacSha256 {
-                        secrets: secrets.ok_or_else(|| {
-                            ConfigError::invalid(&key, "required for TSK-HMAC-SHA256-BASIC")
-                        })?,
-                    },
-                    "TSK-RSA2" => DingdangSchemeConfig::Rsa2 {
-                        public_key_files: public_key_files.ok_or_else(|| {
-                            ConfigError::invalid(format!("{at}.public_key_file"), "required for TSK-RSA2")
-                        })?,
-                    },
-                    other => {
-                        return Err(ConfigError::invalid(
-                            format!("{at}.scheme"),
-                            format!("`{other}` is not TSK-HMAC-SHA256-BASIC or TSK-RSA2"),
-                        ))
-                    }
-                };
-                let skew_key = format!("{at}.max_clock_skew");
-                let skill_id = required_text(
-                    &format!("{at}.skill_id"),
-                    f.skill_id,
-                    "the skillId/domainId of this account",
-                )?;
-                Ok(AccountConfig {
-                    id: id_of(&f.id)?,
-                    rate_limit: None,
-                    settings: ProviderSettings::Dingdang {
-                        scheme,
-                        skill_id,
-                        max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("180s"))?,
-                        sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
-                    },
-                })
-            }
-            ProviderKind::Dryad => {
-                let f: FileDryad = typed(&at, table)?;
-                let secrets = self
-                    .secrets(
-                        &at,
-                        "secret",
-                        ACCOUNT_KEY_COST,
-                        SecretKeys {
-                            inline: f.secret,
-                            env: f.secret_env,
-                            file: f.secret_file,
-                            list: f.secrets,
-                        },
-                    )?
-                    .ok_or_else(|| ConfigError::invalid(format!("{at}.secret"), "required"))?;
-                let skew_key = format!("{at}.max_clock_skew");
-                Ok(AccountConfig {
-                    id: id_of(&f.id)?,
-                    rate_limit: None,
-                    settings: ProviderSettings::Dryad {
-                        secrets,
-                        max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("300s"))?,
-                    },
-                })
-            }
+        };
+        if f.terminal_sn.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{at}.terminal_sn"),
+                "must not be empty",
+            ));
         }
+        Ok((
+            f.id,
+            ProviderSettings::Shouqianba {
+                terminal_sn: f.terminal_sn,
+                mode,
+                sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
+            },
+        ))
+    }
+
+    /// `[[accounts]]` with `provider = "abc"`: its file id and settings.
+    fn abc_settings(&self, at: &str, table: toml::Table) -> Result<(String, ProviderSettings), ConfigError> {
+        let f: FileAbc = typed(at, table)?;
+        let certificate_files = self
+            .key_files(at, "certificate_file", f.certificate_file, f.certificate_files)?
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{at}.certificate_file"),
+                    "required: the bank's certificate (certificate_files while it is renewed)",
+                )
+            })?;
+        let merchant_id = required_text(
+            &format!("{at}.merchant_id"),
+            f.merchant_id,
+            "the bank's MerchantID of this account",
+        )?;
+        let algorithm_key = format!("{at}.signature_algorithm");
+        let signature_algorithm = match f.signature_algorithm.as_deref() {
+            None => crate::ingress::abc::AbcAlgorithm::Sha1WithRsa,
+            Some(text) => crate::ingress::abc::AbcAlgorithm::parse(text).ok_or_else(|| {
+                ConfigError::invalid(
+                    &algorithm_key,
+                    format!("`{text}` is not SHA1withRSA or SHA256withRSA"),
+                )
+            })?,
+        };
+        Ok((
+            f.id,
+            ProviderSettings::Abc {
+                certificate_files,
+                merchant_id,
+                signature_algorithm,
+                sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
+            },
+        ))
+    }
+
+    /// `[[accounts]]` with `provider = "dingdang"`: its file id and settings.
+    fn dingdang_settings(
+        &self,
+        at: &str,
+        table: toml::Table,
+    ) -> Result<(String, ProviderSettings), ConfigError> {
+        let f: FileDingdang = typed(at, table)?;
+        let key = format!("{at}.secret");
+        let secrets = self.secrets(
+            at,
+            "secret",
+            ACCOUNT_KEY_COST,
+            SecretKeys {
+                inline: f.secret,
+                env: f.secret_env,
+                file: f.secret_file,
+                list: f.secrets,
+            },
+        )?;
+        let public_key_files =
+            self.key_files(at, "public_key_file", f.public_key_file, f.public_key_files)?;
+        let scheme = match f.scheme.as_str() {
+            "TSK-HMAC-SHA256-BASIC" => DingdangSchemeConfig::HmacSha256 {
+                secrets: secrets
+                    .ok_or_else(|| ConfigError::invalid(&key, "required for TSK-HMAC-SHA256-BASIC"))?,
+            },
+            "TSK-RSA2" => DingdangSchemeConfig::Rsa2 {
+                public_key_files: public_key_files.ok_or_else(|| {
+                    ConfigError::invalid(format!("{at}.public_key_file"), "required for TSK-RSA2")
+                })?,
+            },
+            other => {
+                return Err(ConfigError::invalid(
+                    format!("{at}.scheme"),
+                    format!("`{other}` is not TSK-HMAC-SHA256-BASIC or TSK-RSA2"),
+                ))
+            }
+        };
+        let skew_key = format!("{at}.max_clock_skew");
+        let skill_id = required_text(
+            &format!("{at}.skill_id"),
+            f.skill_id,
+            "the skillId/domainId of this account",
+        )?;
+        Ok((
+            f.id,
+            ProviderSettings::Dingdang {
+                scheme,
+                skill_id,
+                max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("180s"))?,
+                sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
+            },
+        ))
+    }
+
+    /// `[[accounts]]` with `provider = "dryad"`: its file id and settings.
+    fn dryad_settings(
+        &self,
+        at: &str,
+        table: toml::Table,
+    ) -> Result<(String, ProviderSettings), ConfigError> {
+        let f: FileDryad = typed(at, table)?;
+        let secrets = self
+            .secrets(
+                at,
+                "secret",
+                ACCOUNT_KEY_COST,
+                SecretKeys {
+                    inline: f.secret,
+                    env: f.secret_env,
+                    file: f.secret_file,
+                    list: f.secrets,
+                },
+            )?
+            .ok_or_else(|| ConfigError::invalid(format!("{at}.secret"), "required"))?;
+        let skew_key = format!("{at}.max_clock_skew");
+        Ok((
+            f.id,
+            ProviderSettings::Dryad {
+                secrets,
+                max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("300s"))?,
+            },
+        ))
     }
 
     fn endpoint(
