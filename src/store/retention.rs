@@ -149,6 +149,28 @@ fn id_bound(before_ms: i64) -> String {
 /// statement holds the write lock only briefly.
 const VACUUM_PAGES: i64 = 2_048;
 
+/// Runs a `DELETE … LIMIT chunk` for a batch's events in `tx` until it
+/// deletes less than a chunk (each statement touches at most `chunk` rows),
+/// and gives the rows deleted in all.
+macro_rules! delete_chunked {
+    ($tx:ident, $sql:expr, $events:expr, $chunk:expr) => {{
+        let mut deleted = 0u64;
+        loop {
+            let n = sqlx::query($sql)
+                .bind($events)
+                .bind($chunk)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+            deleted += n;
+            if n < $chunk as u64 {
+                break;
+            }
+        }
+        deleted
+    }};
+}
+
 impl Store {
     /// How many events one retention batch ([`purge_expired`](Self::purge_expired),
     /// [`blank_raw`](Self::blank_raw)) should take on this store.
@@ -196,30 +218,8 @@ impl Store {
                     return Ok(done);
                 }
                 let list = serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                loop {
-                    let n = sqlx::query(SQLITE_DELETE_ATTEMPTS)
-                        .bind(&list)
-                        .bind(chunk)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    done.attempts += n;
-                    if n < chunk as u64 {
-                        break;
-                    }
-                }
-                loop {
-                    let n = sqlx::query(SQLITE_DELETE_DELIVERIES)
-                        .bind(&list)
-                        .bind(chunk)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    done.deliveries += n;
-                    if n < chunk as u64 {
-                        break;
-                    }
-                }
+                done.attempts = delete_chunked!(tx, SQLITE_DELETE_ATTEMPTS, &list, chunk);
+                done.deliveries = delete_chunked!(tx, SQLITE_DELETE_DELIVERIES, &list, chunk);
                 done.events = sqlx::query(SQLITE_DELETE_EVENTS)
                     .bind(&list)
                     .execute(&mut *tx)
@@ -240,30 +240,8 @@ impl Store {
                 if ids.is_empty() {
                     return Ok(done);
                 }
-                loop {
-                    let n = sqlx::query(PG_DELETE_ATTEMPTS)
-                        .bind(&ids)
-                        .bind(chunk)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    done.attempts += n;
-                    if n < chunk as u64 {
-                        break;
-                    }
-                }
-                loop {
-                    let n = sqlx::query(PG_DELETE_DELIVERIES)
-                        .bind(&ids)
-                        .bind(chunk)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    done.deliveries += n;
-                    if n < chunk as u64 {
-                        break;
-                    }
-                }
+                done.attempts = delete_chunked!(tx, PG_DELETE_ATTEMPTS, &ids, chunk);
+                done.deliveries = delete_chunked!(tx, PG_DELETE_DELIVERIES, &ids, chunk);
                 done.events = sqlx::query(PG_DELETE_EVENTS)
                     .bind(&ids)
                     .execute(&mut *tx)
