@@ -661,6 +661,63 @@ fn sqlite_relative_to(base: &Path, url: String) -> String {
 }
 
 /// A required, non-empty text value: what binds notices to an account.
+/// `[delivery] retry_schedule`: at least one delay, none decreasing, none
+/// over 7 days; the contract's 0s/1m/5m/15m/60m when absent.
+fn retry_schedule(list: Option<Vec<String>>) -> Result<Vec<Duration>, ConfigError> {
+    let retry_schedule = match list {
+        None => ["0s", "1m", "5m", "15m", "60m"]
+            .iter()
+            .map(|t| duration("delivery.retry_schedule", t))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, t)| duration(&format!("delivery.retry_schedule[{i}]"), t))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if retry_schedule.is_empty() {
+        return Err(ConfigError::invalid(
+            "delivery.retry_schedule",
+            "needs at least one delay",
+        ));
+    }
+    // A schedule that goes backwards is almost always a typo ("15m",
+    // "5m"), and would retry a failing merchant faster the longer it
+    // fails.
+    if let Some(i) = retry_schedule.windows(2).position(|w| w[1] < w[0]) {
+        return Err(ConfigError::invalid(
+            format!("delivery.retry_schedule[{}]", i + 1),
+            format!(
+                "{} is shorter than the delay before it ({}); delays must not decrease",
+                humantime::format_duration(retry_schedule[i + 1]),
+                humantime::format_duration(retry_schedule[i])
+            ),
+        ));
+    }
+    if retry_schedule
+        .iter()
+        .any(|d| *d > Duration::from_secs(7 * 24 * 3600))
+    {
+        return Err(ConfigError::invalid(
+            "delivery.retry_schedule",
+            "delays are at most 7 days",
+        ));
+    }
+    Ok(retry_schedule)
+}
+
+/// `[delivery] proxy`: an http:// or https:// URL with a host. The message
+/// does not echo the value: it may hold a password.
+fn proxy_url(text: String) -> Result<ProxyUrl, ConfigError> {
+    url::Url::parse(&text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .map(ProxyUrl)
+        .ok_or_else(|| {
+            ConfigError::invalid("delivery.proxy", "is not an http:// or https:// URL with a host")
+        })
+}
+
 /// A provider's `[[accounts]]` table as its own serde type.
 fn typed<T: serde::de::DeserializeOwned>(at: &str, table: toml::Table) -> Result<T, ConfigError> {
     T::deserialize(table).map_err(|e| ConfigError::invalid(at, e.to_string().trim().to_owned()))
@@ -1017,45 +1074,7 @@ impl Ctx<'_> {
     }
 
     fn delivery(&self, d: FileDelivery) -> Result<DeliveryConfig, ConfigError> {
-        let retry_schedule = match d.retry_schedule {
-            None => ["0s", "1m", "5m", "15m", "60m"]
-                .iter()
-                .map(|t| duration("delivery.retry_schedule", t))
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, t)| duration(&format!("delivery.retry_schedule[{i}]"), t))
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        if retry_schedule.is_empty() {
-            return Err(ConfigError::invalid(
-                "delivery.retry_schedule",
-                "needs at least one delay",
-            ));
-        }
-        // A schedule that goes backwards is almost always a typo ("15m",
-        // "5m"), and would retry a failing merchant faster the longer it
-        // fails.
-        if let Some(i) = retry_schedule.windows(2).position(|w| w[1] < w[0]) {
-            return Err(ConfigError::invalid(
-                format!("delivery.retry_schedule[{}]", i + 1),
-                format!(
-                    "{} is shorter than the delay before it ({}); delays must not decrease",
-                    humantime::format_duration(retry_schedule[i + 1]),
-                    humantime::format_duration(retry_schedule[i])
-                ),
-            ));
-        }
-        if retry_schedule
-            .iter()
-            .any(|d| *d > Duration::from_secs(7 * 24 * 3600))
-        {
-            return Err(ConfigError::invalid(
-                "delivery.retry_schedule",
-                "delays are at most 7 days",
-            ));
-        }
+        let retry_schedule = retry_schedule(d.retry_schedule)?;
         let max_retries = d.max_retries.unwrap_or(10);
         if max_retries > 1000 {
             return Err(ConfigError::invalid(
@@ -1096,22 +1115,7 @@ impl Ctx<'_> {
                 "must be at most 7 days",
             ));
         }
-        let proxy = match d.proxy {
-            None => None,
-            Some(text) => {
-                // The message does not echo the value: it may hold a password.
-                let url = url::Url::parse(&text)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                    .ok_or_else(|| {
-                        ConfigError::invalid(
-                            "delivery.proxy",
-                            "is not an http:// or https:// URL with a host",
-                        )
-                    })?;
-                Some(ProxyUrl(url))
-            }
-        };
+        let proxy = d.proxy.map(proxy_url).transpose()?;
         Ok(DeliveryConfig {
             retry_schedule,
             max_retries,
