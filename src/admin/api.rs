@@ -335,7 +335,7 @@ fn delivery_summaries(details: &[DeliveryDetail]) -> serde_json::Map<String, Val
         .into_iter()
         .map(|(event_id, list)| {
             let current = || list.iter().filter(|d| d.redelivered_as.is_none());
-            let has = |status: DeliveryStatus| current().any(|d| d.status == status.as_str());
+            let has = |status: DeliveryStatus| current().any(|d| d.status == status);
             let status = if has(DeliveryStatus::Pending) {
                 "pending"
             } else if has(DeliveryStatus::Dead) {
@@ -394,7 +394,7 @@ struct AttemptJson {
 
 impl DeliveryJson {
     fn new(d: DeliveryDetail, attempts: Option<Vec<StoredAttempt>>) -> Self {
-        let pending = d.status == DeliveryStatus::Pending.as_str();
+        let pending = d.status == DeliveryStatus::Pending;
         Self {
             id: d.id,
             event_id: d.event_id,
@@ -404,7 +404,7 @@ impl DeliveryJson {
             } else {
                 None
             },
-            status: d.status,
+            status: d.status.as_str().to_owned(),
             attempts: d.attempts,
             last_error: d.last_error,
             created_at: rfc3339(d.created_at_ms),
@@ -417,7 +417,7 @@ impl DeliveryJson {
                         attempt: a.attempt,
                         started_at: rfc3339(a.started_at_ms),
                         duration_ms: a.duration_ms,
-                        outcome: a.outcome,
+                        outcome: a.outcome.as_str().to_owned(),
                         http_status: a.http_status,
                         error: a.error,
                         response_excerpt: a.response_excerpt,

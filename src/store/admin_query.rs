@@ -107,7 +107,7 @@ macro_rules! operator_queries {
                 id: row.try_get("id")?,
                 event_id: row.try_get("event_id")?,
                 endpoint_id: row.try_get("endpoint_id")?,
-                status: row.try_get("status")?,
+                status: $crate::store::delivery_status(&row.try_get::<String, _>("status")?)?,
                 attempts: u32::try_from(row.try_get::<i64, _>("attempts")?)
                     .map_err(|_| StoreError::Corrupt("attempts".into()))?,
                 next_attempt_at_ms: row.try_get("next_attempt_at")?,

@@ -133,7 +133,7 @@ pub struct StoredAttempt {
     pub attempt: u32,
     pub started_at_ms: i64,
     pub duration_ms: i64,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub http_status: Option<u16>,
     pub error: Option<String>,
     /// The start of the merchant's response body (a few hundred bytes at most).
@@ -145,7 +145,7 @@ pub struct DeliveryRow {
     pub id: i64,
     pub event_id: String,
     pub endpoint_id: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: u32,
     pub next_attempt_at_ms: i64,
     pub last_error: Option<String>,
@@ -526,7 +526,7 @@ pub struct DeliveryDetail {
     pub id: i64,
     pub event_id: String,
     pub endpoint_id: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: u32,
     pub next_attempt_at_ms: i64,
     pub last_error: Option<String>,
@@ -653,4 +653,14 @@ pub struct BulkRedelivery {
     pub redelivered: u64,
     /// Dead deliveries (to configured endpoints) still not redelivered.
     pub remaining: u64,
+}
+
+/// A stored delivery status, or `Corrupt` if the column holds something else.
+pub(crate) fn delivery_status(text: &str) -> Result<DeliveryStatus, StoreError> {
+    DeliveryStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("delivery status `{text}`")))
+}
+
+/// A stored attempt outcome, or `Corrupt` if the column holds something else.
+pub(crate) fn attempt_outcome(text: &str) -> Result<AttemptOutcome, StoreError> {
+    AttemptOutcome::parse(text).ok_or_else(|| StoreError::Corrupt(format!("attempt outcome `{text}`")))
 }

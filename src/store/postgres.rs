@@ -377,7 +377,7 @@ impl PostgresStore {
                     id: r.try_get("id")?,
                     event_id: r.try_get("event_id")?,
                     endpoint_id: r.try_get("endpoint_id")?,
-                    status: r.try_get("status")?,
+                    status: super::delivery_status(&r.try_get::<String, _>("status")?)?,
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
                     next_attempt_at_ms: r.try_get("next_attempt_at")?,
                     last_error: r.try_get("last_error")?,
@@ -400,7 +400,7 @@ impl PostgresStore {
                     attempt: u32::try_from(r.try_get::<i64, _>("attempt")?).unwrap_or(0),
                     started_at_ms: r.try_get("started_at")?,
                     duration_ms: r.try_get("duration_ms")?,
-                    outcome: r.try_get("outcome")?,
+                    outcome: super::attempt_outcome(&r.try_get::<String, _>("outcome")?)?,
                     http_status: r
                         .try_get::<Option<i64>, _>("http_status")?
                         .and_then(|s| u16::try_from(s).ok()),

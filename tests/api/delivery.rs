@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use payhook::domain::DeliveryStatus;
+
 use crate::helpers::*;
 
 async fn deliveries_of(app: &TestApp, event_id: &str) -> Vec<payhook::store::DeliveryRow> {
@@ -37,11 +39,7 @@ async fn failures_are_retried_on_the_schedule_until_delivered(backend: Backend) 
 
     assert!(
         eventually(Duration::from_secs(2), || async {
-            deliveries_of(&app, &ids[0])
-                .await
-                .first()
-                .map(|d| d.status.clone())
-                == Some("delivered".into())
+            deliveries_of(&app, &ids[0]).await.first().map(|d| d.status) == Some(DeliveryStatus::Delivered)
         })
         .await
     );
@@ -92,7 +90,7 @@ async fn exhausted_retries_end_as_a_dead_delivery(backend: Backend) {
     let id = got[0].json()["id"].as_str().unwrap().to_owned();
     assert!(
         eventually(Duration::from_secs(3), || async {
-            deliveries_of(&app, &id).await.first().map(|d| d.status.clone()) == Some("dead".into())
+            deliveries_of(&app, &id).await.first().map(|d| d.status) == Some(DeliveryStatus::Dead)
         })
         .await
     );

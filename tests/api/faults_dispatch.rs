@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use payhook::domain::{AttemptOutcome, DeliveryStatus};
+
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -305,7 +307,7 @@ async fn an_unknown_endpoint_waits_out_its_grace(backend: Backend) {
 
     assert!(
         eventually(Duration::from_secs(15), || async {
-            rolling.late_delivery(&event_id).await.status == "dead"
+            rolling.late_delivery(&event_id).await.status == DeliveryStatus::Dead
         })
         .await,
         "dead once the grace has passed"
@@ -318,7 +320,7 @@ async fn an_unknown_endpoint_waits_out_its_grace(backend: Backend) {
     let row = rolling.late_delivery(&event_id).await;
     let attempts = rolling.app.store().attempts_for_delivery(row.id).await.unwrap();
     assert_eq!(attempts.len(), 1, "only the verdict is an attempt: {attempts:?}");
-    assert_eq!(attempts[0].outcome, "unknown_endpoint");
+    assert_eq!(attempts[0].outcome, AttemptOutcome::UnknownEndpoint);
     assert!(rolling.late.received().is_empty());
     assert!(
         rolling.stale_counter("unknown_endpoint").await >= 2.0,
@@ -340,7 +342,10 @@ async fn a_dispatcher_that_knows_the_endpoint_delivers_it(backend: Backend) {
         .await,
         "the stale dispatcher saw the job first"
     );
-    assert_eq!(rolling.late_delivery(&event_id).await.status, "pending");
+    assert_eq!(
+        rolling.late_delivery(&event_id).await.status,
+        DeliveryStatus::Pending
+    );
 
     let role = match backend {
         Backend::Scaled => Role::Dispatcher,
@@ -356,7 +361,7 @@ async fn a_dispatcher_that_knows_the_endpoint_delivers_it(backend: Backend) {
     );
     assert!(
         eventually(Duration::from_secs(5), || async {
-            rolling.late_delivery(&event_id).await.status == "delivered"
+            rolling.late_delivery(&event_id).await.status == DeliveryStatus::Delivered
         })
         .await
     );

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use payhook::clock::FixedClock;
 use payhook::domain::{
-    AccountId, AmountFen, EndpointId, Event, EventId, EventType, Notification, ProviderKind,
+    AccountId, AmountFen, DeliveryStatus, EndpointId, Event, EventId, EventType, Notification, ProviderKind,
 };
 use payhook::retention::Retention;
 use payhook::store::{EventFilter, NewEvent, Store};
@@ -110,13 +110,13 @@ async fn finished_events_go_and_pending_ones_stay(backend: Backend) {
     let wait = event_id(&store, "ret-wait").await.expect("stored");
     let wait_ok = eventually(Duration::from_secs(10), || async {
         let ds = store.deliveries_for_event(&wait).await.unwrap();
-        ds.len() == 1 && ds[0].status == "pending" && ds[0].attempts == 1
+        ds.len() == 1 && ds[0].status == DeliveryStatus::Pending && ds[0].attempts == 1
     })
     .await;
     assert!(wait_ok, "the third event waits with one attempt made");
     let delivered_ok = eventually(Duration::from_secs(10), || async {
         let ds = store.deliveries_for_event(&ok).await.unwrap();
-        ds.len() == 1 && ds[0].status == "delivered"
+        ds.len() == 1 && ds[0].status == DeliveryStatus::Delivered
     })
     .await;
     assert!(delivered_ok);
@@ -171,7 +171,7 @@ async fn finished_events_go_and_pending_ones_stay(backend: Backend) {
         "a pending event is never deleted"
     );
     assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0].status, "pending");
+    assert_eq!(kept[0].status, DeliveryStatus::Pending);
     assert_eq!(store.attempts_for_delivery(kept[0].id).await.unwrap().len(), 1);
     // The admin API no longer finds them.
     let (status, _) = app.admin_get(&format!("/admin/events/{ok}")).await;

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use payhook::domain::AttemptOutcome;
 use payhook::domain::{
-    AccountId, AmountFen, EndpointId, Event, EventId, EventType, Notification, ProviderKind,
+    AccountId, AmountFen, AttemptOutcome, DeliveryStatus, EndpointId, Event, EventId, EventType,
+    Notification, ProviderKind,
 };
 use payhook::store::{
     now_ms, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, NextStep, RecordOutcome,
@@ -201,7 +201,7 @@ async fn delivery_ids(store: &Store, new: &NewEvent) -> Vec<i64> {
         .collect()
 }
 
-async fn status_of(store: &Store, new: &NewEvent, delivery_id: i64) -> (String, u32) {
+async fn status_of(store: &Store, new: &NewEvent, delivery_id: i64) -> (DeliveryStatus, u32) {
     let rows = store.deliveries_for_event(new.event.id.as_str()).await.unwrap();
     let row = rows.into_iter().find(|d| d.id == delivery_id).unwrap();
     (row.status, row.attempts)
@@ -221,7 +221,7 @@ async fn check_ingest_accepted_creates_one_delivery_per_endpoint(store: Store) {
     assert_eq!(endpoints, ["e1", "e2", "e3"], "one row per endpoint, in order");
     for row in &rows {
         assert_eq!(row.event_id, new.event.id.as_str());
-        assert_eq!(row.status, "pending");
+        assert_eq!(row.status, DeliveryStatus::Pending);
         assert_eq!(row.attempts, 0);
         assert!(row.next_attempt_at_ms >= before && row.next_attempt_at_ms <= now_ms());
         assert_eq!(row.last_error, None);
@@ -485,8 +485,11 @@ async fn check_batched_claims_and_records_follow_the_sequential_rules(store: Sto
             RecordOutcome::Applied
         ]
     );
-    assert_eq!(status_of(&store, &first, d1).await, ("dead".to_owned(), 2));
-    assert_eq!(status_of(&store, &second, d2).await, ("delivered".to_owned(), 1));
+    assert_eq!(status_of(&store, &first, d1).await, (DeliveryStatus::Dead, 2));
+    assert_eq!(
+        status_of(&store, &second, d2).await,
+        (DeliveryStatus::Delivered, 1)
+    );
     let attempts = store.attempts_for_delivery(d1).await.unwrap();
     let numbers: Vec<u32> = attempts.iter().map(|a| a.attempt).collect();
     assert_eq!(
@@ -494,7 +497,7 @@ async fn check_batched_claims_and_records_follow_the_sequential_rules(store: Sto
         [1, 2],
         "one row per attempt; the superseded repeat adds none"
     );
-    assert_eq!(attempts[0].outcome, "http_error");
+    assert_eq!(attempts[0].outcome, AttemptOutcome::HttpError);
 }
 
 // ---------------------------------------------------------------- claiming
@@ -649,13 +652,13 @@ async fn check_record_attempt_applied_then_superseded(store: Store) {
     );
     assert_eq!(
         status_of(&store, &new, job.delivery_id).await,
-        ("pending".to_owned(), 1)
+        (DeliveryStatus::Pending, 1)
     );
 
     let attempts = store.attempts_for_delivery(job.delivery_id).await.unwrap();
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0].attempt, 1);
-    assert_eq!(attempts[0].outcome, "http_error");
+    assert_eq!(attempts[0].outcome, AttemptOutcome::HttpError);
     assert_eq!(attempts[0].http_status, Some(500));
     assert_eq!(attempts[0].error.as_deref(), Some("HTTP 500"));
     assert_eq!(attempts[0].started_at_ms, failed.started_at_ms);
@@ -682,7 +685,7 @@ async fn check_record_attempt_applied_then_superseded(store: Store) {
     let attempts = store.attempts_for_delivery(job.delivery_id).await.unwrap();
     let numbers: Vec<u32> = attempts.iter().map(|a| a.attempt).collect();
     assert_eq!(numbers, [1, 2]);
-    assert_eq!(attempts[1].outcome, "delivered");
+    assert_eq!(attempts[1].outcome, AttemptOutcome::Delivered);
     assert_eq!(attempts[1].http_status, Some(200));
 
     // Nothing follows a delivered job.
@@ -695,7 +698,7 @@ async fn check_record_attempt_applied_then_superseded(store: Store) {
     );
     assert_eq!(
         status_of(&store, &new, job.delivery_id).await,
-        ("delivered".to_owned(), 2)
+        (DeliveryStatus::Delivered, 2)
     );
 }
 
@@ -789,7 +792,7 @@ async fn check_dead(store: Store) {
     );
     assert_eq!(
         status_of(&store, &new, job.delivery_id).await,
-        ("dead".to_owned(), 1)
+        (DeliveryStatus::Dead, 1)
     );
 }
 
@@ -814,7 +817,7 @@ async fn check_release(store: Store) {
         .await
         .unwrap();
     store.release(&[d1, d2, 999_999]).await.unwrap();
-    assert_eq!(status_of(&store, &new, d2).await, ("delivered".to_owned(), 1));
+    assert_eq!(status_of(&store, &new, d2).await, (DeliveryStatus::Delivered, 1));
     assert_eq!(ids(&claim_all(&store).await), [d1]);
 }
 
