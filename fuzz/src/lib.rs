@@ -51,9 +51,10 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
 use payhook::domain::{AccountId, Event, EventId};
-use payhook::ingress::abc::Abc;
+use payhook::ingress::abc::{Abc, AbcAlgorithm};
 use payhook::ingress::cbb::Cbb;
-use payhook::ingress::common::{hmac_sha256, RsaPublicKey};
+use payhook::crypto::hmac_sha256;
+use payhook::ingress::common::RsaPublicKey;
 use payhook::ingress::dingdang::{Dingdang, DingdangScheme};
 use payhook::ingress::dryad::Dryad;
 use payhook::ingress::shouqianba::{Shouqianba, SqbSignMode};
@@ -89,6 +90,10 @@ fn sandbox_key(file: &str, min_bits: usize) -> RsaPublicKey {
         .unwrap_or_else(|e| panic!("fuzz harness: cannot load {}: {e}", path.display()))
 }
 
+/// The accounts the notices are bound to: those of the signed vectors.
+const ABC_MERCHANT_ID: &str = "103881636900016";
+const DINGDANG_SKILL_ID: &str = "123";
+
 static CBB: LazyLock<Cbb> = LazyLock::new(|| Cbb::new(sandbox_key("cbb_platform_pub.pem", MIN_RSA_BITS)));
 static SQB_MD5: LazyLock<Shouqianba> = LazyLock::new(|| {
     Shouqianba::new(
@@ -107,13 +112,20 @@ static SQB_RSA: LazyLock<Shouqianba> = LazyLock::new(|| {
     )
 });
 static ABC: LazyLock<Abc> =
-    LazyLock::new(|| Abc::new(sandbox_key("abc_trustpay_cert.pem", MIN_RSA_BITS_ABC)));
+    LazyLock::new(|| {
+        Abc::new(
+            sandbox_key("abc_trustpay_cert.pem", MIN_RSA_BITS_ABC),
+            AbcAlgorithm::Sha1WithRsa,
+            ABC_MERCHANT_ID.to_owned(),
+        )
+    });
 static DINGDANG_HMAC: LazyLock<Dingdang> = LazyLock::new(|| {
     Dingdang::new(
         DingdangScheme::HmacSha256 {
             secrets: DINGDANG_SECRET.to_vec().into(),
         },
         DINGDANG_SKEW,
+        DINGDANG_SKILL_ID.to_owned(),
     )
 });
 static DINGDANG_RSA: LazyLock<Dingdang> = LazyLock::new(|| {
@@ -122,6 +134,7 @@ static DINGDANG_RSA: LazyLock<Dingdang> = LazyLock::new(|| {
             keys: sandbox_key("dingdang_platform_pub.pem", MIN_RSA_BITS).into(),
         },
         DINGDANG_SKEW,
+        DINGDANG_SKILL_ID.to_owned(),
     )
 });
 static DRYAD: LazyLock<Dryad> = LazyLock::new(|| Dryad::new(DRYAD_SECRET.to_vec(), DRYAD_SKEW));
