@@ -180,37 +180,46 @@ async fn finished_events_go_and_pending_ones_stay(backend: Backend) {
     assert!(text.contains(&format!("# HELP {DELETED} ")), "{text}");
 }
 
+/// A stored payment for `dryad-main` as the ingress makes it, with the
+/// merchant order `M-{trade}`, no endpoint and a small raw callback.
+fn dryad_event(trade: &str) -> NewEvent {
+    let mut n = Notification::new(
+        EventType::PaymentSucceeded,
+        trade.to_owned(),
+        AmountFen::from_fen(100).unwrap(),
+    );
+    n.merchant_order_no = Some(format!("M-{trade}"));
+    let event = Event::new(
+        EventId::generate(),
+        ProviderKind::Dryad,
+        AccountId::parse("dryad-main").unwrap(),
+        n,
+        Utc::now(),
+    );
+    NewEvent {
+        payload: serde_json::to_string(&event).unwrap(),
+        event,
+        dedup_extra: String::new(),
+        raw_body: b"raw".to_vec(),
+        raw_headers: "{}".into(),
+        endpoints: Vec::new(),
+        nonce: None,
+        outbox: false,
+    }
+}
+
 /// `count` events stored through the store's ingest (as the HTTP ingress
 /// stores them), each with a delivery to the test merchant and a raw body
 /// of `raw_bytes`.
 async fn store_events(app: &TestApp, backend: Backend, count: usize, raw_bytes: usize) {
-    let account = AccountId::parse("dryad-main").unwrap();
     let merchant = EndpointId::parse("merchant").unwrap();
     let batch: Vec<NewEvent> = (0..count)
-        .map(|i| {
-            let mut n = Notification::new(
-                EventType::PaymentSucceeded,
-                format!("bulk-{i}"),
-                AmountFen::from_fen(100).unwrap(),
-            );
-            n.merchant_order_no = Some(format!("M-bulk-{i}"));
-            let event = Event::new(
-                EventId::generate(),
-                ProviderKind::Dryad,
-                account.clone(),
-                n,
-                Utc::now(),
-            );
-            NewEvent {
-                payload: serde_json::to_string(&event).unwrap(),
-                event,
-                dedup_extra: String::new(),
-                raw_body: vec![b'r'; raw_bytes],
-                raw_headers: "{\"x-signature\":\"s\"}".into(),
-                endpoints: vec![merchant.clone()],
-                nonce: None,
-                outbox: backend == Backend::Scaled,
-            }
+        .map(|i| NewEvent {
+            raw_body: vec![b'r'; raw_bytes],
+            raw_headers: "{\"x-signature\":\"s\"}".into(),
+            endpoints: vec![merchant.clone()],
+            outbox: backend == Backend::Scaled,
+            ..dryad_event(&format!("bulk-{i}"))
         })
         .collect();
     for chunk in batch.chunks(200) {
@@ -345,31 +354,10 @@ async fn sqlite_gives_freed_pages_back() {
 #[tokio::test]
 async fn an_event_the_outbox_still_needs_is_kept() {
     let app = spawn_app(Backend::Sqlite).await;
-    let account = AccountId::parse("dryad-main").unwrap();
-    let new = |trade: &str, outbox: bool| {
-        let n = Notification::new(
-            EventType::PaymentSucceeded,
-            trade.to_owned(),
-            AmountFen::from_fen(100).unwrap(),
-        );
-        let event = Event::new(
-            EventId::generate(),
-            ProviderKind::Dryad,
-            account.clone(),
-            n,
-            Utc::now(),
-        );
-        NewEvent {
-            payload: serde_json::to_string(&event).unwrap(),
-            event,
-            dedup_extra: String::new(),
-            raw_body: b"raw".to_vec(),
-            raw_headers: "{}".into(),
-            // No endpoint: nothing pending, so only the outbox can keep it.
-            endpoints: Vec::new(),
-            nonce: None,
-            outbox,
-        }
+    // No endpoint: nothing pending, so only the outbox can keep it.
+    let new = |trade: &str, outbox: bool| NewEvent {
+        outbox,
+        ..dryad_event(trade)
     };
     let queued = new("queued", true);
     let done = new("done", false);
