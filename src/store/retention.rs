@@ -171,6 +171,39 @@ macro_rules! delete_chunked {
     }};
 }
 
+/// One purge batch in `tx`: picks the events, deletes their attempts and
+/// deliveries a chunk a statement, then the events, and commits, filling
+/// `done`. `$list` turns the picked ids into the deletes' parameter.
+/// Returns `done` at once when nothing was picked.
+macro_rules! purge_batch {
+    (
+        $tx:ident, $done:ident, [$pick:expr, $after:expr, $bound:expr, $before:expr, $limit:expr],
+        |$ids:ident| $list:expr,
+        [$attempts:expr, $deliveries:expr, $events:expr], $chunk:expr
+    ) => {{
+        let $ids: Vec<String> = sqlx::query_scalar($pick)
+            .bind($after)
+            .bind($bound)
+            .bind($before)
+            .bind($limit)
+            .fetch_all(&mut *$tx)
+            .await?;
+        if $ids.is_empty() {
+            return Ok($done);
+        }
+        let list = $list;
+        $done.attempts = delete_chunked!($tx, $attempts, &list, $chunk);
+        $done.deliveries = delete_chunked!($tx, $deliveries, &list, $chunk);
+        $done.events = sqlx::query($events)
+            .bind(&list)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        $tx.commit().await?;
+        $done.last_id = $ids.into_iter().max();
+    }};
+}
+
 impl Store {
     /// How many events one retention batch ([`purge_expired`](Self::purge_expired),
     /// [`blank_raw`](Self::blank_raw)) should take on this store.
@@ -207,48 +240,30 @@ impl Store {
                 // and the deletes see one state of the store, and waiting
                 // for the group-commit writer goes through the busy timeout.
                 let mut tx = s.write.begin_with("BEGIN IMMEDIATE").await?;
-                let ids: Vec<String> = sqlx::query_scalar(SQLITE_PICK)
-                    .bind(after)
-                    .bind(&bound)
-                    .bind(before_ms)
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                if ids.is_empty() {
-                    return Ok(done);
-                }
-                let list = serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                done.attempts = delete_chunked!(tx, SQLITE_DELETE_ATTEMPTS, &list, chunk);
-                done.deliveries = delete_chunked!(tx, SQLITE_DELETE_DELIVERIES, &list, chunk);
-                done.events = sqlx::query(SQLITE_DELETE_EVENTS)
-                    .bind(&list)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                done.last_id = ids.into_iter().max();
+                purge_batch!(
+                    tx,
+                    done,
+                    [SQLITE_PICK, after, &bound, before_ms, limit],
+                    // SQLite takes the batch's ids as one JSON array.
+                    |ids| serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    [
+                        SQLITE_DELETE_ATTEMPTS,
+                        SQLITE_DELETE_DELIVERIES,
+                        SQLITE_DELETE_EVENTS
+                    ],
+                    chunk
+                );
             }
             Store::Postgres(p) => {
                 let mut tx = p.pool.begin().await?;
-                let ids: Vec<String> = sqlx::query_scalar(PG_PICK)
-                    .bind(after)
-                    .bind(&bound)
-                    .bind(before_ms)
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                if ids.is_empty() {
-                    return Ok(done);
-                }
-                done.attempts = delete_chunked!(tx, PG_DELETE_ATTEMPTS, &ids, chunk);
-                done.deliveries = delete_chunked!(tx, PG_DELETE_DELIVERIES, &ids, chunk);
-                done.events = sqlx::query(PG_DELETE_EVENTS)
-                    .bind(&ids)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                done.last_id = ids.into_iter().max();
+                purge_batch!(
+                    tx,
+                    done,
+                    [PG_PICK, after, &bound, before_ms, limit],
+                    |ids| ids.as_slice(),
+                    [PG_DELETE_ATTEMPTS, PG_DELETE_DELIVERIES, PG_DELETE_EVENTS],
+                    chunk
+                );
             }
         }
         Ok(done)
