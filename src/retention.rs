@@ -5,10 +5,10 @@
 //! `raw_retention`, and on SQLite gives the freed pages back to the file
 //! system. Counted in `payhook_retention_deleted_total{what}`.
 //!
-//! A pass goes in batches of at most `RETENTION_BATCH` (1,000) rows per statement
-//! (and on SQLite, fewer events per transaction) until a batch finds less
-//! than a full one, so a backlog (a first start on
-//! an old store) drains in one pass. Between batches it waits as long as the
+//! A pass goes in batches of at most `RETENTION_BATCH` (1,000) rows per
+//! statement until a batch runs out of events, so a backlog (a first start
+//! on an old store) drains in one pass. On SQLite a batch runs in the
+//! writer thread and stops early for waiting ingests. Between batches it waits as long as the
 //! batch took: the ingest's writes get the store at least half the time.
 //! The SQL is in `store/retention.rs`.
 //!
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, RETENTION_BATCH};
 use crate::telemetry::Metrics;
 
 /// The longest time between two passes, whatever the retention.
@@ -135,10 +135,12 @@ impl Retention {
 
     async fn purge(&self, before_ms: i64, report: &mut PassReport) -> Result<(), StoreError> {
         let mut after = String::new();
-        let limit = self.store.retention_batch_events();
         loop {
             let started = Instant::now();
-            let batch = self.store.purge_expired(before_ms, &after, limit).await?;
+            let batch = self
+                .store
+                .purge_expired(before_ms, &after, RETENTION_BATCH)
+                .await?;
             report.batches += 1;
             report.events += batch.events;
             report.deliveries += batch.deliveries;
@@ -147,7 +149,7 @@ impl Retention {
             self.metrics.retention_deleted("deliveries", batch.deliveries);
             self.metrics.retention_deleted("attempts", batch.attempts);
             match batch.last_id {
-                Some(last) if batch.events >= limit as u64 => after = last,
+                Some(last) if batch.more => after = last,
                 _ => return Ok(()),
             }
             if !self.pause(started.elapsed()).await {
@@ -160,14 +162,13 @@ impl Retention {
         // Where the last finished pass (of any process) got to.
         let mut after = self.store.raw_blanked_from().await?;
         let mut last_blanked = None;
-        let limit = self.store.retention_batch_events();
         loop {
             let started = Instant::now();
-            let batch = self.store.blank_raw(before_ms, &after, limit).await?;
+            let batch = self.store.blank_raw(before_ms, &after, RETENTION_BATCH).await?;
             report.batches += 1;
             report.raw += batch.blanked;
             self.metrics.retention_deleted("raw", batch.blanked);
-            let full = batch.blanked >= limit as u64;
+            let full = batch.more;
             if let Some(last) = batch.last_id {
                 after.clone_from(&last);
                 last_blanked = Some(last);
@@ -186,8 +187,8 @@ impl Retention {
     }
 
     /// Waits between two batches as long as the last one took (at least
-    /// [`MIN_BATCH_GAP`]): SQLite's writer waits for the lock in growing
-    /// sleeps, and must find it free. False on shutdown.
+    /// [`MIN_BATCH_GAP`]), so that retention takes at most half of the
+    /// store's write time, whatever the traffic. False on shutdown.
     async fn pause(&self, batch_took: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(batch_took.max(MIN_BATCH_GAP)) => true,

@@ -3,9 +3,11 @@
 //! `raw_retention`, and (SQLite) giving freed pages back to the file system.
 //!
 //! Every statement touches at most [`RETENTION_BATCH`] rows, so that no
-//! single statement holds the write lock (SQLite) or a burst of row locks
-//! and WAL (PostgreSQL) for long; the caller loops batches, yielding between
-//! them (`crate::retention`). Any number of processes may run the same
+//! single statement holds a burst of row locks and WAL (PostgreSQL) for
+//! long; the caller loops batches, yielding between them
+//! (`crate::retention`). On SQLite the writes run in the writer thread, a
+//! few events at a time, and give way to waiting ingests
+//! (`sqlite/upkeep.rs`, with the SQLite statements). Any number of processes may run the same
 //! batches at once: PostgreSQL's picks skip rows another holds, SQLite
 //! serializes writers, and a batch that finds its rows gone deletes nothing.
 //!
@@ -18,20 +20,12 @@
 use sqlx::Row;
 
 use super::admin_query::event_id_floor;
+use super::sqlite::upkeep::{Upkeep, UpkeepDone};
 use super::{Store, StoreError};
 
 /// The most rows one statement deletes or blanks, and the most events one
 /// batch picks.
 pub const RETENTION_BATCH: usize = 1_000;
-
-/// Events one purge transaction (or one raw-blanking statement) takes on
-/// SQLite. SQLite has one write lock,
-/// and the ingest's group commit waits for a whole purge transaction: with
-/// 1,000 events (and their deliveries and attempts) a transaction held it
-/// about 65 ms on the 2-core machine, and ingest p99 during a purge rose
-/// from 13 to 60 ms (BENCHMARKS.md, "Retention"). PostgreSQL locks rows, not
-/// the store, and takes the full [`RETENTION_BATCH`].
-const SQLITE_PURGE_EVENTS: usize = 200;
 
 /// How far past the cut-off time the id range reaches: an event's id and its
 /// `received_at` are both taken from the system clock of the process that
@@ -55,6 +49,8 @@ pub struct PurgeBatch {
     /// after it, so that events kept for a pending delivery are read once
     /// per pass, not once per batch.
     pub last_id: Option<String>,
+    /// The batch stopped before it ran out of events: the pass goes on.
+    pub more: bool,
 }
 
 /// What one raw-blanking batch did.
@@ -63,6 +59,8 @@ pub struct BlankBatch {
     pub blanked: u64,
     /// The highest event id blanked, where the next batch starts.
     pub last_id: Option<String>,
+    /// The batch stopped before it ran out of events: the pass goes on.
+    pub more: bool,
 }
 
 /// The mark below which every event's raw callback is known to be blanked
@@ -94,30 +92,6 @@ const PG_BLANK: &str = "UPDATE events SET raw_body = ''::bytea, raw_headers = ''
      AND (raw_headers <> '' OR octet_length(raw_body) > 0) \
      ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING id";
 
-// --- SQLite -----------------------------------------------------------------
-
-/// As [`PG_PICK`]; SQLite runs one writer at a time, so no locking clause.
-/// By event, not by the pending-jobs index SQLite would otherwise pick; the
-/// outbox as a set built once, since `outbox.event_id` has no index.
-const SQLITE_PICK: &str = "SELECT e.id FROM events e \
-     WHERE e.id > ?1 AND e.id < ?2 AND e.received_at < ?3 \
-     AND NOT EXISTS (SELECT 1 FROM deliveries d INDEXED BY deliveries_event \
-         WHERE d.event_id = e.id AND d.status = 'pending') \
-     AND e.id NOT IN (SELECT event_id FROM outbox) \
-     ORDER BY e.id LIMIT ?4";
-const SQLITE_DELETE_ATTEMPTS: &str = "DELETE FROM attempts WHERE rowid IN \
-     (SELECT a.rowid FROM deliveries d INDEXED BY deliveries_event JOIN attempts a ON a.delivery_id = d.id \
-     WHERE d.event_id IN (SELECT value FROM json_each(?1)) LIMIT ?2)";
-/// Newest first, as [`PG_DELETE_DELIVERIES`].
-const SQLITE_DELETE_DELIVERIES: &str = "DELETE FROM deliveries WHERE id IN \
-     (SELECT id FROM deliveries INDEXED BY deliveries_event \
-     WHERE event_id IN (SELECT value FROM json_each(?1)) ORDER BY id DESC LIMIT ?2)";
-const SQLITE_DELETE_EVENTS: &str = "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?1))";
-/// `length()` of a blob reads its size, not its bytes.
-const SQLITE_BLANK: &str = "UPDATE events SET raw_body = x'', raw_headers = '' WHERE id IN \
-     (SELECT id FROM events WHERE id > ?1 AND id < ?2 AND received_at < ?3 \
-     AND (length(raw_body) > 0 OR raw_headers <> '') ORDER BY id LIMIT ?4) RETURNING id";
-
 // --- Both (`$n` in SQLite spelled `?n`) -------------------------------------
 
 const OUTBOX_LENGTH: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM outbox LIMIT $1) o";
@@ -145,75 +119,35 @@ fn id_bound(before_ms: i64) -> String {
     event_id_floor(before_ms.saturating_add(ID_MARGIN_MS))
 }
 
-/// Pages given back per `incremental_vacuum` statement (4 KiB each): each
-/// statement holds the write lock only briefly.
+/// Pages given back per [`reclaim_space`](Store::reclaim_space) call (4 KiB
+/// each).
 const VACUUM_PAGES: i64 = 2_048;
 
 /// Runs a `DELETE … LIMIT chunk` for a batch's events in `tx` until it
 /// deletes less than a chunk (each statement touches at most `chunk` rows),
 /// and gives the rows deleted in all.
-macro_rules! delete_chunked {
-    ($tx:ident, $sql:expr, $events:expr, $chunk:expr) => {{
-        let mut deleted = 0u64;
-        loop {
-            let n = sqlx::query($sql)
-                .bind($events)
-                .bind($chunk)
-                .execute(&mut *$tx)
-                .await?
-                .rows_affected();
-            deleted += n;
-            if n < $chunk as u64 {
-                break;
-            }
-        }
-        deleted
-    }};
-}
-
-/// One purge batch in `tx`: picks the events, deletes their attempts and
-/// deliveries a chunk a statement, then the events, and commits, filling
-/// `done`. `$list` turns the picked ids into the deletes' parameter.
-/// Returns `done` at once when nothing was picked.
-macro_rules! purge_batch {
-    (
-        $tx:ident, $done:ident, [$pick:expr, $after:expr, $bound:expr, $before:expr, $limit:expr],
-        |$ids:ident| $list:expr,
-        [$attempts:expr, $deliveries:expr, $events:expr], $chunk:expr
-    ) => {{
-        let $ids: Vec<String> = sqlx::query_scalar($pick)
-            .bind($after)
-            .bind($bound)
-            .bind($before)
-            .bind($limit)
-            .fetch_all(&mut *$tx)
-            .await?;
-        if $ids.is_empty() {
-            return Ok($done);
-        }
-        let list = $list;
-        $done.attempts = delete_chunked!($tx, $attempts, &list, $chunk);
-        $done.deliveries = delete_chunked!($tx, $deliveries, &list, $chunk);
-        $done.events = sqlx::query($events)
-            .bind(&list)
-            .execute(&mut *$tx)
+async fn pg_delete_chunked(
+    tx: &mut sqlx::PgConnection,
+    sql: &str,
+    events: &[String],
+    chunk: i64,
+) -> Result<u64, StoreError> {
+    let mut deleted = 0u64;
+    loop {
+        let n = sqlx::query(sql)
+            .bind(events)
+            .bind(chunk)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
-        $tx.commit().await?;
-        $done.last_id = $ids.into_iter().max();
-    }};
+        deleted += n;
+        if n < chunk as u64 {
+            return Ok(deleted);
+        }
+    }
 }
 
 impl Store {
-    /// How many events one retention batch ([`purge_expired`](Self::purge_expired),
-    /// [`blank_raw`](Self::blank_raw)) should take on this store.
-    pub fn retention_batch_events(&self) -> usize {
-        match self {
-            Store::Sqlite(_) => SQLITE_PURGE_EVENTS,
-            Store::Postgres(_) => RETENTION_BATCH,
-        }
-    }
-
     /// Deletes up to `limit` (at most [`RETENTION_BATCH`]) events received
     /// before `before_ms` whose deliveries are all delivered or dead and
     /// that no outbox row still needs, with their deliveries and attempts,
@@ -230,42 +164,48 @@ impl Store {
         if self.outbox_too_long().await? {
             return Ok(PurgeBatch::default());
         }
+        let bound = id_bound(before_ms);
+        let p = match self {
+            Store::Sqlite(s) => {
+                let op = Upkeep::Purge {
+                    before_ms,
+                    after: after.to_owned(),
+                    bound,
+                    limit: limit.min(RETENTION_BATCH),
+                };
+                return match s.upkeep(op).await? {
+                    UpkeepDone::Purged(done) => Ok(done),
+                    _ => Err(StoreError::Corrupt("mismatched upkeep result".into())),
+                };
+            }
+            Store::Postgres(p) => p,
+        };
         let limit = limit_param(limit);
         let chunk = limit_param(RETENTION_BATCH);
-        let bound = id_bound(before_ms);
-        let mut done = PurgeBatch::default();
-        match self {
-            Store::Sqlite(s) => {
-                // IMMEDIATE: the write lock from the start, so that the pick
-                // and the deletes see one state of the store, and waiting
-                // for the group-commit writer goes through the busy timeout.
-                let mut tx = s.write.begin_with("BEGIN IMMEDIATE").await?;
-                purge_batch!(
-                    tx,
-                    done,
-                    [SQLITE_PICK, after, &bound, before_ms, limit],
-                    // SQLite takes the batch's ids as one JSON array.
-                    |ids| serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    [
-                        SQLITE_DELETE_ATTEMPTS,
-                        SQLITE_DELETE_DELIVERIES,
-                        SQLITE_DELETE_EVENTS
-                    ],
-                    chunk
-                );
-            }
-            Store::Postgres(p) => {
-                let mut tx = p.pool.begin().await?;
-                purge_batch!(
-                    tx,
-                    done,
-                    [PG_PICK, after, &bound, before_ms, limit],
-                    |ids| ids.as_slice(),
-                    [PG_DELETE_ATTEMPTS, PG_DELETE_DELIVERIES, PG_DELETE_EVENTS],
-                    chunk
-                );
-            }
+        let mut tx = p.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(PG_PICK)
+            .bind(after)
+            .bind(&bound)
+            .bind(before_ms)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        if ids.is_empty() {
+            return Ok(PurgeBatch::default());
         }
+        let mut done = PurgeBatch {
+            attempts: pg_delete_chunked(&mut tx, PG_DELETE_ATTEMPTS, &ids, chunk).await?,
+            deliveries: pg_delete_chunked(&mut tx, PG_DELETE_DELIVERIES, &ids, chunk).await?,
+            more: ids.len() as i64 >= limit,
+            ..PurgeBatch::default()
+        };
+        done.events = sqlx::query(PG_DELETE_EVENTS)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        done.last_id = ids.into_iter().max();
         Ok(done)
     }
 
@@ -278,30 +218,33 @@ impl Store {
         after: &str,
         limit: usize,
     ) -> Result<BlankBatch, StoreError> {
-        let limit = limit_param(limit);
         let bound = id_bound(before_ms);
-        let ids: Vec<String> = match self {
+        let p = match self {
             Store::Sqlite(s) => {
-                sqlx::query_scalar(SQLITE_BLANK)
-                    .bind(after)
-                    .bind(&bound)
-                    .bind(before_ms)
-                    .bind(limit)
-                    .fetch_all(&s.write)
-                    .await?
+                let op = Upkeep::Blank {
+                    before_ms,
+                    after: after.to_owned(),
+                    bound,
+                    limit: limit.min(RETENTION_BATCH),
+                };
+                return match s.upkeep(op).await? {
+                    UpkeepDone::Blanked(done) => Ok(done),
+                    _ => Err(StoreError::Corrupt("mismatched upkeep result".into())),
+                };
             }
-            Store::Postgres(p) => {
-                sqlx::query_scalar(PG_BLANK)
-                    .bind(after)
-                    .bind(&bound)
-                    .bind(before_ms)
-                    .bind(limit)
-                    .fetch_all(&p.pool)
-                    .await?
-            }
+            Store::Postgres(p) => p,
         };
+        let limit = limit_param(limit);
+        let ids: Vec<String> = sqlx::query_scalar(PG_BLANK)
+            .bind(after)
+            .bind(&bound)
+            .bind(before_ms)
+            .bind(limit)
+            .fetch_all(&p.pool)
+            .await?;
         Ok(BlankBatch {
             blanked: ids.len() as u64,
+            more: ids.len() as i64 >= limit,
             last_id: ids.into_iter().max(),
         })
     }
@@ -378,28 +321,18 @@ impl Store {
     }
 
     /// SQLite: gives up to [`VACUUM_PAGES`] of the file's free pages back
-    /// to the file system (`auto_vacuum = INCREMENTAL`) in one statement,
-    /// and returns how many went and how many are still free; the caller
-    /// repeats, pausing between (each statement holds the write lock).
+    /// to the file system (`auto_vacuum = INCREMENTAL`), in the writer and
+    /// giving way to waiting writes, and returns how many went and how many
+    /// are still free; the caller repeats, pausing between.
     /// PostgreSQL: nothing (its own vacuum makes the space reusable).
     pub async fn reclaim_space(&self) -> Result<(u64, u64), StoreError> {
         let Store::Sqlite(s) = self else {
             return Ok((0, 0));
         };
-        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-            .fetch_one(&s.write)
-            .await?;
-        if free <= 0 {
-            return Ok((0, 0));
+        match s.upkeep(Upkeep::Reclaim { pages: VACUUM_PAGES }).await? {
+            UpkeepDone::Reclaimed(freed, left) => Ok((freed, left)),
+            _ => Err(StoreError::Corrupt("mismatched upkeep result".into())),
         }
-        sqlx::query(&format!("PRAGMA incremental_vacuum({})", free.min(VACUUM_PAGES)))
-            .execute(&s.write)
-            .await?;
-        let left: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-            .fetch_one(&s.write)
-            .await?;
-        let pages = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok((pages(free - left), pages(left)))
     }
 
     /// SQLite: the file's `auto_vacuum` mode (0 none, 1 full, 2
@@ -431,14 +364,6 @@ mod tests {
     fn shared_statements_have_sqlite_placeholders() {
         for sql in [OUTBOX_LENGTH, READ_MARK, WRITE_MARK] {
             assert!(!sqlite_sql(sql).contains('$'), "{sql}");
-        }
-        for sql in [
-            SQLITE_PICK,
-            SQLITE_DELETE_ATTEMPTS,
-            SQLITE_DELETE_DELIVERIES,
-            SQLITE_BLANK,
-        ] {
-            assert!(!sql.contains('$'), "{sql}");
         }
     }
 

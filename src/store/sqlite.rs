@@ -22,6 +22,7 @@ use super::{
 };
 
 mod rows;
+pub(super) mod upkeep;
 mod writer;
 
 use writer::{open_writer, run_writer, Claim, WriteOp, MAX_BATCH};
@@ -101,6 +102,17 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(WriteOp::Record(Box::new(record), tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Retention's writes (`upkeep.rs`), run by the writer, which lets
+    /// waiting writes go ahead of them.
+    pub(super) async fn upkeep(&self, upkeep: upkeep::Upkeep) -> Result<upkeep::UpkeepDone, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::Upkeep(Box::new(upkeep), tx))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -18,6 +18,10 @@
 //! The embedded dispatcher's claims of due jobs run here too, after the
 //! batch's writes and in its transaction: a claim then costs no commit (and
 //! fsync) of its own, and never waits for the one write connection.
+//!
+//! So do retention's deletes (`upkeep.rs`). They go first in a transaction,
+//! a small step at a time, and stop as soon as another write waits; the
+//! writes that came meanwhile join the same transaction.
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,6 +30,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{claim_in, ingest_many, record_many};
+use super::upkeep::{upkeep_in, Upkeep, UpkeepDone};
 use crate::store::{AttemptRecord, ClaimedJob, IngestOutcome, NewEvent, RecordOutcome, StoreError};
 
 /// The most writes committed together; bounds one transaction's size and the
@@ -52,6 +57,7 @@ pub(super) enum WriteOp {
     Ingest(Box<NewEvent>, Reply<IngestOutcome>),
     Record(Box<AttemptRecord>, Reply<RecordOutcome>),
     Claim(Box<Claim>, Reply<Vec<ClaimedJob>>),
+    Upkeep(Box<Upkeep>, Reply<UpkeepDone>),
 }
 
 /// Opens the writer's connection with the same settings as the sqlx pools
@@ -77,13 +83,8 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
 pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        match commit_batch(&mut conn, &batch) {
+        take_waiting(&mut batch, &mut rx);
+        match commit_batch(&mut conn, &mut batch, Some(&mut rx)) {
             Ok(results) => {
                 for (op, result) in batch.into_iter().zip(results) {
                     reply(op, Ok(result));
@@ -93,9 +94,12 @@ pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) 
             // so that only the failing one gets the error.
             Err(_) if batch.len() > 1 => {
                 for op in batch {
-                    let result = commit_batch(&mut conn, std::slice::from_ref(&op));
+                    let mut alone = vec![op];
+                    let result = commit_batch(&mut conn, &mut alone, None);
                     let single = result.and_then(|mut r| r.pop().ok_or(StoreError::Closed));
-                    reply(op, single);
+                    if let Some(op) = alone.pop() {
+                        reply(op, single);
+                    }
                 }
             }
             Err(e) => {
@@ -107,10 +111,21 @@ pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) 
     }
 }
 
+/// Moves the writes that are waiting into `batch`, up to [`MAX_BATCH`].
+fn take_waiting(batch: &mut Vec<WriteOp>, rx: &mut mpsc::Receiver<WriteOp>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
 enum OpResult {
     Ingest(IngestOutcome),
     Record(RecordOutcome),
     Claim(Vec<ClaimedJob>),
+    Upkeep(UpkeepDone),
 }
 
 fn reply(op: WriteOp, result: Result<OpResult, StoreError>) {
@@ -132,27 +147,53 @@ fn reply(op: WriteOp, result: Result<OpResult, StoreError>) {
         (WriteOp::Record(_, tx), result) => {
             let _ = tx.send(Err(result.err().unwrap_or_else(mismatch)));
         }
+        (WriteOp::Upkeep(_, tx), Ok(OpResult::Upkeep(r))) => {
+            let _ = tx.send(Ok(r));
+        }
         (WriteOp::Claim(_, tx), result) => {
+            let _ = tx.send(Err(result.err().unwrap_or_else(mismatch)));
+        }
+        (WriteOp::Upkeep(_, tx), result) => {
             let _ = tx.send(Err(result.err().unwrap_or_else(mismatch)));
         }
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: &[WriteOp]) -> Result<Vec<OpResult>, StoreError> {
-    let mut ingests = Vec::new();
-    let mut records = Vec::new();
-    let mut claims = Vec::new();
-    for op in batch {
-        match op {
-            WriteOp::Ingest(new, _) => ingests.push(&**new),
-            WriteOp::Record(rec, _) => records.push(&**rec),
-            WriteOp::Claim(claim, _) => claims.push(&**claim),
-        }
-    }
+/// Commits `batch` as one transaction and gives each write's result, in
+/// order. With `waiting`, upkeep in the batch gives way to the writes that
+/// come meanwhile, and those join `batch` and this transaction.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<WriteOp>,
+    waiting: Option<&mut mpsc::Receiver<WriteOp>>,
+) -> Result<Vec<OpResult>, StoreError> {
     // IMMEDIATE: take the write lock at BEGIN. Other connections (operator
     // redeliveries, lease releases) also write; a deferred transaction that
     // read first could then fail with SQLITE_BUSY_SNAPSHOT instead of waiting.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Upkeep first, so that the writes it gives way to wait for one step of
+    // it, not for all of it.
+    let mut upkept = Vec::new();
+    let write_waits = || waiting.as_deref().is_some_and(|rx| !rx.is_empty());
+    for op in batch.iter() {
+        if let WriteOp::Upkeep(upkeep, _) = op {
+            upkept.push(upkeep_in(&tx, upkeep, &write_waits)?);
+        }
+    }
+    if let (false, Some(rx)) = (upkept.is_empty(), waiting) {
+        take_waiting(batch, rx);
+    }
+    let mut ingests = Vec::new();
+    let mut records = Vec::new();
+    let mut claims = Vec::new();
+    for op in batch.iter() {
+        match op {
+            WriteOp::Ingest(new, _) => ingests.push(&**new),
+            WriteOp::Record(rec, _) => records.push(&**rec),
+            WriteOp::Claim(claim, _) => claims.push(&**claim),
+            WriteOp::Upkeep(..) => {}
+        }
+    }
     // Ingests and attempts never touch the same rows: a job is only attempted
     // after the commit that created it. Claims come last, so that they see
     // the jobs this batch creates and the retries it schedules.
@@ -163,6 +204,7 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteOp]) -> Result<Vec<OpResult
         claimed.push(claim_in(&tx, claim)?);
     }
     let mut claimed = claimed.into_iter();
+    let mut upkept = upkept.into_iter();
     tx.commit()?;
     batch
         .iter()
@@ -171,6 +213,7 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteOp]) -> Result<Vec<OpResult
                 WriteOp::Ingest(..) => ingested.next().map(OpResult::Ingest),
                 WriteOp::Record(..) => recorded.next().map(OpResult::Record),
                 WriteOp::Claim(..) => claimed.next().map(OpResult::Claim),
+                WriteOp::Upkeep(..) => upkept.next().map(OpResult::Upkeep),
             }
             .ok_or_else(|| StoreError::Corrupt("missing write result".into()))
         })
@@ -197,5 +240,81 @@ mod tests {
         assert_eq!(sizes, vec![MAX_ROWS, MAX_ROWS, 13]);
         assert_eq!(parts.concat(), items);
         assert!(chunks::<usize>(&[]).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod upkeep_tests {
+    use chrono::Utc;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{commit_batch, open_writer, OpResult, WriteOp};
+    use crate::domain::{AccountId, AmountFen, Event, EventId, EventType, Notification, ProviderKind};
+    use crate::store::sqlite::upkeep::{Upkeep, UpkeepDone, STEP_EVENTS};
+    use crate::store::{IngestOutcome, NewEvent, SqliteStore};
+
+    fn event(trade: &str) -> NewEvent {
+        let n = Notification::new(
+            EventType::PaymentSucceeded,
+            trade.to_owned(),
+            AmountFen::from_fen(100).expect("amount"),
+        );
+        let account = AccountId::parse("dryad-main").expect("account id");
+        let event = Event::new(EventId::generate(), ProviderKind::Dryad, account, n, Utc::now());
+        NewEvent {
+            payload: serde_json::to_string(&event).expect("json"),
+            event,
+            dedup_extra: String::new(),
+            raw_body: b"raw".to_vec(),
+            raw_headers: "{}".into(),
+            endpoints: Vec::new(),
+            nonce: None,
+            outbox: false,
+        }
+    }
+
+    /// A purge step that finds an ingest waiting stops after one step, and
+    /// the ingest is committed in the purge's transaction.
+    #[tokio::test]
+    async fn a_purge_gives_way_to_a_waiting_ingest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("payhook.db");
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("store");
+        for i in 0..(4 * STEP_EVENTS) {
+            let outcome = store.ingest(event(&format!("old-{i}"))).await.expect("ingest");
+            assert_eq!(outcome, IngestOutcome::Accepted { jobs: 0 });
+        }
+
+        let mut conn = open_writer(&path).expect("writer connection");
+        let (tx, mut rx) = mpsc::channel(4);
+        let (ingest_reply, _ingest_answer) = oneshot::channel();
+        tx.send(WriteOp::Ingest(Box::new(event("new")), ingest_reply))
+            .await
+            .expect("queued");
+        let (purge_reply, _purge_answer) = oneshot::channel();
+        let purge = Upkeep::Purge {
+            before_ms: Utc::now().timestamp_millis() + 60_000,
+            after: String::new(),
+            bound: "evt_ZZZZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+            limit: 1_000,
+        };
+        let mut batch = vec![WriteOp::Upkeep(Box::new(purge), purge_reply)];
+        let results = commit_batch(&mut conn, &mut batch, Some(&mut rx)).expect("committed");
+
+        assert_eq!(batch.len(), 2, "the waiting ingest joined the transaction");
+        match &results[..] {
+            [OpResult::Upkeep(UpkeepDone::Purged(purged)), OpResult::Ingest(ingested)] => {
+                assert_eq!(purged.events, STEP_EVENTS as u64, "one step, then it gave way");
+                assert!(purged.more, "{purged:?}");
+                assert_eq!(ingested, &IngestOutcome::Accepted { jobs: 0 });
+            }
+            _ => panic!("unexpected results"),
+        }
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(left, (3 * STEP_EVENTS + 1) as i64);
     }
 }
