@@ -28,7 +28,7 @@ use crate::queue::consumer::DeliveryConsumer;
 use crate::queue::publisher::OutboxPublisher;
 use crate::queue::topology::Topology;
 use crate::server::{self, ServeOptions};
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Which parts of the relay this process runs.
@@ -119,6 +119,7 @@ pub struct Application {
     /// RabbitMQ mode: the outbox is in use.
     outbox: bool,
     live: LiveConfig,
+    clock: Arc<dyn Clock>,
 }
 
 /// The admin listener's own connection and request limits.
@@ -145,7 +146,7 @@ impl Application {
         }
         let live = LiveConfig::new(&config, options.config_path.clone())?;
         let parts = Parts {
-            store: Store::connect(&config.storage.url).await?,
+            store: Store::connect_with_clock(&config.storage.url, options.clock.clone()).await?,
             metrics: Metrics::new(),
             jobs_committed: Arc::new(Notify::new()),
             broker: config.queue.as_ref().map(|q| {
@@ -198,6 +199,7 @@ impl Application {
             nonce_window,
             outbox: broker.is_some(),
             live,
+            clock: options.clock,
         })
     }
 
@@ -265,6 +267,7 @@ impl Application {
             self.metrics.clone(),
             self.nonce_window,
             self.outbox,
+            self.clock.clone(),
             token.clone(),
         ));
         tracing::info!("payhook is running");
@@ -356,6 +359,7 @@ impl Parts {
                 self.paused.clone(),
                 config.delivery.clone(),
                 self.metrics.clone(),
+                options.clock.clone(),
             )?;
             health = deliverer.health.clone();
             workers.push(match &self.broker {
@@ -403,6 +407,7 @@ async fn housekeeping(
     metrics: Arc<Metrics>,
     nonce_window: Duration,
     outbox: bool,
+    clock: Arc<dyn Clock>,
     token: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -430,7 +435,7 @@ async fn housekeeping(
         // Twice the window: a nonce is only useless once its timestamp would
         // be refused as stale anyway.
         let keep_ms = i64::try_from(nonce_window.as_millis() * 2).unwrap_or(i64::MAX / 4);
-        if let Err(e) = store.prune_nonces(now_ms().saturating_sub(keep_ms)).await {
+        if let Err(e) = store.prune_nonces(clock.now_ms().saturating_sub(keep_ms)).await {
             tracing::warn!(error = %e, "nonce pruning failed");
         }
         match store.count_pending().await {

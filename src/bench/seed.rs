@@ -10,7 +10,7 @@ use sqlx::{Connection, PgConnection, SqliteConnection};
 
 use super::BenchError;
 use crate::queue::topology::Topology;
-use crate::store::{now_ms, Store};
+use crate::store::Store;
 
 /// Rows inserted per statement while seeding.
 const SEED_BATCH: u64 = 50_000;
@@ -103,7 +103,7 @@ fn filler(len: usize) -> String {
 pub async fn seed_backlog(url: &str, endpoint: &str, count: u64) -> Result<Seeded, BenchError> {
     let started = Instant::now();
     Store::connect(url).await?.close().await;
-    let now = now_ms();
+    let now = chrono::Utc::now().timestamp_millis();
     let due = now + BACKLOG_DUE_IN_MS;
     let payload = filler(256);
     let raw = filler(128).into_bytes();

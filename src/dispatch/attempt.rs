@@ -8,11 +8,12 @@ use backon::{ExponentialBuilder, Retryable};
 use super::health::EndpointHealth;
 use super::http::{storable_text, AttemptResult, DeliveryClient};
 use super::sign::delivery_headers;
+use crate::clock::Clock;
 use crate::config::{DeliveryConfig, EndpointConfig, Secret};
 use crate::domain::AttemptOutcome;
 use crate::key_list::KeyList;
 use crate::live::{LiveConfig, PausedEndpoints};
-use crate::store::{now_ms, AttemptRecord, ClaimedJob, JobRef, NextStep, RecordOutcome, Store, StoreError};
+use crate::store::{AttemptRecord, ClaimedJob, JobRef, NextStep, RecordOutcome, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// A merchant endpoint as the dispatcher needs it.
@@ -49,6 +50,9 @@ pub struct Deliverer {
     pub health: EndpointHealth,
     pub delivery: Arc<DeliveryConfig>,
     pub metrics: Arc<Metrics>,
+    /// Attempt times, signature timestamps and retry due times (the
+    /// relay's one clock, `crate::clock`).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The attempt's result as stored, for the caller (the queue) to act on.
@@ -79,6 +83,7 @@ impl Deliverer {
         paused: PausedEndpoints,
         delivery: DeliveryConfig,
         metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, reqwest::Error> {
         let client = DeliveryClient::new(
             delivery.timeout,
@@ -93,6 +98,7 @@ impl Deliverer {
             health: EndpointHealth::default(),
             delivery: Arc::new(delivery),
             metrics,
+            clock,
         })
     }
 
@@ -160,7 +166,7 @@ impl Deliverer {
         let Some(due_at) = self.store.defer(job_ref, shortest).await? else {
             return Ok(superseded);
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let due_for = Duration::from_millis(u64::try_from(now.saturating_sub(due_at)).unwrap_or(0));
         self.metrics.delivery_unknown_endpoint(&job.endpoint_id);
         if due_for < self.delivery.unknown_endpoint_grace {
@@ -315,7 +321,7 @@ impl Deliverer {
             tracing::Span::current().record("outcome", AttemptOutcome::UnknownEndpoint.as_str());
             return self.unknown_endpoint(job).await;
         };
-        let started_ms = now_ms();
+        let started_ms = self.clock.now_ms();
         let clock = Instant::now();
         let nonce = ulid::Ulid::new().to_string();
         let body = job.payload.as_bytes().to_vec();
@@ -329,7 +335,7 @@ impl Deliverer {
         );
         let result = self.client.post(&endpoint.url, &headers, body).await;
         let elapsed = clock.elapsed();
-        let finished_ms = now_ms();
+        let finished_ms = self.clock.now_ms();
         let next = match result.outcome {
             AttemptOutcome::Delivered => NextStep::Delivered,
             _ => self.next_after_failure(job.attempt, result.retry_after, finished_ms),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::attempt::Deliverer;
-use crate::store::{now_ms, ClaimedJob};
+use crate::store::ClaimedJob;
 
 /// The longest the worker sleeps without looking at the store.
 const MAX_IDLE: Duration = Duration::from_millis(250);
@@ -180,7 +180,7 @@ impl EmbeddedWorker {
     async fn until_next_due(&self) -> Duration {
         match self.deliverer.store.next_due_at().await {
             Ok(Some(due)) => {
-                let ms = due.saturating_sub(now_ms());
+                let ms = due.saturating_sub(self.deliverer.clock.now_ms());
                 if ms <= 0 {
                     // Due but skipped (busy endpoint): wait for a slot to free.
                     MAX_IDLE.min(Duration::from_millis(20))

@@ -23,7 +23,7 @@ use super::publisher::{persistent, publish_confirmed};
 use super::QueueTask;
 use crate::dispatch::attempt::Settled;
 use crate::dispatch::Deliverer;
-use crate::store::{now_ms, ClaimedJob, JobClaim, JobRef, NextStep, RecordOutcome};
+use crate::store::{ClaimedJob, JobClaim, JobRef, NextStep, RecordOutcome};
 
 const COMPONENT: &str = "delivery-consumer";
 const SWEEPER: &str = "overdue-sweeper";
@@ -636,7 +636,13 @@ impl Handling {
             // look again then (a live holder will have moved the job on, making
             // this copy stale; a dead one's lease will have expired).
             Ok(JobClaim::NotDue { due_at_ms: until_ms } | JobClaim::Taken { until_ms }) => {
-                let parked = park(broker, channel, job, ms_duration(until_ms - now_ms())).await;
+                let parked = park(
+                    broker,
+                    channel,
+                    job,
+                    ms_duration(until_ms - deliverer.clock.now_ms()),
+                )
+                .await;
                 return Err(matches!(parked, Ok(true)));
             }
             Err(e) => {
@@ -705,7 +711,12 @@ impl Handling {
     /// nothing: the outcome is stored, and the sweeper finds the job overdue
     /// and publishes it again.
     async fn publish_next(&self, job: JobRef, settled: &Settled) {
-        let Handling { broker, channel, .. } = self;
+        let Handling {
+            broker,
+            channel,
+            deliverer,
+            ..
+        } = self;
         // Put back without an attempt (unknown endpoint): the same attempt
         // again, later.
         let next_job = if settled.deferred {
@@ -718,7 +729,15 @@ impl Handling {
         };
         let published = match settled.next {
             NextStep::Delivered => Ok(true),
-            NextStep::RetryAt(at) => park(broker, channel, next_job, ms_duration(at - now_ms())).await,
+            NextStep::RetryAt(at) => {
+                park(
+                    broker,
+                    channel,
+                    next_job,
+                    ms_duration(at - deliverer.clock.now_ms()),
+                )
+                .await
+            }
             NextStep::Dead => {
                 publish_confirmed(
                     channel,
@@ -828,7 +847,11 @@ async fn sweep_overdue(broker: Broker, deliverer: Deliverer, shutdown: Cancellat
                     continue 'connect;
                 }
             }
-            let overdue = match deliverer.store.requeue_overdue(now_ms() - grace_ms, 500).await {
+            let overdue = match deliverer
+                .store
+                .requeue_overdue(deliverer.clock.now_ms() - grace_ms, 500)
+                .await
+            {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!(error = %e, "overdue sweep failed");

@@ -209,7 +209,7 @@ macro_rules! operator_queries {
                     return Ok(Vec::new());
                 }
                 let mut tx = self.$write.begin().await?;
-                let now = $now(&mut tx).await?;
+                let now = $now(self, &mut tx).await?;
                 let (linked_sql, plain_sql) = ($sql(INSERT_REDELIVERY), $sql(INSERT_PLAIN));
                 let mut created = Vec::with_capacity(endpoints.len());
                 for endpoint in endpoints {

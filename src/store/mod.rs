@@ -16,6 +16,7 @@ mod retention;
 mod sqlite;
 mod sqlite_admin;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -25,6 +26,7 @@ pub use postgres::PostgresStore;
 pub use retention::{BlankBatch, PurgeBatch, RETENTION_BATCH};
 pub use sqlite::SqliteStore;
 
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{EndpointId, Event, EventId};
 
 fn millis(d: Duration) -> i64 {
@@ -257,17 +259,20 @@ impl std::fmt::Debug for Store {
     }
 }
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 impl Store {
-    /// Opens the store named by `url` and runs its migrations.
+    /// Opens the store named by `url` and runs its migrations, on the
+    /// system clock.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_with_clock(url, Arc::new(SystemClock)).await
+    }
+
+    /// As [`connect`](Self::connect), with due times and leases on `clock`
+    /// (see `crate::clock` for what stays on the system's).
+    pub async fn connect_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
         if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(SqliteStore::connect(url).await?))
+            Ok(Store::Sqlite(SqliteStore::connect(url, clock).await?))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(PostgresStore::connect(url).await?))
+            Ok(Store::Postgres(PostgresStore::connect(url, clock).await?))
         } else {
             Err(StoreError::UnsupportedUrl(
                 url.split(':').next().unwrap_or("").to_owned(),

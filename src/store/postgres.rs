@@ -18,9 +18,10 @@ use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
 use super::{
-    classify_unclaimed_row, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
-    JobRef, NewEvent, NextStep, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
+    classify_unclaimed_row, millis, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim, JobRef,
+    NewEvent, NextStep, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
 };
+use crate::clock::Clock;
 use crate::domain::EventId;
 
 /// The database's clock in epoch ms, for SQL. In scaled mode many processes
@@ -106,6 +107,9 @@ pub struct PostgresStore {
     handoff: Arc<OnceLock<mpsc::Sender<OutboxItem>>>,
     records: Batcher<AttemptRecord>,
     claims: Batcher<ClaimRequest>,
+    /// The caller's side of the skew correction (`db_skew!`): the clock the
+    /// dispatcher's due times are on.
+    clock: Arc<dyn Clock>,
 }
 
 fn limit_param(limit: usize) -> i64 {
@@ -166,7 +170,7 @@ async fn reachable(options: &PgConnectOptions) -> Result<(), StoreError> {
 }
 
 impl PostgresStore {
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("payhook");
         // One plain connection first: a pool that cannot connect reports only
         // "pool timed out", naming neither the server nor why.
@@ -184,11 +188,12 @@ impl PostgresStore {
         // Takes an advisory lock, so processes starting together migrate once.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Self {
-            ingests: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
-            records: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
-            claims: Batcher::start(pool.clone(), BATCH_LANES, MAX_BATCH),
+            ingests: Batcher::start(pool.clone(), clock.clone(), BATCH_LANES, MAX_BATCH),
+            records: Batcher::start(pool.clone(), clock.clone(), BATCH_LANES, MAX_BATCH),
+            claims: Batcher::start(pool.clone(), clock.clone(), BATCH_LANES, MAX_BATCH),
             handoff: Arc::default(),
             pool,
+            clock,
         })
     }
 
@@ -290,7 +295,7 @@ impl PostgresStore {
             " AND endpoint_id NOT IN (SELECT endpoint_id FROM endpoint_state WHERE paused_at IS NOT NULL) \
              ORDER BY next_attempt_at LIMIT 1"
         ))
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .fetch_optional(&self.pool)
         .await?;
         Ok(at)
@@ -337,7 +342,7 @@ impl PostgresStore {
         .bind(job.delivery_id)
         .bind(i64::from(job.attempt) - 1)
         .bind(millis(hold))
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .fetch_optional(&self.pool)
         .await?;
         Ok(due)
@@ -350,7 +355,7 @@ impl PostgresStore {
             db_skew!("$2::int8")
         ))
         .bind(older_than_ms)
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
@@ -497,7 +502,7 @@ impl PostgresStore {
             .into_iter()
             .map(|new| IngestRequest { new, handoff: false })
             .collect();
-        batcher::run_batched(&self.pool, &requests)
+        batcher::run_batched(&self.pool, &requests, self.clock.now_ms())
             .await
             .into_iter()
             .map(|r| r.map(|ingested| ingested.outcome))
@@ -506,13 +511,13 @@ impl PostgresStore {
 
     /// `records` as one batch, in order (`Store::record_all`).
     pub async fn record_all(&self, records: Vec<AttemptRecord>) -> Vec<Result<RecordOutcome, StoreError>> {
-        batcher::run_batched(&self.pool, &records).await
+        batcher::run_batched(&self.pool, &records, self.clock.now_ms()).await
     }
 
     /// `jobs` claimed as one batch, in order (`Store::claim_all`).
     pub async fn claim_all(&self, jobs: &[JobRef], lease: Duration) -> Vec<Result<JobClaim, StoreError>> {
         let requests: Vec<ClaimRequest> = jobs.iter().map(|&job| ClaimRequest { job, lease }).collect();
-        batcher::run_batched(&self.pool, &requests).await
+        batcher::run_batched(&self.pool, &requests, self.clock.now_ms()).await
     }
 
     /// Concurrent claims share one statement (`postgres/batcher.rs`).
@@ -541,7 +546,7 @@ impl PostgresStore {
         ))
         .bind(due_before_ms)
         .bind(limit_param(limit))
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .fetch_all(&self.pool)
         .await?;
         // RETURNING follows no order: republish in the order the jobs became
@@ -557,7 +562,7 @@ impl PostgresStore {
 
 /// Takes one specific job: the single-row path, and the batch's fallback
 /// for a job the batch did not take (which says why).
-async fn claim_one(pool: &PgPool, job: JobRef, lease: Duration) -> Result<JobClaim, StoreError> {
+async fn claim_one(pool: &PgPool, job: JobRef, lease: Duration, now: i64) -> Result<JobClaim, StoreError> {
     // A concurrent claim of the same row waits for the first to commit,
     // then re-checks the conditions against the leased row and fails.
     let row = sqlx::query(concat!(
@@ -598,12 +603,12 @@ async fn claim_one(pool: &PgPool, job: JobRef, lease: Duration) -> Result<JobCla
         " AS now_ms FROM deliveries WHERE id = $1"
     ))
     .bind(job.delivery_id)
-    .bind(now_ms())
+    .bind(now)
     .fetch_optional(pool)
     .await?;
     let now = match &state {
         Some(row) => row.try_get("now_ms")?,
-        None => now_ms(),
+        None => now,
     };
     classify_unclaimed_row(job, now, state)
 }
@@ -672,7 +677,7 @@ pub const RECORD: &str = concat!(
     SELECT count(*) AS applied FROM u"
 );
 
-async fn record_in(pool: &PgPool, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
+async fn record_in(pool: &PgPool, rec: &AttemptRecord, now: i64) -> Result<RecordOutcome, StoreError> {
     let (status, next_at) = record_step(rec);
     let applied: i64 = sqlx::query_scalar(RECORD)
         .bind(rec.delivery_id)
@@ -685,7 +690,7 @@ async fn record_in(pool: &PgPool, rec: &AttemptRecord) -> Result<RecordOutcome, 
         .bind(rec.response_excerpt.as_deref())
         .bind(status)
         .bind(next_at)
-        .bind(now_ms())
+        .bind(now)
         .bind(i64::from(rec.attempt) - 1)
         .fetch_one(pool)
         .await?;

@@ -34,7 +34,7 @@ impl PostgresStore {
         }
         let endpoints: Vec<&str> = endpoints.iter().map(|e| e.as_str()).collect();
         let mut tx = self.pool.begin().await?;
-        let now = database_now(&mut tx).await?;
+        let now = database_now(self, &mut tx).await?;
         let event_ids: Vec<String> = sqlx::query_scalar(
             "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \
              created_at, updated_at, redelivery_of) \
@@ -78,7 +78,10 @@ impl PostgresStore {
 /// The database's clock in epoch ms: redeliveries become due by the same
 /// clock that dispatchers' claims compare with, whatever this process's
 /// clock says (scaled mode runs on the database's clock).
-async fn database_now(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<i64, StoreError> {
+async fn database_now(
+    _: &PostgresStore,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT (extract(epoch from now()) * 1000)::int8")
             .fetch_one(&mut **tx)

@@ -17,8 +17,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    classify_unclaimed_row, millis, now_ms, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim,
-    JobRef, NewEvent, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
+    classify_unclaimed_row, millis, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim, JobRef,
+    NewEvent, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
 };
 
 mod rows;
@@ -27,15 +27,20 @@ mod writer;
 
 use writer::{open_writer, run_writer, Claim, WriteOp, MAX_BATCH};
 
+use crate::clock::Clock;
+use std::sync::Arc;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(super) write: SqlitePool,
     pub(super) read: SqlitePool,
     writer: mpsc::Sender<WriteOp>,
+    /// Due times, leases and operator cut-offs are on this clock.
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -68,14 +73,16 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let writer_clock = clock.clone();
         std::thread::Builder::new()
             .name("payhook-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx))
+            .spawn(move || run_writer(conn, rx, writer_clock))
             .map_err(StoreError::WriterThread)?;
         Ok(Self {
             write,
             read,
             writer: tx,
+            clock,
         })
     }
 
@@ -145,7 +152,7 @@ impl SqliteStore {
              WHERE status = 'pending' AND lease_until <= ?1 AND endpoint_id NOT IN (SELECT endpoint_id \
              FROM endpoint_state WHERE paused_at IS NOT NULL) ORDER BY next_attempt_at LIMIT 1",
         )
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .fetch_optional(&self.read)
         .await?;
         Ok(match row {
@@ -169,7 +176,7 @@ impl SqliteStore {
         if delivery_ids.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE deliveries SET lease_until = ");
         q.push_bind(now.saturating_add(millis(lease)));
         q.push(" WHERE status = 'pending' AND lease_until > ");
@@ -187,7 +194,7 @@ impl SqliteStore {
         )
         .bind(job.delivery_id)
         .bind(i64::from(job.attempt) - 1)
-        .bind(now_ms().saturating_add(millis(hold)))
+        .bind(self.clock.now_ms().saturating_add(millis(hold)))
         .fetch_optional(&self.write)
         .await?;
         Ok(due)
@@ -259,7 +266,7 @@ impl SqliteStore {
 
 impl SqliteStore {
     pub async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxItem>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let rows = sqlx::query(
             "UPDATE outbox SET lease_until = ?1 WHERE id IN \
              (SELECT id FROM outbox WHERE lease_until <= ?2 ORDER BY id LIMIT ?3) \
@@ -325,7 +332,7 @@ impl SqliteStore {
     }
 
     pub async fn claim_job(&self, job: JobRef, lease: Duration) -> Result<JobClaim, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let row = sqlx::query(
             "UPDATE deliveries SET lease_until = ?1 WHERE id = ?2 AND status = 'pending' AND attempts = ?3 \
              AND lease_until <= ?4 AND next_attempt_at <= ?5 RETURNING event_id, endpoint_id",
@@ -362,7 +369,7 @@ impl SqliteStore {
     }
 
     pub async fn requeue_overdue(&self, due_before_ms: i64, limit: usize) -> Result<Vec<JobRef>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let rows = sqlx::query(
             "UPDATE deliveries SET next_attempt_at = ?1 WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_due \
              WHERE status = 'pending' AND next_attempt_at < ?2 AND lease_until <= ?1 AND endpoint_id NOT IN \

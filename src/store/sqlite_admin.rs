@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::admin_query::{operator_queries, sqlite_sql};
-use super::{now_ms, BulkRedelivery, SqliteStore, StoreError};
+use super::{BulkRedelivery, SqliteStore, StoreError};
 use crate::domain::EndpointId;
 
 operator_queries! {
@@ -21,9 +21,9 @@ operator_queries! {
     now: local_now,
 }
 
-/// Embedded mode has one clock: this process's.
-async fn local_now(_: &mut Transaction<'_, Sqlite>) -> Result<i64, StoreError> {
-    Ok(now_ms())
+/// Embedded mode has one clock: this process's (injected).
+async fn local_now(store: &SqliteStore, _: &mut Transaction<'_, Sqlite>) -> Result<i64, StoreError> {
+    Ok(store.clock.now_ms())
 }
 
 impl SqliteStore {
@@ -36,7 +36,7 @@ impl SqliteStore {
         if endpoints.is_empty() {
             return Ok(BulkRedelivery::default());
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut tx = self.write.begin().await?;
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, lease_until, \

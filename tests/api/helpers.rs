@@ -762,3 +762,8 @@ impl Drop for RelayProcess {
         self.kill();
     }
 }
+
+/// The system clock in epoch ms, as a relay on the default clock reads it.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -30,6 +30,7 @@ mod plans;
 mod providers;
 mod proxies;
 mod retention;
+mod retry_clock;
 mod rotation;
 mod scaled;
 mod secrets;

@@ -179,7 +179,7 @@ async fn misbehaving_endpoints_do_not_hold_up_the_others(backend: Backend) {
     let event_id = got[0].json()["id"].as_str().unwrap().to_owned();
     let deliveries = app.store().deliveries_for_event(&event_id).await.unwrap();
     let throttled_row = deliveries.iter().find(|d| d.endpoint_id == "throttled").unwrap();
-    let wait_ms = throttled_row.next_attempt_at_ms - payhook::store::now_ms();
+    let wait_ms = throttled_row.next_attempt_at_ms - now_ms();
     assert!(wait_ms > 3_500_000, "next attempt in {wait_ms} ms");
     let ready = app
         .client

@@ -11,10 +11,10 @@ use payhook::domain::{
     Notification, ProviderKind,
 };
 use payhook::store::{
-    now_ms, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, NextStep, RecordOutcome,
-    Store,
+    AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, NextStep, RecordOutcome, Store,
 };
 
+use crate::helpers::now_ms;
 use crate::pg_db::{fresh_database, TestDatabase};
 
 const LEASE: Duration = Duration::from_secs(60);

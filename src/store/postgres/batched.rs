@@ -13,8 +13,8 @@ use sqlx::{PgPool, Row};
 use super::batcher::{rounds, Batched};
 use super::{claim_one, claimed_job, ingest_outcome, record_in, record_step};
 use crate::store::{
-    millis, now_ms, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, OutboxItem,
-    RecordOutcome, StoreError, DUE_TOLERANCE_MS, OUTBOX_LEASE,
+    millis, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent, OutboxItem, RecordOutcome,
+    StoreError, DUE_TOLERANCE_MS, OUTBOX_LEASE,
 };
 
 /// The ingest as data-modifying CTEs over arrays (every one of them runs to
@@ -125,7 +125,11 @@ enum IngestKey<'a> {
 impl Batched for IngestRequest {
     type Output = Ingested;
 
-    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Vec<Option<Result<Ingested, StoreError>>> {
+    async fn run_batch(
+        pool: &PgPool,
+        batch: &[Self],
+        _now: i64,
+    ) -> Vec<Option<Result<Ingested, StoreError>>> {
         let plan = rounds(batch, |req| {
             let new = &req.new;
             let ev = &new.event;
@@ -171,7 +175,7 @@ impl Batched for IngestRequest {
         outputs
     }
 
-    async fn run_one(pool: &PgPool, one: &Self) -> Result<Ingested, StoreError> {
+    async fn run_one(pool: &PgPool, one: &Self, _now: i64) -> Result<Ingested, StoreError> {
         let rows = ingest_rows(&ingest_statement(pool, &[one]).await?, 1)?;
         let row = rows
             .into_iter()
@@ -358,7 +362,11 @@ pub const RECORD_MANY: &str = concat!(
 impl Batched for AttemptRecord {
     type Output = RecordOutcome;
 
-    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Vec<Option<Result<RecordOutcome, StoreError>>> {
+    async fn run_batch(
+        pool: &PgPool,
+        batch: &[Self],
+        now: i64,
+    ) -> Vec<Option<Result<RecordOutcome, StoreError>>> {
         let mut outcomes: Vec<Option<Result<RecordOutcome, StoreError>>> =
             std::iter::repeat_with(|| None).take(batch.len()).collect();
         for round in rounds(batch, |rec| [rec.delivery_id]) {
@@ -384,7 +392,7 @@ impl Batched for AttemptRecord {
                         .collect::<Vec<_>>(),
                 )
                 .bind(steps.iter().map(|s| s.1).collect::<Vec<_>>())
-                .bind(now_ms())
+                .bind(now)
                 .fetch_all(pool)
                 .await;
             // As for ingests: a round that failed stored nothing, and it and
@@ -410,8 +418,8 @@ impl Batched for AttemptRecord {
         outcomes
     }
 
-    async fn run_one(pool: &PgPool, one: &Self) -> Result<RecordOutcome, StoreError> {
-        record_in(pool, one).await
+    async fn run_one(pool: &PgPool, one: &Self, now: i64) -> Result<RecordOutcome, StoreError> {
+        record_in(pool, one, now).await
     }
 }
 
@@ -462,7 +470,7 @@ pub const CLAIM_MANY: &str = concat!(
 impl Batched for ClaimRequest {
     type Output = JobClaim;
 
-    async fn run_batch(pool: &PgPool, batch: &[Self]) -> Vec<Option<Result<JobClaim, StoreError>>> {
+    async fn run_batch(pool: &PgPool, batch: &[Self], now: i64) -> Vec<Option<Result<JobClaim, StoreError>>> {
         let mut outcomes: Vec<Option<Result<JobClaim, StoreError>>> =
             std::iter::repeat_with(|| None).take(batch.len()).collect();
         for round in rounds(batch, |c| [c.job.delivery_id]) {
@@ -503,15 +511,15 @@ impl Batched for ClaimRequest {
                 outcomes[index] = Some(match claimed.remove(&item.job.delivery_id) {
                     Some(job) => Ok(JobClaim::Claimed(job)),
                     // Not taken: why is the single path's business.
-                    None => claim_one(pool, item.job, item.lease).await,
+                    None => claim_one(pool, item.job, item.lease, now).await,
                 });
             }
         }
         outcomes
     }
 
-    async fn run_one(pool: &PgPool, one: &Self) -> Result<JobClaim, StoreError> {
-        claim_one(pool, one.job, one.lease).await
+    async fn run_one(pool: &PgPool, one: &Self, now: i64) -> Result<JobClaim, StoreError> {
+        claim_one(pool, one.job, one.lease, now).await
     }
 }
 

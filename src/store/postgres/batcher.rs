@@ -30,6 +30,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::clock::Clock;
 use crate::store::StoreError;
 
 /// One kind of write that can be batched.
@@ -44,10 +45,15 @@ pub(super) trait Batched: Send + Sync + Sized + 'static {
     fn run_batch(
         pool: &PgPool,
         batch: &[Self],
+        now: i64,
     ) -> impl Future<Output = Vec<Option<Result<Self::Output, StoreError>>>> + Send;
 
     /// The request alone: the path before batching, and the fallback.
-    fn run_one(pool: &PgPool, one: &Self) -> impl Future<Output = Result<Self::Output, StoreError>> + Send;
+    fn run_one(
+        pool: &PgPool,
+        one: &Self,
+        now: i64,
+    ) -> impl Future<Output = Result<Self::Output, StoreError>> + Send;
 }
 
 type Reply<T> = oneshot::Sender<Result<<T as Batched>::Output, StoreError>>;
@@ -69,11 +75,16 @@ impl<T: Batched> Batcher<T> {
     /// Starts `lanes` tasks, each sending at most `max_batch` requests per
     /// batch. More lanes overlap batches (one commits while the next is
     /// built); fewer make larger batches.
-    pub(super) fn start(pool: PgPool, lanes: usize, max_batch: usize) -> Self {
+    pub(super) fn start(pool: PgPool, clock: Arc<dyn Clock>, lanes: usize, max_batch: usize) -> Self {
         let (tx, rx) = mpsc::channel(4 * max_batch);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..lanes.max(1) {
-            tokio::spawn(lane::<T>(pool.clone(), Arc::clone(&rx), max_batch.max(1)));
+            tokio::spawn(lane::<T>(
+                pool.clone(),
+                clock.clone(),
+                Arc::clone(&rx),
+                max_batch.max(1),
+            ));
         }
         Self { tx }
     }
@@ -88,7 +99,7 @@ impl<T: Batched> Batcher<T> {
     }
 }
 
-async fn lane<T: Batched>(pool: PgPool, rx: Queue<T>, max_batch: usize) {
+async fn lane<T: Batched>(pool: PgPool, clock: Arc<dyn Clock>, rx: Queue<T>, max_batch: usize) {
     loop {
         // The lock is held only while a batch is gathered: the next lane
         // gathers while this one's statement runs.
@@ -107,7 +118,7 @@ async fn lane<T: Batched>(pool: PgPool, rx: Queue<T>, max_batch: usize) {
             batch
         };
         let (requests, replies): (Vec<T>, Vec<Reply<T>>) = batch.into_iter().unzip();
-        let results = run_batched(&pool, &requests).await;
+        let results = run_batched(&pool, &requests, clock.now_ms()).await;
         for (reply, result) in replies.into_iter().zip(results) {
             // A caller that has gone away needs no answer.
             let _ = reply.send(result);
@@ -116,15 +127,17 @@ async fn lane<T: Batched>(pool: PgPool, rx: Queue<T>, max_batch: usize) {
 }
 
 /// Runs `requests` as one batch; those the batch did not answer (their
-/// round failed, or came after one that did) run each alone.
+/// round failed, or came after one that did) run each alone. `now` is the
+/// caller's clock (see `db_skew!`).
 pub(super) async fn run_batched<T: Batched>(
     pool: &PgPool,
     requests: &[T],
+    now: i64,
 ) -> Vec<Result<T::Output, StoreError>> {
     if let [one] = requests {
-        return vec![T::run_one(pool, one).await];
+        return vec![T::run_one(pool, one, now).await];
     }
-    let mut answers = T::run_batch(pool, requests).await;
+    let mut answers = T::run_batch(pool, requests, now).await;
     // An implementation bug, not a database's: nothing is known of which
     // committed, so no request is run again (that could answer it twice).
     answers.resize_with(requests.len(), || {
@@ -139,7 +152,7 @@ pub(super) async fn run_batched<T: Batched>(
     for (request, answer) in requests.iter().zip(answers) {
         results.push(match answer {
             Some(answer) => answer,
-            None => T::run_one(pool, request).await,
+            None => T::run_one(pool, request, now).await,
         });
     }
     results

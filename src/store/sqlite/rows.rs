@@ -10,9 +10,7 @@ use rusqlite::{params_from_iter, Connection};
 
 use super::writer::{chunks, Claim};
 use crate::domain::EventId;
-use crate::store::{
-    now_ms, AttemptRecord, ClaimedJob, IngestOutcome, NewEvent, NextStep, RecordOutcome, StoreError,
-};
+use crate::store::{AttemptRecord, ClaimedJob, IngestOutcome, NewEvent, NextStep, RecordOutcome, StoreError};
 
 type Param<'a> = ToSqlOutput<'a>;
 
@@ -80,8 +78,11 @@ fn execute(conn: &Connection, sql: &str, params: &[Param<'_>]) -> Result<usize, 
     Ok(stmt.execute(params_from_iter(params.iter()))?)
 }
 
-pub(super) fn ingest_many(conn: &Connection, news: &[&NewEvent]) -> Result<Vec<IngestOutcome>, StoreError> {
-    let now = now_ms();
+pub(super) fn ingest_many(
+    conn: &Connection,
+    news: &[&NewEvent],
+    now: i64,
+) -> Result<Vec<IngestOutcome>, StoreError> {
     let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; news.len()];
     mark_replays(conn, news, now, &mut outcomes)?;
     insert_events(conn, news, &mut outcomes)?;
@@ -273,14 +274,14 @@ const INSERT_ATTEMPTS: &str =
 pub(super) fn record_many(
     conn: &Connection,
     recs: &[&AttemptRecord],
+    now: i64,
 ) -> Result<Vec<RecordOutcome>, StoreError> {
     let distinct: HashSet<i64> = recs.iter().map(|r| r.delivery_id).collect();
     if distinct.len() != recs.len() {
         // Two attempts at one job in a batch (a lease ran out meanwhile):
         // one by one, so that the first is applied and the second superseded.
-        return recs.iter().map(|rec| record_one(conn, rec)).collect();
+        return recs.iter().map(|rec| record_one(conn, rec, now)).collect();
     }
-    let now = now_ms();
     for chunk in chunks(recs) {
         let sql = multi_row(
             INSERT_ATTEMPTS,
@@ -329,8 +330,7 @@ pub(super) fn record_many(
         .collect())
 }
 
-fn record_one(conn: &Connection, rec: &AttemptRecord) -> Result<RecordOutcome, StoreError> {
-    let now = now_ms();
+fn record_one(conn: &Connection, rec: &AttemptRecord, now: i64) -> Result<RecordOutcome, StoreError> {
     let sql = format!("{INSERT_ATTEMPTS}(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING");
     execute(conn, &sql, &attempt_params(rec))?;
     let (status, next_at) = step(rec, now);
@@ -357,9 +357,8 @@ fn record_one(conn: &Connection, rec: &AttemptRecord) -> Result<RecordOutcome, S
 
 /// Leases up to `claim.limit` due jobs, skipping busy endpoints, and reads
 /// their events.
-pub(super) fn claim_in(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJob>, StoreError> {
+pub(super) fn claim_in(conn: &Connection, claim: &Claim, now: i64) -> Result<Vec<ClaimedJob>, StoreError> {
     let (limit, busy) = (claim.limit, &claim.busy);
-    let now = now_ms();
     let lease_until = now.saturating_add(claim.lease_ms);
     // `INDEXED BY`: the partial index of pending jobs by due time. Left to
     // itself (no ANALYZE statistics) SQLite picks `deliveries_status`

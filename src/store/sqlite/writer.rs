@@ -24,6 +24,7 @@
 //! writes that came meanwhile join the same transaction.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{claim_in, ingest_many, record_many};
 use super::upkeep::{upkeep_in, Upkeep, UpkeepDone};
+use crate::clock::Clock;
 use crate::store::{AttemptRecord, ClaimedJob, IngestOutcome, NewEvent, RecordOutcome, StoreError};
 
 /// The most writes committed together; bounds one transaction's size and the
@@ -79,12 +81,12 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Commits queued writes in batches until every sender is gone. Runs on a
-/// thread of its own (it blocks).
-pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
+/// thread of its own (it blocks). Due times and leases are on `clock`.
+pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, clock: Arc<dyn Clock>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         take_waiting(&mut batch, &mut rx);
-        match commit_batch(&mut conn, &mut batch, Some(&mut rx)) {
+        match commit_batch(&mut conn, &mut batch, clock.now_ms(), Some(&mut rx)) {
             Ok(results) => {
                 for (op, result) in batch.into_iter().zip(results) {
                     reply(op, Ok(result));
@@ -95,7 +97,7 @@ pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) 
             Err(_) if batch.len() > 1 => {
                 for op in batch {
                     let mut alone = vec![op];
-                    let result = commit_batch(&mut conn, &mut alone, None);
+                    let result = commit_batch(&mut conn, &mut alone, clock.now_ms(), None);
                     let single = result.and_then(|mut r| r.pop().ok_or(StoreError::Closed));
                     if let Some(op) = alone.pop() {
                         reply(op, single);
@@ -159,12 +161,13 @@ fn reply(op: WriteOp, result: Result<OpResult, StoreError>) {
     }
 }
 
-/// Commits `batch` as one transaction and gives each write's result, in
-/// order. With `waiting`, upkeep in the batch gives way to the writes that
+/// Commits `batch` as one transaction, its times taken as `now`, and gives
+/// each write's result, in order. With `waiting`, upkeep in the batch gives way to the writes that
 /// come meanwhile, and those join `batch` and this transaction.
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<WriteOp>,
+    now: i64,
     waiting: Option<&mut mpsc::Receiver<WriteOp>>,
 ) -> Result<Vec<OpResult>, StoreError> {
     // IMMEDIATE: take the write lock at BEGIN. Other connections (operator
@@ -197,11 +200,11 @@ fn commit_batch(
     // Ingests and attempts never touch the same rows: a job is only attempted
     // after the commit that created it. Claims come last, so that they see
     // the jobs this batch creates and the retries it schedules.
-    let mut ingested = ingest_many(&tx, &ingests)?.into_iter();
-    let mut recorded = record_many(&tx, &records)?.into_iter();
+    let mut ingested = ingest_many(&tx, &ingests, now)?.into_iter();
+    let mut recorded = record_many(&tx, &records, now)?.into_iter();
     let mut claimed = Vec::with_capacity(claims.len());
     for claim in claims {
-        claimed.push(claim_in(&tx, claim)?);
+        claimed.push(claim_in(&tx, claim, now)?);
     }
     let mut claimed = claimed.into_iter();
     let mut upkept = upkept.into_iter();
@@ -279,7 +282,8 @@ mod upkeep_tests {
     async fn a_purge_gives_way_to_a_waiting_ingest() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("payhook.db");
-        let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        let clock = std::sync::Arc::new(crate::clock::SystemClock);
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display()), clock)
             .await
             .expect("store");
         for i in 0..(4 * STEP_EVENTS) {
@@ -301,7 +305,8 @@ mod upkeep_tests {
             limit: 1_000,
         };
         let mut batch = vec![WriteOp::Upkeep(Box::new(purge), purge_reply)];
-        let results = commit_batch(&mut conn, &mut batch, Some(&mut rx)).expect("committed");
+        let now = Utc::now().timestamp_millis();
+        let results = commit_batch(&mut conn, &mut batch, now, Some(&mut rx)).expect("committed");
 
         assert_eq!(batch.len(), 2, "the waiting ingest joined the transaction");
         match &results[..] {
