@@ -11,7 +11,7 @@ use axum::Router;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,7 +28,7 @@ use crate::queue::consumer::DeliveryConsumer;
 use crate::queue::publisher::OutboxPublisher;
 use crate::queue::topology::Topology;
 use crate::server::{self, ServeOptions};
-use crate::store::{Store, StoreError};
+use crate::store::{OutboxItem, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Which parts of the relay this process runs.
@@ -155,6 +155,10 @@ impl Application {
                     Topology::new(&q.prefix, &config.delivery.retry_schedule),
                 )
             }),
+            handoff: (config.queue.is_some() && options.role.runs_ingress()).then(|| {
+                let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+                (tx, std::sync::Mutex::new(Some(rx)))
+            }),
             paused: PausedEndpoints::default(),
             live,
             options,
@@ -279,6 +283,16 @@ impl Application {
     }
 }
 
+/// Committed outbox rows waiting for this process's publisher in memory;
+/// past this the rest wait for their lease to run out (about 5 MB of events).
+const HANDOFF_QUEUE: usize = 8192;
+
+/// The ingress's side of the hand-over, and the publisher's, taken once.
+type Handoff = (
+    mpsc::Sender<OutboxItem>,
+    std::sync::Mutex<Option<mpsc::Receiver<OutboxItem>>>,
+);
+
 /// What the relay's parts share, built once by [`Application::build`].
 struct Parts {
     store: Store,
@@ -287,6 +301,9 @@ struct Parts {
     jobs_committed: Arc<Notify>,
     /// RabbitMQ mode.
     broker: Option<Broker>,
+    /// RabbitMQ mode, ingress role: new outbox rows from the ingress to
+    /// this process's publisher, in memory.
+    handoff: Option<Handoff>,
     paused: PausedEndpoints,
     live: LiveConfig,
     options: BuildOptions,
@@ -303,6 +320,7 @@ impl Parts {
             max_body_bytes: config.server.max_body_bytes,
             outbox: self.broker.is_some(),
             jobs_committed: self.jobs_committed.clone(),
+            publisher: self.handoff.as_ref().map(|(tx, _)| tx.clone()),
             verifying: Arc::new(tokio::sync::Semaphore::new(
                 crate::ingress::handler::verification_permits(),
             )),
@@ -346,7 +364,10 @@ impl Parts {
                 store: self.store.clone(),
                 metrics: self.metrics.clone(),
                 wake: self.jobs_committed.clone(),
-                handoff: self.store.outbox_handoff(),
+                handoff: self.handoff.as_ref().and_then(|(_, rx)| match rx.lock() {
+                    Ok(mut rx) => rx.take(),
+                    Err(poisoned) => poisoned.into_inner().take(),
+                }),
                 shutdown: options.shutdown.clone(),
             };
             workers.push(publisher.run().boxed());

@@ -6,12 +6,28 @@ use std::fmt::Write;
 
 use super::report::Report;
 
+/// One figure of the table: its label, the baseline's and the relay's
+/// values, and the decimals shown.
+type Row = (&'static str, Option<f64>, Option<f64>, usize);
+
 impl Report {
     /// The human-readable table.
     pub fn table(&self) -> String {
+        let mut out = String::new();
+        self.write_setup(&mut out);
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{:<28}{:>14}{:>14}{:>10}", "", "baseline", "relay", "ratio");
+        for row in self.rows() {
+            write_row(&mut out, row);
+        }
+        self.write_outcome(&mut out);
+        out
+    }
+
+    /// What was run, where, and on what.
+    fn write_setup(&self, out: &mut String) {
         let s = &self.setup;
         let m = &self.machine;
-        let mut out = String::new();
         let rate = s.rate.map_or("max".to_owned(), |r| format!("{r:.0}/s"));
         let _ = writeln!(
             out,
@@ -20,7 +36,7 @@ impl Report {
         );
         if s.ingress_only {
             let _ = writeln!(
-                out,
+                *out,
                 "ingress only: the relay has no endpoint and delivers nothing"
             );
         }
@@ -39,19 +55,22 @@ impl Report {
                 .map(|(k, v)| format!("{k} = {v}"))
                 .collect();
             let _ = writeln!(
-                out,
+                *out,
                 "PostgreSQL settings not from its defaults: {}",
                 settings.join(", ")
             );
         }
-        let _ = writeln!(out);
-        let _ = writeln!(out, "{:<28}{:>14}{:>14}{:>10}", "", "baseline", "relay", "ratio");
+    }
+
+    /// The figures, baseline beside relay.
+    fn rows(&self) -> [Row; 14] {
+        let s = &self.setup;
         let b = self.baseline.as_ref();
         let r = &self.relay;
         let e = self.end_to_end.as_ref();
         let bp = b.and_then(|b| b.process);
         let rp = r.process;
-        let rows: [(&str, Option<f64>, Option<f64>, usize); 14] = [
+        [
             (
                 "ingress accepted/s",
                 b.map(|b| b.throughput_per_s),
@@ -136,26 +155,12 @@ impl Report {
                 rp.map(|p| p.rss_peak_mb),
                 1,
             ),
-        ];
-        for (label, base, relay, digits) in rows {
-            let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
-            // End-to-end rows compare against the baseline's ingress figures.
-            let base_shown = if label.starts_with("end-to-end") {
-                None
-            } else {
-                base
-            };
-            let ratio_cell = match (base, relay) {
-                (Some(b), Some(r)) if b > 0.0 => format!("{:.2}", r / b),
-                _ => "-".to_owned(),
-            };
-            let _ = writeln!(
-                out,
-                "{label:<28}{:>14}{:>14}{ratio_cell:>10}",
-                cell(base_shown),
-                cell(relay)
-            );
-        }
+        ]
+    }
+
+    /// How many were accepted and delivered, and the first error.
+    fn write_outcome(&self, out: &mut String) {
+        let r = &self.relay;
         let _ = writeln!(
             out,
             "\naccepted {}/{} (failed {}{})",
@@ -164,9 +169,9 @@ impl Report {
             r.failed,
             failures_text(&r.failures)
         );
-        if let Some(e) = e {
+        if let Some(e) = &self.end_to_end {
             let _ = writeln!(
-                out,
+                *out,
                 "delivered {}, duplicates {}, unmatched {}, over {:.2} s",
                 e.delivered, e.duplicates, e.unmatched, e.seconds
             );
@@ -179,8 +184,27 @@ impl Report {
             "end-to-end ratios are to the baseline's ingress figures; CPU seconds are the server process's, \
              from the first request to the last delivery (load generator: the bench process itself)."
         );
-        out
     }
+}
+
+fn write_row(out: &mut String, (label, base, relay, digits): Row) {
+    let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+    // End-to-end rows compare against the baseline's ingress figures.
+    let base_shown = if label.starts_with("end-to-end") {
+        None
+    } else {
+        base
+    };
+    let ratio_cell = match (base, relay) {
+        (Some(b), Some(r)) if b > 0.0 => format!("{:.2}", r / b),
+        _ => "-".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "{label:<28}{:>14}{:>14}{ratio_cell:>10}",
+        cell(base_shown),
+        cell(relay)
+    );
 }
 
 fn per_request(cpu_seconds: f64, requests: usize) -> f64 {

@@ -31,6 +31,9 @@ pub struct IngressState {
     pub outbox: bool,
     /// Tells the embedded dispatcher that new jobs were committed.
     pub jobs_committed: Arc<tokio::sync::Notify>,
+    /// This process's outbox publisher (RabbitMQ mode), handed each new
+    /// outbox row in memory after its commit.
+    pub publisher: Option<tokio::sync::mpsc::Sender<crate::store::OutboxItem>>,
     /// Permits to verify and parse a callback (CPU work) on the runtime: one
     /// fewer than the cores, so a flood of signed or unsigned callbacks always
     /// leaves a worker thread for the admin port and the embedded dispatcher.
@@ -302,7 +305,7 @@ async fn handle(
         return Reply::Unavailable;
     };
     let event_id = new.event.id.to_string();
-    match state.store.ingest(new).await {
+    match ingest(state, new).await {
         Ok(IngestOutcome::Accepted { jobs }) => {
             tracing::Span::current().record("event_id", event_id.as_str());
             if jobs > 0 {
@@ -321,6 +324,22 @@ async fn handle(
             tracing::error!(error = %e, "could not store callback; provider told to retry");
             Reply::Unavailable
         }
+    }
+}
+
+/// Stores `new`; a new outbox row goes to this process's publisher. A full
+/// or closed hand-over queue drops it: the row waits out its lease for the
+/// publisher's scan.
+async fn ingest(state: &IngressState, new: NewEvent) -> Result<IngestOutcome, crate::store::StoreError> {
+    match &state.publisher {
+        Some(publisher) if new.outbox => {
+            let (outcome, row) = state.store.ingest_for_publisher(new).await?;
+            if let Some(row) = row {
+                let _ = publisher.try_send(row);
+            }
+            Ok(outcome)
+        }
+        _ => state.store.ingest(new).await,
     }
 }
 

@@ -59,8 +59,9 @@ pub struct OutboxPublisher {
     pub metrics: Arc<Metrics>,
     /// Notified by the ingress after each commit.
     pub wake: Arc<Notify>,
-    /// This process's committed outbox rows, handed over in memory
-    /// (`Store::outbox_handoff`), already leased to this publisher.
+    /// This process's committed outbox rows, handed over in memory by the
+    /// ingress (`Store::ingest_for_publisher`), already leased to this
+    /// publisher.
     pub handoff: Option<mpsc::Receiver<OutboxItem>>,
     pub shutdown: CancellationToken,
 }

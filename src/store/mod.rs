@@ -390,13 +390,17 @@ impl Store {
         }
     }
 
-    /// Committed outbox rows of this process, handed to its publisher in
-    /// memory (PostgreSQL only; SQLite's rows are all found by the scan).
-    /// Once per store.
-    pub fn outbox_handoff(&self) -> Option<tokio::sync::mpsc::Receiver<OutboxItem>> {
+    /// As [`ingest`](Self::ingest), and the new outbox row (if `new.outbox`
+    /// and the event was stored), leased to the caller's publisher for a
+    /// hand-over in memory (`app` wires it). PostgreSQL only; SQLite's rows
+    /// are all found by the publisher's scan.
+    pub async fn ingest_for_publisher(
+        &self,
+        new: NewEvent,
+    ) -> Result<(IngestOutcome, Option<OutboxItem>), StoreError> {
         match self {
-            Store::Sqlite(_) => None,
-            Store::Postgres(s) => s.outbox_handoff(),
+            Store::Sqlite(s) => Ok((s.ingest(new).await?, None)),
+            Store::Postgres(s) => s.ingest_for_publisher(new).await,
         }
     }
 

@@ -10,12 +10,11 @@
 //! the way rows are picked under concurrency differs.
 
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
-use tokio::sync::mpsc;
 
 use super::{
     classify_unclaimed_row, millis, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim, JobRef,
@@ -83,9 +82,6 @@ use batcher::Batcher;
 /// or better throughput flat out (docs/benchmarks/history.md, 2026-12-02).
 const BATCH_LANES: usize = 1;
 const MAX_BATCH: usize = 256;
-/// Committed outbox rows waiting for this process's publisher in memory;
-/// past this the rest wait for their lease to run out (about 5 MB of events).
-const HANDOFF_QUEUE: usize = 8192;
 
 /// Gives back the leases of `$1`'s jobs that are still pending. Unlike the
 /// claim and the record (`batched::CLAIM_MANY`), a literal status is safe
@@ -102,9 +98,6 @@ const MAX_CONNECTIONS: u32 = 16;
 pub struct PostgresStore {
     pub(super) pool: PgPool,
     ingests: Batcher<IngestRequest>,
-    /// Where committed outbox rows go to this process's publisher, once it
-    /// asked for them ([`PostgresStore::outbox_handoff`]).
-    handoff: Arc<OnceLock<mpsc::Sender<OutboxItem>>>,
     records: Batcher<AttemptRecord>,
     claims: Batcher<ClaimRequest>,
     /// The caller's side of the skew correction (`db_skew!`): the clock the
@@ -191,7 +184,6 @@ impl PostgresStore {
             ingests: Batcher::start(pool.clone(), clock.clone(), BATCH_LANES, MAX_BATCH),
             records: Batcher::start(pool.clone(), clock.clone(), BATCH_LANES, MAX_BATCH),
             claims: Batcher::start(pool.clone(), clock.clone(), BATCH_LANES, MAX_BATCH),
-            handoff: Arc::default(),
             pool,
             clock,
         })
@@ -210,35 +202,26 @@ impl PostgresStore {
     /// the event, its delivery jobs and the outbox row are written together
     /// or not at all, and committed before the result comes back. Concurrent
     /// ingests share that statement (`postgres/batcher.rs`).
-    ///
-    /// Once the publisher asked for hand-offs, a new outbox row is written
-    /// leased to it and passed to it in memory after the commit, so that it
-    /// publishes without reading the row back. The row stays the record: if
-    /// the process dies (or the hand-off queue is full) the lease runs out
-    /// and any publisher's scan takes it.
     pub async fn ingest(&self, new: NewEvent) -> Result<IngestOutcome, StoreError> {
-        let handoff = self.handoff.get();
-        let request = IngestRequest {
-            handoff: handoff.is_some() && new.outbox,
-            new,
-        };
-        let Ingested {
-            outcome,
-            handoff: item,
-        } = self.ingests.run(request).await?;
-        if let (Some(item), Some(publisher)) = (item, handoff) {
-            // Full or closed: the row waits out its lease for the scan.
-            let _ = publisher.try_send(item);
-        }
-        Ok(outcome)
+        let request = IngestRequest { new, handoff: false };
+        Ok(self.ingests.run(request).await?.outcome)
     }
 
-    /// Hands every outbox row this process commits from now on to the
-    /// returned queue (see `ingest`). Once per store: a second call gets
-    /// `None`.
-    pub fn outbox_handoff(&self) -> Option<mpsc::Receiver<OutboxItem>> {
-        let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-        self.handoff.set(tx).ok().map(|()| rx)
+    /// As [`ingest`](Self::ingest), with a new outbox row written leased to
+    /// the caller's publisher and returned, so that the caller can hand it
+    /// over in memory and the publisher need not read the row back. The row
+    /// stays the record: if the hand-over fails or the process dies, the
+    /// lease runs out and any publisher's scan takes it.
+    pub async fn ingest_for_publisher(
+        &self,
+        new: NewEvent,
+    ) -> Result<(IngestOutcome, Option<OutboxItem>), StoreError> {
+        let request = IngestRequest {
+            handoff: new.outbox,
+            new,
+        };
+        let Ingested { outcome, handoff } = self.ingests.run(request).await?;
+        Ok((outcome, handoff))
     }
 
     /// One statement, as `ingest`: the attempt and the job's next step.

@@ -1192,29 +1192,30 @@ async fn postgres_batch_with_a_bad_row_fails_only_that_row() {
     store.close().await;
 }
 
-/// Once the publisher asked for them, the rows an ingest writes to the outbox
-/// reach it in memory, leased to it, as the scan would have read them. The
-/// row stays the record: when its lease runs out (here expired by hand, as
-/// if this process had died before publishing) any publisher's scan finds it.
+/// An ingest for this process's publisher returns the outbox row it wrote,
+/// leased to that publisher, as the scan would have read it. The row stays
+/// the record: when its lease runs out (here expired by hand, as if this
+/// process had died before publishing) any publisher's scan finds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_committed_outbox_rows_are_handed_over_and_stay_recoverable() {
     let (store, db) = postgres_store().await;
-    let mut handoff = store.outbox_handoff().expect("PostgreSQL hands outbox rows over");
-    assert!(store.outbox_handoff().is_none(), "one publisher per store");
 
     let mut a = new_event("a", "T1", &["e1", "e2"]);
     a.outbox = true;
     let before = now_ms();
-    accept(&store, &a).await;
+    let (outcome, item) = store.ingest_for_publisher(a.clone()).await.unwrap();
+    assert_eq!(outcome, IngestOutcome::Accepted { jobs: 2 });
+    let item = item.expect("the committed row is handed over");
     // No outbox row, nothing handed over; a duplicate writes no row either.
-    accept(&store, &new_event("a", "T2", &["e1"])).await;
-    assert!(matches!(
-        store.ingest(repeat_of(&a)).await.unwrap(),
-        IngestOutcome::Duplicate { .. }
-    ));
-
-    let item = handoff.try_recv().expect("the committed row is handed over");
-    assert!(handoff.try_recv().is_err(), "one row, handed over once");
+    let (outcome, none) = store
+        .ingest_for_publisher(new_event("a", "T2", &["e1"]))
+        .await
+        .unwrap();
+    assert_eq!(outcome, IngestOutcome::Accepted { jobs: 1 });
+    assert!(none.is_none(), "no outbox row asked for, none handed over");
+    let (outcome, none) = store.ingest_for_publisher(repeat_of(&a)).await.unwrap();
+    assert!(matches!(outcome, IngestOutcome::Duplicate { .. }));
+    assert!(none.is_none(), "a duplicate writes no row");
     assert_eq!(item.event_id, a.event.id.as_str());
     assert_eq!(item.routing_key, "dryad.payment.succeeded");
     assert_eq!(item.payload, a.payload);
@@ -1266,12 +1267,13 @@ async fn postgres_committed_outbox_rows_are_handed_over_and_stay_recoverable() {
             new
         })
         .collect();
-    let outcomes = futures_util::future::join_all(events.iter().map(|e| store.ingest(e.clone()))).await;
-    assert!(outcomes
-        .iter()
-        .all(|o| matches!(o, Ok(IngestOutcome::Accepted { jobs: 1 }))));
+    let outcomes =
+        futures_util::future::join_all(events.iter().map(|e| store.ingest_for_publisher(e.clone()))).await;
     let mut handed = HashSet::new();
-    while let Ok(item) = handoff.try_recv() {
+    for outcome in outcomes {
+        let (outcome, item) = outcome.unwrap();
+        assert_eq!(outcome, IngestOutcome::Accepted { jobs: 1 });
+        let item = item.expect("handed over");
         assert_eq!(item.jobs.len(), 1);
         assert!(handed.insert(item.event_id));
     }
