@@ -10,6 +10,7 @@ mod postgres;
 #[doc(hidden)]
 pub use postgres::hot_statements;
 mod admin_query;
+mod backend;
 mod endpoints;
 mod postgres_admin;
 mod retention;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
+pub use backend::Backend;
 pub use endpoints::{EndpointState, HealthReport, PausedBy};
 pub use postgres::PostgresStore;
 pub use retention::{BlankBatch, PurgeBatch, RETENTION_BATCH};
@@ -280,116 +282,6 @@ impl Store {
         }
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ping().await,
-            Store::Postgres(s) => s.ping().await,
-        }
-    }
-
-    pub async fn ingest(&self, new: NewEvent) -> Result<IngestOutcome, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ingest(new).await,
-            Store::Postgres(s) => s.ingest(new).await,
-        }
-    }
-
-    /// Leases up to `limit` due jobs, skipping endpoints in `busy`.
-    pub async fn claim_due(
-        &self,
-        limit: usize,
-        lease: Duration,
-        busy: &[String],
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.claim_due(limit, lease, busy).await,
-            Store::Postgres(s) => s.claim_due(limit, lease, busy).await,
-        }
-    }
-
-    /// When the earliest unleased pending job is due (epoch ms).
-    pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.next_due_at().await,
-            Store::Postgres(s) => s.next_due_at().await,
-        }
-    }
-
-    pub async fn record_attempt(&self, record: AttemptRecord) -> Result<RecordOutcome, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.record_attempt(record).await,
-            Store::Postgres(s) => s.record_attempt(record).await,
-        }
-    }
-
-    /// Gives leased jobs back (graceful shutdown), so another dispatcher can
-    /// take them at once instead of waiting out the lease.
-    pub async fn release(&self, delivery_ids: &[i64]) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.release(delivery_ids).await,
-            Store::Postgres(s) => s.release(delivery_ids).await,
-        }
-    }
-
-    /// Renews the leases of jobs this dispatcher still holds (waiting for a
-    /// slot of their endpoint, or in an attempt) for another `lease`. Only
-    /// live leases of pending jobs are renewed: one that ran out may be
-    /// another dispatcher's now, and a finished job needs none.
-    pub async fn extend_leases(&self, delivery_ids: &[i64], lease: Duration) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.extend_leases(delivery_ids, lease).await,
-            Store::Postgres(s) => s.extend_leases(delivery_ids, lease).await,
-        }
-    }
-
-    /// Puts a leased job aside for `hold` without an attempt: it stays
-    /// pending at the same attempt and due time, leased to nobody until then,
-    /// so that no claim, sweep or embedded worker takes it before. Returns
-    /// its `next_attempt_at` (how long it has been due), or `None` if it is
-    /// no longer pending at `attempt`.
-    pub async fn defer(&self, job: JobRef, hold: Duration) -> Result<Option<i64>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.defer(job, hold).await,
-            Store::Postgres(s) => s.defer(job, hold).await,
-        }
-    }
-
-    pub async fn prune_nonces(&self, older_than_ms: i64) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.prune_nonces(older_than_ms).await,
-            Store::Postgres(s) => s.prune_nonces(older_than_ms).await,
-        }
-    }
-
-    pub async fn count_pending(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.count_pending().await,
-            Store::Postgres(s) => s.count_pending().await,
-        }
-    }
-
-    pub async fn deliveries_for_event(&self, event_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.deliveries_for_event(event_id).await,
-            Store::Postgres(s) => s.deliveries_for_event(event_id).await,
-        }
-    }
-
-    pub async fn attempts_for_delivery(&self, delivery_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.attempts_for_delivery(delivery_id).await,
-            Store::Postgres(s) => s.attempts_for_delivery(delivery_id).await,
-        }
-    }
-
-    /// Leases up to `limit` unpublished outbox rows for publishing.
-    pub async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxItem>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.outbox_claim(limit, lease).await,
-            Store::Postgres(s) => s.outbox_claim(limit, lease).await,
-        }
-    }
-
     /// As [`ingest`](Self::ingest), and the new outbox row (if `new.outbox`
     /// and the event was stored), leased to the caller's publisher for a
     /// hand-over in memory (`app` wires it). PostgreSQL only; SQLite's rows
@@ -401,21 +293,6 @@ impl Store {
         match self {
             Store::Sqlite(s) => Ok((s.ingest(new).await?, None)),
             Store::Postgres(s) => s.ingest_for_publisher(new).await,
-        }
-    }
-
-    /// Removes outbox rows whose publishes the broker confirmed.
-    pub async fn outbox_done(&self, outbox_ids: &[i64]) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.outbox_done(outbox_ids).await,
-            Store::Postgres(s) => s.outbox_done(outbox_ids).await,
-        }
-    }
-
-    pub async fn count_outbox(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.count_outbox().await,
-            Store::Postgres(s) => s.count_outbox().await,
         }
     }
 
@@ -450,32 +327,6 @@ impl Store {
                 claims
             }
             Store::Postgres(s) => s.claim_all(jobs, lease).await,
-        }
-    }
-
-    /// Leases one specific job (RabbitMQ mode) if it is pending at that
-    /// attempt, due, and nobody else holds it; otherwise says why not.
-    pub async fn claim_job(&self, job: JobRef, lease: Duration) -> Result<JobClaim, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.claim_job(job, lease).await,
-            Store::Postgres(s) => s.claim_job(job, lease).await,
-        }
-    }
-
-    /// Pending, unleased jobs due before `due_before_ms` (their queue message
-    /// was lost, e.g. a crash between storing and publishing). Their due time
-    /// is moved to now so that one sweep does not find them again at once.
-    pub async fn requeue_overdue(&self, due_before_ms: i64, limit: usize) -> Result<Vec<JobRef>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.requeue_overdue(due_before_ms, limit).await,
-            Store::Postgres(s) => s.requeue_overdue(due_before_ms, limit).await,
-        }
-    }
-
-    pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.close().await,
-            Store::Postgres(s) => s.close().await,
         }
     }
 }
@@ -556,32 +407,6 @@ pub struct NewDelivery {
 }
 
 impl Store {
-    /// Events matching `filter`, newest first, at most `filter.limit`.
-    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.list_events(filter).await,
-            Store::Postgres(s) => s.list_events(filter).await,
-        }
-    }
-
-    pub async fn event(&self, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.event(event_id).await,
-            Store::Postgres(s) => s.event(event_id).await,
-        }
-    }
-
-    /// Every delivery of one event, oldest first.
-    pub async fn delivery_details_for_event(
-        &self,
-        event_id: &str,
-    ) -> Result<Vec<DeliveryDetail>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delivery_details_for_event(event_id).await,
-            Store::Postgres(s) => s.delivery_details_for_event(event_id).await,
-        }
-    }
-
     /// Every delivery of the given events, in delivery id order (at most a
     /// page of events: the list is one statement).
     pub async fn delivery_details_for_events(
@@ -597,60 +422,11 @@ impl Store {
         }
     }
 
-    /// Dead deliveries that nothing redelivered yet, to any endpoint.
-    pub async fn count_dead_unresolved(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.count_dead_unresolved().await,
-            Store::Postgres(s) => s.count_dead_unresolved().await,
-        }
-    }
-
     /// Which database this is, as operators name it.
     pub fn backend_name(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
             Store::Postgres(_) => "postgres",
-        }
-    }
-
-    /// Deliveries matching `filter`, newest first, at most `filter.limit`.
-    pub async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryDetail>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.list_deliveries(filter).await,
-            Store::Postgres(s) => s.list_deliveries(filter).await,
-        }
-    }
-
-    /// One new pending delivery of `event_id` to each of `endpoints`, due now,
-    /// in one transaction. A dead delivery of the event to the same endpoint
-    /// counts as redelivered by it. With `outbox` (RabbitMQ mode), also an
-    /// outbox row that publishes the new jobs but not the event again.
-    pub async fn redeliver_event(
-        &self,
-        event_id: &str,
-        endpoints: &[EndpointId],
-        outbox: bool,
-    ) -> Result<Vec<NewDelivery>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.redeliver_event(event_id, endpoints, outbox).await,
-            Store::Postgres(s) => s.redeliver_event(event_id, endpoints, outbox).await,
-        }
-    }
-
-    /// For every dead delivery to one of `endpoints` not yet redelivered, a
-    /// new pending delivery (same event, same endpoint), due now, in one
-    /// transaction; with `outbox`, one jobs-only outbox row per event.
-    /// At most `limit` (oldest first), so that a client can go in batches and
-    /// show progress. Returns how many were created and how many are left.
-    pub async fn redeliver_dead(
-        &self,
-        endpoints: &[EndpointId],
-        outbox: bool,
-        limit: Option<u32>,
-    ) -> Result<BulkRedelivery, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.redeliver_dead(endpoints, outbox, limit).await,
-            Store::Postgres(s) => s.redeliver_dead(endpoints, outbox, limit).await,
         }
     }
 }
