@@ -20,11 +20,16 @@
 //! - [`domain`]: parsed newtypes (`AmountFen`, `AccountId`, `EventId`) and the
 //!   event merchants receive.
 //! - [`store`]: events, delivery jobs, attempts, nonces. SQLite (embedded
-//!   default, group-committed writes by one writer thread) and PostgreSQL
-//!   (concurrent writes batched into multi-row statements) behind one
-//!   `Store` type. The ingress
-//!   writes the event and its delivery jobs in one transaction and answers
-//!   the provider only after the commit.
+//!   default, group-committed writes by one writer thread, retention's
+//!   deletes in small steps on the same thread)
+//!   and PostgreSQL (concurrent writes batched into multi-row statements)
+//!   behind one `Store` type; `store/backend.rs` lists what both backends
+//!   offer alike (the `Backend` trait). The ingress writes the event and its
+//!   delivery jobs in one transaction and answers the provider only after
+//!   the commit; in scaled mode it hands the new outbox row to this
+//!   process's publisher (`app` wires the two).
+//! - [`clock`]: the relay's one injected clock (freshness, due times,
+//!   leases, the retry schedule, auto-pause, retention).
 //! - [`dispatch`]: takes due jobs, signs and POSTs them (`dispatch::sign`,
 //!   `dispatch::http`), and stores every attempt and what comes next.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, the operator API under

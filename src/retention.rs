@@ -30,6 +30,9 @@ const MAX_INTERVAL: Duration = Duration::from_secs(60);
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// The shortest pause between two batches of a pass.
 const MIN_BATCH_GAP: Duration = Duration::from_millis(5);
+/// Each pause is this many times as long as the batch before it: retention
+/// takes at most a quarter of the store's write time.
+const PAUSE_FACTOR: u32 = 3;
 
 /// How often a pass runs: a tenth of the retention, so that nothing stays
 /// much past it, and at least every minute, so that each pass has little
@@ -186,12 +189,12 @@ impl Retention {
         }
     }
 
-    /// Waits between two batches as long as the last one took (at least
-    /// [`MIN_BATCH_GAP`]), so that retention takes at most half of the
-    /// store's write time, whatever the traffic. False on shutdown.
+    /// Waits between two batches [`PAUSE_FACTOR`] times as long as the last
+    /// one took (at least [`MIN_BATCH_GAP`]), whatever the traffic. False on
+    /// shutdown.
     async fn pause(&self, batch_took: Duration) -> bool {
         tokio::select! {
-            _ = tokio::time::sleep(batch_took.max(MIN_BATCH_GAP)) => true,
+            _ = tokio::time::sleep((batch_took * PAUSE_FACTOR).max(MIN_BATCH_GAP)) => true,
             _ = self.shutdown.cancelled() => false,
         }
     }

@@ -103,106 +103,118 @@ fn filler(len: usize) -> String {
 pub async fn seed_backlog(url: &str, endpoint: &str, count: u64) -> Result<Seeded, BenchError> {
     let started = Instant::now();
     Store::connect(url).await?.close().await;
-    let now = chrono::Utc::now().timestamp_millis();
-    let due = now + BACKLOG_DUE_IN_MS;
-    let payload = filler(256);
-    let raw = filler(128).into_bytes();
-    if url.starts_with("sqlite:") {
-        let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::from_str(url)?).await?;
-        let mut from = 1;
-        while from <= count {
-            let to = (from + SEED_BATCH - 1).min(count);
-            let (lo, hi) = (to_i64(from), to_i64(to));
-            let mut tx = conn.begin().await?;
-            sqlx::query(
-                "WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?2) \
-                 INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
-                 merchant_order_no, payload, raw_body, raw_headers, received_at) \
-                 SELECT 'evt_' || printf('%026d', i), 'bench-backlog', 'dryad', 'payment.succeeded', \
-                 'BACKLOG' || i, '', 'BACKLOG' || i, ?3, ?4, '{}', ?5 FROM seq",
-            )
-            .bind(lo)
-            .bind(hi)
-            .bind(&payload)
-            .bind(&raw)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?2) \
-                 INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, \
-                 lease_until, created_at, updated_at, last_error) \
-                 SELECT 'evt_' || printf('%026d', i), ?3, 'pending', 1, ?4, 0, ?5, ?5, 'HTTP 503' FROM seq",
-            )
-            .bind(lo)
-            .bind(hi)
-            .bind(endpoint)
-            .bind(due)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            from = to + 1;
-        }
-        let _ = conn.close().await;
+    let rows = BacklogRows {
+        endpoint,
+        now: chrono::Utc::now().timestamp_millis(),
+        payload: filler(256),
+        raw: filler(128).into_bytes(),
+    };
+    let not_checkpointed = if url.starts_with("sqlite:") {
+        seed_sqlite(url, &rows, count).await?;
+        // Closing the last connection has checkpointed the WAL.
+        None
     } else {
-        let mut conn = PgConnection::connect(url).await?;
-        let mut from = 1;
-        while from <= count {
-            let to = (from + SEED_BATCH - 1).min(count);
-            let (lo, hi) = (to_i64(from), to_i64(to));
-            let mut tx = conn.begin().await?;
-            sqlx::query(
-                "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
-                 merchant_order_no, payload, raw_body, raw_headers, received_at) \
-                 SELECT 'evt_' || lpad(i::text, 26, '0'), 'bench-backlog', 'dryad', 'payment.succeeded', \
-                 'BACKLOG' || i, '', 'BACKLOG' || i, $3, $4, '{}', $5 FROM generate_series($1::bigint, $2::bigint) i",
-            )
-            .bind(lo)
-            .bind(hi)
-            .bind(&payload)
-            .bind(&raw)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, \
-                 lease_until, created_at, updated_at, last_error) \
-                 SELECT 'evt_' || lpad(i::text, 26, '0'), $3, 'pending', 1, $4, 0, $5, $5, 'HTTP 503' \
-                 FROM generate_series($1::bigint, $2::bigint) i",
-            )
-            .bind(lo)
-            .bind(hi)
-            .bind(endpoint)
-            .bind(due)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            from = to + 1;
-        }
-        // A backlog that built up over hours would have been vacuumed and
-        // analyzed by autovacuum, and its pages written out by checkpoints
-        // long ago. Seeded in seconds, it leaves shared_buffers full of
-        // dirty pages, which the relay's backends would otherwise write out
-        // during the run (measured with 1M: ~10,000 pages in a 4 s run).
-        sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
-        let not_checkpointed = sqlx::raw_sql("CHECKPOINT")
-            .execute(&mut conn)
-            .await
-            .err()
-            .map(|e| e.to_string());
-        let _ = conn.close().await;
-        return Ok(Seeded {
-            took: started.elapsed(),
-            not_checkpointed,
-        });
-    }
-    // SQLite: closing the last connection has checkpointed the WAL.
+        seed_postgres(url, &rows, count).await?
+    };
     Ok(Seeded {
         took: started.elapsed(),
-        not_checkpointed: None,
+        not_checkpointed,
     })
+}
+
+/// What every seeded row has in common.
+struct BacklogRows<'a> {
+    endpoint: &'a str,
+    now: i64,
+    payload: String,
+    raw: Vec<u8>,
+}
+
+/// Seeding's batches: rows `lo..=hi` for each, numbered from 1.
+fn seed_batches(count: u64) -> impl Iterator<Item = (i64, i64)> {
+    (1..=count)
+        .step_by(usize::try_from(SEED_BATCH).unwrap_or(usize::MAX))
+        .map(move |from| (to_i64(from), to_i64((from + SEED_BATCH - 1).min(count))))
+}
+
+const SQLITE_SEED_EVENTS: &str =
+    "WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?2) \
+     INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+     merchant_order_no, payload, raw_body, raw_headers, received_at) \
+     SELECT 'evt_' || printf('%026d', i), 'bench-backlog', 'dryad', 'payment.succeeded', \
+     'BACKLOG' || i, '', 'BACKLOG' || i, ?3, ?4, '{}', ?5 FROM seq";
+const SQLITE_SEED_DELIVERIES: &str =
+    "WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?2) \
+     INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, \
+     lease_until, created_at, updated_at, last_error) \
+     SELECT 'evt_' || printf('%026d', i), ?3, 'pending', 1, ?4, 0, ?5, ?5, 'HTTP 503' FROM seq";
+const PG_SEED_EVENTS: &str =
+    "INSERT INTO events (id, account, provider, event_type, provider_trade_no, dedup_extra, \
+     merchant_order_no, payload, raw_body, raw_headers, received_at) \
+     SELECT 'evt_' || lpad(i::text, 26, '0'), 'bench-backlog', 'dryad', 'payment.succeeded', \
+     'BACKLOG' || i, '', 'BACKLOG' || i, $3, $4, '{}', $5 FROM generate_series($1::bigint, $2::bigint) i";
+const PG_SEED_DELIVERIES: &str =
+    "INSERT INTO deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, \
+     lease_until, created_at, updated_at, last_error) \
+     SELECT 'evt_' || lpad(i::text, 26, '0'), $3, 'pending', 1, $4, 0, $5, $5, 'HTTP 503' \
+     FROM generate_series($1::bigint, $2::bigint) i";
+
+/// Inserts one batch's events and deliveries in `tx` (`$events` and
+/// `$deliveries` take the same parameters in both backends).
+macro_rules! seed_batch {
+    ($tx:ident, $events:expr, $deliveries:expr, $rows:expr, $lo:expr, $hi:expr) => {{
+        let due = $rows.now + BACKLOG_DUE_IN_MS;
+        sqlx::query($events)
+            .bind($lo)
+            .bind($hi)
+            .bind(&$rows.payload)
+            .bind(&$rows.raw)
+            .bind($rows.now)
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query($deliveries)
+            .bind($lo)
+            .bind($hi)
+            .bind($rows.endpoint)
+            .bind(due)
+            .bind($rows.now)
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
+async fn seed_sqlite(url: &str, rows: &BacklogRows<'_>, count: u64) -> Result<(), BenchError> {
+    let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::from_str(url)?).await?;
+    for (lo, hi) in seed_batches(count) {
+        let mut tx = conn.begin().await?;
+        seed_batch!(tx, SQLITE_SEED_EVENTS, SQLITE_SEED_DELIVERIES, rows, lo, hi);
+        tx.commit().await?;
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Returns why `CHECKPOINT` failed, if it did.
+async fn seed_postgres(url: &str, rows: &BacklogRows<'_>, count: u64) -> Result<Option<String>, BenchError> {
+    let mut conn = PgConnection::connect(url).await?;
+    for (lo, hi) in seed_batches(count) {
+        let mut tx = conn.begin().await?;
+        seed_batch!(tx, PG_SEED_EVENTS, PG_SEED_DELIVERIES, rows, lo, hi);
+        tx.commit().await?;
+    }
+    // A backlog that built up over hours would have been vacuumed and
+    // analyzed by autovacuum, and its pages written out by checkpoints
+    // long ago. Seeded in seconds, it leaves shared_buffers full of
+    // dirty pages, which the relay's backends would otherwise write out
+    // during the run (measured with 1M: ~10,000 pages in a 4 s run).
+    sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut conn).await?;
+    let not_checkpointed = sqlx::raw_sql("CHECKPOINT")
+        .execute(&mut conn)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    let _ = conn.close().await;
+    Ok(not_checkpointed)
 }
 
 /// How seeding went.

@@ -21,7 +21,6 @@ use super::{
     NewEvent, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
 };
 
-mod checkpoint;
 mod rows;
 pub(super) mod upkeep;
 mod writer;
@@ -68,7 +67,6 @@ impl SqliteStore {
         // The group-commit writer: its own connection on its own thread,
         // opened after the migrations so that it sees the schema.
         let conn = open_writer(options.get_filename())?;
-        let checkpoints = checkpoint::start_checkpointer(options.get_filename())?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
@@ -78,7 +76,7 @@ impl SqliteStore {
         let writer_clock = clock.clone();
         std::thread::Builder::new()
             .name("payhook-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, writer_clock, checkpoints))
+            .spawn(move || run_writer(conn, rx, writer_clock))
             .map_err(StoreError::WriterThread)?;
         Ok(Self {
             write,

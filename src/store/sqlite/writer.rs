@@ -30,7 +30,6 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::checkpoint::Nudge;
 use super::rows::{claim_in, ingest_many, record_many};
 use super::upkeep::{upkeep_in, Upkeep, UpkeepDone};
 use crate::clock::Clock;
@@ -78,25 +77,16 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // in memory instead of spilling to temporary files.
     conn.pragma_update(None, "temp_store", "memory")?;
     conn.set_prepared_statement_cache_capacity(WRITER_STATEMENT_CACHE);
-    // Checkpoints run on a thread of their own (`checkpoint.rs`).
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
 
 /// Commits queued writes in batches until every sender is gone. Runs on a
 /// thread of its own (it blocks). Due times and leases are on `clock`.
-pub(super) fn run_writer(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<WriteOp>,
-    clock: Arc<dyn Clock>,
-    checkpoints: Nudge,
-) {
+pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, clock: Arc<dyn Clock>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         take_waiting(&mut batch, &mut rx);
-        let committed = commit_batch(&mut conn, &mut batch, clock.now_ms(), Some(&mut rx));
-        checkpoints.after_commit();
-        match committed {
+        match commit_batch(&mut conn, &mut batch, clock.now_ms(), Some(&mut rx)) {
             Ok(results) => {
                 for (op, result) in batch.into_iter().zip(results) {
                     reply(op, Ok(result));
