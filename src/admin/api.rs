@@ -439,9 +439,10 @@ async fn list_events(
     let provider = present(q.provider);
     if let Some(p) = &provider {
         if crate::domain::ProviderKind::parse(p).is_none() {
-            return Err(AdminError::BadRequest(
-                "provider must be one of cbb, shouqianba, abc, dingdang, dryad".into(),
-            ));
+            return Err(AdminError::BadRequest(format!(
+                "provider must be one of {}",
+                crate::domain::ProviderKind::listed(None)
+            )));
         }
     }
     let event_type = present(q.event_type);
@@ -796,6 +797,38 @@ mod tests {
         documented.sort();
         routed.sort();
         assert_eq!(documented, routed);
+    }
+
+    /// `openapi.json` is a static file: its provider enums must name the
+    /// registry's providers, in its order, so that a new one cannot be
+    /// left out.
+    #[test]
+    fn the_openapi_document_lists_every_provider() {
+        let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+        let expected: Vec<Value> = crate::domain::ProviderKind::NAMES
+            .iter()
+            .map(|name| Value::from(*name))
+            .collect();
+        let parameter = doc["paths"]["/admin/events"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == "provider")
+            .expect("a provider parameter");
+        let mut enums = vec![&parameter["schema"]["enum"]];
+        for schema in doc["components"]["schemas"]
+            .as_object()
+            .expect("schemas")
+            .values()
+        {
+            if let Some(provider) = schema["properties"].get("provider") {
+                enums.push(&provider["enum"]);
+            }
+        }
+        assert!(enums.len() >= 2, "the filter and the event's field");
+        for listed in enums {
+            assert_eq!(listed.as_array(), Some(&expected), "{listed}");
+        }
     }
 
     #[test]
