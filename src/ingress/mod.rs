@@ -3,7 +3,7 @@
 //! Each provider lives in its own module behind the [`Provider`] trait
 //! (verify raw bytes, then parse into a [`crate::domain::Notification`]) and
 //! the [`ProviderModule`] trait (its config section, building its verifier
-//! and sandbox signer, its bench accounts). [`for_each_provider`] is the one
+//! and sandbox signer, its bench accounts). `for_each_provider` is the one
 //! table that names them; `registry` builds accounts from the config through
 //! it; `handler` runs the request path. `docs/adding-a-provider.md` walks
 //! through adding one.
