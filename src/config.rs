@@ -1543,28 +1543,52 @@ mod tests {
         let secrets = |list: &KeyList<Secret>| list.iter().map(|s| s.expose().to_owned()).collect::<Vec<_>>();
         let pair = vec!["/etc/payhook/a.pem".to_owned(), "/etc/payhook/b.pem".to_owned()];
         let new_old = vec!["new".to_owned(), "old".to_owned()];
-        for account in &c.accounts {
-            match &account.settings {
-                ProviderSettings::Cbb(cbb) => {
-                    assert_eq!(
-                        files(&cbb.public_key_files),
-                        ["/etc/payhook/new.pem", "/keys/old.pem"]
-                    )
-                }
-                ProviderSettings::Dryad(dryad) => assert_eq!(secrets(&dryad.secrets), new_old),
-                ProviderSettings::Dingdang(dingdang) => match &dingdang.scheme {
-                    DingdangSchemeConfig::HmacSha256 { secrets: s } => assert_eq!(secrets(s), new_old),
-                    DingdangSchemeConfig::Rsa2 { public_key_files } => {
-                        assert_eq!(files(public_key_files), pair)
-                    }
-                },
-                ProviderSettings::Shouqianba(sqb) => match &sqb.mode {
-                    SqbMode::Md5 { terminal_keys } => assert_eq!(secrets(terminal_keys), new_old),
-                    SqbMode::Rsa { public_key_files } => assert_eq!(files(public_key_files), pair),
-                },
-                ProviderSettings::Abc(abc) => assert_eq!(files(&abc.certificate_files), pair),
-            }
-        }
+        // One account at a time, so that a new provider's variant needs no
+        // arm here.
+        let settings = |id: &str| &c.account(id).expect("the account").settings;
+        let ProviderSettings::Cbb(cbb) = settings("c") else {
+            panic!("cbb")
+        };
+        assert_eq!(
+            files(&cbb.public_key_files),
+            ["/etc/payhook/new.pem", "/keys/old.pem"]
+        );
+        let ProviderSettings::Dryad(dryad) = settings("d") else {
+            panic!("dryad")
+        };
+        assert_eq!(secrets(&dryad.secrets), new_old);
+        let ProviderSettings::Dingdang(hmac) = settings("h") else {
+            panic!("dingdang")
+        };
+        let DingdangSchemeConfig::HmacSha256 { secrets: s } = &hmac.scheme else {
+            panic!("hmac")
+        };
+        assert_eq!(secrets(s), new_old);
+        let ProviderSettings::Dingdang(rsa2) = settings("r") else {
+            panic!("dingdang")
+        };
+        let DingdangSchemeConfig::Rsa2 { public_key_files } = &rsa2.scheme else {
+            panic!("rsa2")
+        };
+        assert_eq!(files(public_key_files), pair);
+        let ProviderSettings::Shouqianba(md5) = settings("m") else {
+            panic!("shouqianba")
+        };
+        let SqbMode::Md5 { terminal_keys } = &md5.mode else {
+            panic!("md5")
+        };
+        assert_eq!(secrets(terminal_keys), new_old);
+        let ProviderSettings::Shouqianba(rsa) = settings("s") else {
+            panic!("shouqianba")
+        };
+        let SqbMode::Rsa { public_key_files } = &rsa.mode else {
+            panic!("rsa")
+        };
+        assert_eq!(files(public_key_files), pair);
+        let ProviderSettings::Abc(abc) = settings("a") else {
+            panic!("abc")
+        };
+        assert_eq!(files(&abc.certificate_files), pair);
 
         let cbb = "[[accounts]]\nid=\"c\"\nprovider=\"cbb\"\n";
         let dryad = "[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\n";
