@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::{AccountId, EndpointId, EventType, ProviderKind};
+pub use crate::ingress::registry::ProviderSettings;
 use crate::key_list::{KeyList, KeyListError};
 
 #[derive(Debug, thiserror::Error)]
@@ -204,60 +205,8 @@ pub struct AccountConfig {
 
 impl AccountConfig {
     pub fn provider(&self) -> ProviderKind {
-        match self.settings {
-            ProviderSettings::Cbb { .. } => ProviderKind::Cbb,
-            ProviderSettings::Shouqianba { .. } => ProviderKind::Shouqianba,
-            ProviderSettings::Abc { .. } => ProviderKind::Abc,
-            ProviderSettings::Dingdang { .. } => ProviderKind::Dingdang,
-            ProviderSettings::Dryad { .. } => ProviderKind::Dryad,
-        }
+        self.settings.kind()
     }
-}
-
-#[derive(Debug, Clone)]
-pub enum ProviderSettings {
-    Cbb {
-        /// `public_key_file`, or `public_key_files` while the key is rotated.
-        public_key_files: KeyList<PathBuf>,
-        sandbox_private_key_file: Option<PathBuf>,
-    },
-    Shouqianba {
-        terminal_sn: String,
-        mode: SqbMode,
-        sandbox_private_key_file: Option<PathBuf>,
-    },
-    Abc {
-        /// `certificate_file`, or `certificate_files` while it is renewed.
-        certificate_files: KeyList<PathBuf>,
-        /// The bank's MerchantID of this account: every notice must carry it.
-        merchant_id: String,
-        /// Pinned per account; a notice cannot choose another.
-        signature_algorithm: crate::ingress::abc::AbcAlgorithm,
-        sandbox_private_key_file: Option<PathBuf>,
-    },
-    Dingdang {
-        scheme: DingdangSchemeConfig,
-        max_clock_skew: Duration,
-        /// The skillId/domainId of this account: every notice must carry it.
-        skill_id: String,
-        sandbox_private_key_file: Option<PathBuf>,
-    },
-    Dryad {
-        secrets: KeyList<Secret>,
-        max_clock_skew: Duration,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub enum SqbMode {
-    Md5 { terminal_keys: KeyList<Secret> },
-    Rsa { public_key_files: KeyList<PathBuf> },
-}
-
-#[derive(Debug, Clone)]
-pub enum DingdangSchemeConfig {
-    HmacSha256 { secrets: KeyList<Secret> },
-    Rsa2 { public_key_files: KeyList<PathBuf> },
 }
 
 #[derive(Debug, Clone)]
@@ -384,83 +333,6 @@ struct FileDelivery {
     unknown_endpoint_grace: Option<String>,
     allow_private_targets: Option<bool>,
     proxy: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileCbb {
-    id: String,
-    /// Already read to choose this struct; accepted here so that it is not "unknown".
-    #[serde(rename = "provider")]
-    _provider: String,
-    public_key_file: Option<PathBuf>,
-    public_key_files: Option<Vec<PathBuf>>,
-    sandbox_private_key_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileShouqianba {
-    id: String,
-    /// Already read to choose this struct; accepted here so that it is not "unknown".
-    #[serde(rename = "provider")]
-    _provider: String,
-    sign_mode: Option<String>,
-    terminal_sn: String,
-    terminal_key: Option<String>,
-    terminal_key_env: Option<String>,
-    terminal_key_file: Option<PathBuf>,
-    terminal_keys: Option<Vec<toml::Value>>,
-    public_key_file: Option<PathBuf>,
-    public_key_files: Option<Vec<PathBuf>>,
-    sandbox_private_key_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAbc {
-    id: String,
-    /// Already read to choose this struct; accepted here so that it is not "unknown".
-    #[serde(rename = "provider")]
-    _provider: String,
-    certificate_file: Option<PathBuf>,
-    certificate_files: Option<Vec<PathBuf>>,
-    merchant_id: Option<String>,
-    signature_algorithm: Option<String>,
-    sandbox_private_key_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDingdang {
-    id: String,
-    /// Already read to choose this struct; accepted here so that it is not "unknown".
-    #[serde(rename = "provider")]
-    _provider: String,
-    scheme: String,
-    secret: Option<String>,
-    secret_env: Option<String>,
-    secret_file: Option<PathBuf>,
-    secrets: Option<Vec<toml::Value>>,
-    public_key_file: Option<PathBuf>,
-    public_key_files: Option<Vec<PathBuf>>,
-    max_clock_skew: Option<String>,
-    skill_id: Option<String>,
-    sandbox_private_key_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDryad {
-    id: String,
-    /// Already read to choose this struct; accepted here so that it is not "unknown".
-    #[serde(rename = "provider")]
-    _provider: String,
-    secret: Option<String>,
-    secret_env: Option<String>,
-    secret_file: Option<PathBuf>,
-    secrets: Option<Vec<toml::Value>>,
-    max_clock_skew: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -605,6 +477,72 @@ struct Ctx<'a> {
     env: EnvLookup<'a>,
 }
 
+/// What a provider module reads its `[[accounts]]` section with
+/// ([`crate::ingress::ProviderModule::settings`]): where the table is, for
+/// messages (`accounts[0]`), and the config file's folder and environment,
+/// for key files and secrets.
+pub struct AccountCx<'a> {
+    ctx: &'a Ctx<'a>,
+    at: String,
+}
+
+impl AccountCx<'_> {
+    /// `accounts[0].name`: how a message names one of the section's keys.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.at)
+    }
+
+    /// A refusal of the section's key `name`.
+    pub fn invalid(&self, name: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::invalid(self.key(name), message)
+    }
+
+    /// A refusal of the section as a whole (`accounts[0]: …`), such as an
+    /// unknown key.
+    pub fn section_error(&self, message: impl Into<String>) -> ConfigError {
+        let message: String = message.into();
+        ConfigError::invalid(&self.at, message.trim())
+    }
+
+    /// A path as written, taken from the config file's folder if relative.
+    pub fn path(&self, p: PathBuf) -> PathBuf {
+        self.ctx.path(p)
+    }
+
+    /// The secret `name` (`name`, `name_env` or `name_file`), or the list
+    /// `{name}s` while it is rotated; `None` when neither is given.
+    pub fn secrets(&self, name: &str, given: SecretKeys) -> Result<Option<KeyList<Secret>>, ConfigError> {
+        self.ctx.secrets(&self.at, name, ACCOUNT_KEY_COST, given)
+    }
+
+    /// The key file `name`, or the list `{name}s` while the key is rotated;
+    /// `None` when neither is given.
+    pub fn key_files(
+        &self,
+        name: &str,
+        one: Option<PathBuf>,
+        list: Option<Vec<PathBuf>>,
+    ) -> Result<Option<KeyList<PathBuf>>, ConfigError> {
+        self.ctx.key_files(&self.at, name, one, list)
+    }
+
+    /// The duration `name`, `default` when it is not given.
+    pub fn duration(&self, name: &str, given: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+        duration(&self.key(name), given.unwrap_or(default))
+    }
+
+    /// The required, non-empty text `name`: what binds notices to an
+    /// account (`what` says what it is).
+    pub fn required_text(
+        &self,
+        name: &str,
+        value: Option<String>,
+        what: &str,
+    ) -> Result<String, ConfigError> {
+        required_text(&self.key(name), value, what)
+    }
+}
+
 /// Where one secret's value comes from.
 enum SecretSource {
     Inline(String),
@@ -613,11 +551,11 @@ enum SecretSource {
 }
 
 /// A secret's keys as written: `x`, `x_env`, `x_file` and the list `xs`.
-struct SecretKeys {
-    inline: Option<String>,
-    env: Option<String>,
-    file: Option<PathBuf>,
-    list: Option<Vec<toml::Value>>,
+pub struct SecretKeys {
+    pub inline: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+    pub list: Option<Vec<toml::Value>>,
 }
 
 /// Why a list of keys or secrets is refused, for `key`; `cost` says what
@@ -660,7 +598,6 @@ fn sqlite_relative_to(base: &Path, url: String) -> String {
     }
 }
 
-/// A required, non-empty text value: what binds notices to an account.
 /// `[delivery] retry_schedule`: at least one delay, none decreasing, none
 /// over 7 days; the contract's 0s/1m/5m/15m/60m when absent.
 fn retry_schedule(list: Option<Vec<String>>) -> Result<Vec<Duration>, ConfigError> {
@@ -718,11 +655,7 @@ fn proxy_url(text: String) -> Result<ProxyUrl, ConfigError> {
         })
 }
 
-/// A provider's `[[accounts]]` table as its own serde type.
-fn typed<T: serde::de::DeserializeOwned>(at: &str, table: toml::Table) -> Result<T, ConfigError> {
-    T::deserialize(table).map_err(|e| ConfigError::invalid(at, e.to_string().trim().to_owned()))
-}
-
+/// A required, non-empty text value: what binds notices to an account.
 fn required_text(key: &str, value: Option<String>, what: &str) -> Result<String, ConfigError> {
     match value.map(|v| v.trim().to_owned()) {
         Some(v) if !v.is_empty() => Ok(v),
@@ -1146,237 +1079,34 @@ impl Ctx<'_> {
         Ok(account)
     }
 
-    fn provider_account(&self, i: usize, table: toml::Table) -> Result<AccountConfig, ConfigError> {
+    fn provider_account(&self, i: usize, mut table: toml::Table) -> Result<AccountConfig, ConfigError> {
         let at = format!("accounts[{i}]");
-        let provider_text = match table.get("provider") {
-            Some(toml::Value::String(p)) => p.clone(),
+        let provider_text = match table.remove("provider") {
+            Some(toml::Value::String(p)) => p,
             _ => {
                 return Err(ConfigError::invalid(
                     format!("{at}.provider"),
-                    "missing; one of cbb, shouqianba, abc, dingdang, dryad",
+                    format!("missing; one of {}", ProviderKind::listed(None)),
                 ))
             }
         };
         let provider = ProviderKind::parse(&provider_text).ok_or_else(|| {
             ConfigError::invalid(
                 format!("{at}.provider"),
-                format!("unknown provider `{provider_text}`; one of cbb, shouqianba, abc, dingdang, dryad"),
+                format!(
+                    "unknown provider `{provider_text}`; one of {}",
+                    ProviderKind::listed(None)
+                ),
             )
         })?;
-        let id_of = |id: &str| {
-            AccountId::parse(id).map_err(|e| ConfigError::invalid(format!("{at}.id"), e.to_string()))
-        };
-        let (id, settings) = match provider {
-            ProviderKind::Cbb => self.cbb_settings(&at, table)?,
-            ProviderKind::Shouqianba => self.shouqianba_settings(&at, table)?,
-            ProviderKind::Abc => self.abc_settings(&at, table)?,
-            ProviderKind::Dingdang => self.dingdang_settings(&at, table)?,
-            ProviderKind::Dryad => self.dryad_settings(&at, table)?,
-        };
+        let cx = AccountCx { ctx: self, at };
+        let (id, settings) = ProviderSettings::read(provider, table, &cx)?;
+        let id = AccountId::parse(&id).map_err(|e| cx.invalid("id", e.to_string()))?;
         Ok(AccountConfig {
-            id: id_of(&id)?,
+            id,
             rate_limit: None,
             settings,
         })
-    }
-
-    /// `[[accounts]]` with `provider = "cbb"`: its file id and settings.
-    fn cbb_settings(&self, at: &str, table: toml::Table) -> Result<(String, ProviderSettings), ConfigError> {
-        let f: FileCbb = typed(at, table)?;
-        let public_key_files = self
-            .key_files(at, "public_key_file", f.public_key_file, f.public_key_files)?
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    format!("{at}.public_key_file"),
-                    "required: the CBB platform public key (public_key_files while it is rotated)",
-                )
-            })?;
-        Ok((
-            f.id,
-            ProviderSettings::Cbb {
-                public_key_files,
-                sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
-            },
-        ))
-    }
-
-    /// `[[accounts]]` with `provider = "shouqianba"`: its file id and settings.
-    fn shouqianba_settings(
-        &self,
-        at: &str,
-        table: toml::Table,
-    ) -> Result<(String, ProviderSettings), ConfigError> {
-        let f: FileShouqianba = typed(at, table)?;
-        let key = format!("{at}.terminal_key");
-        let terminal_keys = self.secrets(
-            at,
-            "terminal_key",
-            ACCOUNT_KEY_COST,
-            SecretKeys {
-                inline: f.terminal_key,
-                env: f.terminal_key_env,
-                file: f.terminal_key_file,
-                list: f.terminal_keys,
-            },
-        )?;
-        let public_key_files =
-            self.key_files(at, "public_key_file", f.public_key_file, f.public_key_files)?;
-        let mode = match f.sign_mode.as_deref().unwrap_or("md5") {
-            "md5" => SqbMode::Md5 {
-                terminal_keys: terminal_keys
-                    .ok_or_else(|| ConfigError::invalid(&key, "required when sign_mode = \"md5\""))?,
-            },
-            "rsa" => SqbMode::Rsa {
-                public_key_files: public_key_files.ok_or_else(|| {
-                    ConfigError::invalid(
-                        format!("{at}.public_key_file"),
-                        "required when sign_mode = \"rsa\"",
-                    )
-                })?,
-            },
-            other => {
-                return Err(ConfigError::invalid(
-                    format!("{at}.sign_mode"),
-                    format!("`{other}` is not md5 or rsa"),
-                ))
-            }
-        };
-        if f.terminal_sn.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{at}.terminal_sn"),
-                "must not be empty",
-            ));
-        }
-        Ok((
-            f.id,
-            ProviderSettings::Shouqianba {
-                terminal_sn: f.terminal_sn,
-                mode,
-                sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
-            },
-        ))
-    }
-
-    /// `[[accounts]]` with `provider = "abc"`: its file id and settings.
-    fn abc_settings(&self, at: &str, table: toml::Table) -> Result<(String, ProviderSettings), ConfigError> {
-        let f: FileAbc = typed(at, table)?;
-        let certificate_files = self
-            .key_files(at, "certificate_file", f.certificate_file, f.certificate_files)?
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    format!("{at}.certificate_file"),
-                    "required: the bank's certificate (certificate_files while it is renewed)",
-                )
-            })?;
-        let merchant_id = required_text(
-            &format!("{at}.merchant_id"),
-            f.merchant_id,
-            "the bank's MerchantID of this account",
-        )?;
-        let algorithm_key = format!("{at}.signature_algorithm");
-        let signature_algorithm = match f.signature_algorithm.as_deref() {
-            None => crate::ingress::abc::AbcAlgorithm::Sha1WithRsa,
-            Some(text) => crate::ingress::abc::AbcAlgorithm::parse(text).ok_or_else(|| {
-                ConfigError::invalid(
-                    &algorithm_key,
-                    format!("`{text}` is not SHA1withRSA or SHA256withRSA"),
-                )
-            })?,
-        };
-        Ok((
-            f.id,
-            ProviderSettings::Abc {
-                certificate_files,
-                merchant_id,
-                signature_algorithm,
-                sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
-            },
-        ))
-    }
-
-    /// `[[accounts]]` with `provider = "dingdang"`: its file id and settings.
-    fn dingdang_settings(
-        &self,
-        at: &str,
-        table: toml::Table,
-    ) -> Result<(String, ProviderSettings), ConfigError> {
-        let f: FileDingdang = typed(at, table)?;
-        let key = format!("{at}.secret");
-        let secrets = self.secrets(
-            at,
-            "secret",
-            ACCOUNT_KEY_COST,
-            SecretKeys {
-                inline: f.secret,
-                env: f.secret_env,
-                file: f.secret_file,
-                list: f.secrets,
-            },
-        )?;
-        let public_key_files =
-            self.key_files(at, "public_key_file", f.public_key_file, f.public_key_files)?;
-        let scheme = match f.scheme.as_str() {
-            "TSK-HMAC-SHA256-BASIC" => DingdangSchemeConfig::HmacSha256 {
-                secrets: secrets
-                    .ok_or_else(|| ConfigError::invalid(&key, "required for TSK-HMAC-SHA256-BASIC"))?,
-            },
-            "TSK-RSA2" => DingdangSchemeConfig::Rsa2 {
-                public_key_files: public_key_files.ok_or_else(|| {
-                    ConfigError::invalid(format!("{at}.public_key_file"), "required for TSK-RSA2")
-                })?,
-            },
-            other => {
-                return Err(ConfigError::invalid(
-                    format!("{at}.scheme"),
-                    format!("`{other}` is not TSK-HMAC-SHA256-BASIC or TSK-RSA2"),
-                ))
-            }
-        };
-        let skew_key = format!("{at}.max_clock_skew");
-        let skill_id = required_text(
-            &format!("{at}.skill_id"),
-            f.skill_id,
-            "the skillId/domainId of this account",
-        )?;
-        Ok((
-            f.id,
-            ProviderSettings::Dingdang {
-                scheme,
-                skill_id,
-                max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("180s"))?,
-                sandbox_private_key_file: f.sandbox_private_key_file.map(|p| self.path(p)),
-            },
-        ))
-    }
-
-    /// `[[accounts]]` with `provider = "dryad"`: its file id and settings.
-    fn dryad_settings(
-        &self,
-        at: &str,
-        table: toml::Table,
-    ) -> Result<(String, ProviderSettings), ConfigError> {
-        let f: FileDryad = typed(at, table)?;
-        let secrets = self
-            .secrets(
-                at,
-                "secret",
-                ACCOUNT_KEY_COST,
-                SecretKeys {
-                    inline: f.secret,
-                    env: f.secret_env,
-                    file: f.secret_file,
-                    list: f.secrets,
-                },
-            )?
-            .ok_or_else(|| ConfigError::invalid(format!("{at}.secret"), "required"))?;
-        let skew_key = format!("{at}.max_clock_skew");
-        Ok((
-            f.id,
-            ProviderSettings::Dryad {
-                secrets,
-                max_clock_skew: duration(&skew_key, f.max_clock_skew.as_deref().unwrap_or("300s"))?,
-            },
-        ))
     }
 
     fn endpoint(
@@ -1474,6 +1204,8 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingress::dingdang::DingdangSchemeConfig;
+    use crate::ingress::shouqianba::SqbMode;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -1689,7 +1421,7 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:1234");
         assert_eq!(c.queue.as_ref().map(|q| q.prefix.as_str()), Some("payhook"));
         match &c.accounts[0].settings {
-            ProviderSettings::Dryad { secrets, .. } => assert_eq!(secrets.first().expose(), "from-env"),
+            ProviderSettings::Dryad(dryad) => assert_eq!(dryad.secrets.first().expose(), "from-env"),
             other => panic!("{other:?}"),
         }
         assert!(
@@ -1811,33 +1543,52 @@ mod tests {
         let secrets = |list: &KeyList<Secret>| list.iter().map(|s| s.expose().to_owned()).collect::<Vec<_>>();
         let pair = vec!["/etc/payhook/a.pem".to_owned(), "/etc/payhook/b.pem".to_owned()];
         let new_old = vec!["new".to_owned(), "old".to_owned()];
-        for account in &c.accounts {
-            match &account.settings {
-                ProviderSettings::Cbb { public_key_files, .. } => {
-                    assert_eq!(files(public_key_files), ["/etc/payhook/new.pem", "/keys/old.pem"])
-                }
-                ProviderSettings::Dryad { secrets: s, .. } => assert_eq!(secrets(s), new_old),
-                ProviderSettings::Dingdang {
-                    scheme: DingdangSchemeConfig::HmacSha256 { secrets: s },
-                    ..
-                } => assert_eq!(secrets(s), new_old),
-                ProviderSettings::Dingdang {
-                    scheme: DingdangSchemeConfig::Rsa2 { public_key_files },
-                    ..
-                } => assert_eq!(files(public_key_files), pair),
-                ProviderSettings::Shouqianba {
-                    mode: SqbMode::Md5 { terminal_keys },
-                    ..
-                } => assert_eq!(secrets(terminal_keys), new_old),
-                ProviderSettings::Shouqianba {
-                    mode: SqbMode::Rsa { public_key_files },
-                    ..
-                } => assert_eq!(files(public_key_files), pair),
-                ProviderSettings::Abc {
-                    certificate_files, ..
-                } => assert_eq!(files(certificate_files), pair),
-            }
-        }
+        // One account at a time, so that a new provider's variant needs no
+        // arm here.
+        let settings = |id: &str| &c.account(id).expect("the account").settings;
+        let ProviderSettings::Cbb(cbb) = settings("c") else {
+            panic!("cbb")
+        };
+        assert_eq!(
+            files(&cbb.public_key_files),
+            ["/etc/payhook/new.pem", "/keys/old.pem"]
+        );
+        let ProviderSettings::Dryad(dryad) = settings("d") else {
+            panic!("dryad")
+        };
+        assert_eq!(secrets(&dryad.secrets), new_old);
+        let ProviderSettings::Dingdang(hmac) = settings("h") else {
+            panic!("dingdang")
+        };
+        let DingdangSchemeConfig::HmacSha256 { secrets: s } = &hmac.scheme else {
+            panic!("hmac")
+        };
+        assert_eq!(secrets(s), new_old);
+        let ProviderSettings::Dingdang(rsa2) = settings("r") else {
+            panic!("dingdang")
+        };
+        let DingdangSchemeConfig::Rsa2 { public_key_files } = &rsa2.scheme else {
+            panic!("rsa2")
+        };
+        assert_eq!(files(public_key_files), pair);
+        let ProviderSettings::Shouqianba(md5) = settings("m") else {
+            panic!("shouqianba")
+        };
+        let SqbMode::Md5 { terminal_keys } = &md5.mode else {
+            panic!("md5")
+        };
+        assert_eq!(secrets(terminal_keys), new_old);
+        let ProviderSettings::Shouqianba(rsa) = settings("s") else {
+            panic!("shouqianba")
+        };
+        let SqbMode::Rsa { public_key_files } = &rsa.mode else {
+            panic!("rsa")
+        };
+        assert_eq!(files(public_key_files), pair);
+        let ProviderSettings::Abc(abc) = settings("a") else {
+            panic!("abc")
+        };
+        assert_eq!(files(&abc.certificate_files), pair);
 
         let cbb = "[[accounts]]\nid=\"c\"\nprovider=\"cbb\"\n";
         let dryad = "[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\n";

@@ -10,13 +10,22 @@
 //!   `shouqianba`, `abc`, `dingdang`, `dryad`) behind the small synchronous
 //!   [`ingress::Provider`] trait: `verify` the raw bytes, then `parse` into a
 //!   [`domain::Notification`] bound to its account by a signed merchant field
-//!   (a platform key signs every merchant's notices). `ingress::common` holds
+//!   (a platform key signs every merchant's notices). Each module also owns
+//!   its part of everything else through [`ingress::ProviderModule`]: its
+//!   `[[accounts]]` section (a serde type and its checks), building its
+//!   verifier and sandbox signer, the keys that alone tell its accounts
+//!   apart, its bench accounts. One table, `ingress::for_each_provider` in
+//!   `ingress/mod.rs`, names the modules; [`domain::ProviderKind`], the
+//!   config's dispatch on `provider`, and every list of providers (messages,
+//!   help texts, the admin filter, the served OpenAPI enums, the bench) are
+//!   written from it (`docs/adding-a-provider.md`). `ingress::common` holds
 //!   what providers share (bounded, duplicate-refusing form and JSON parsing,
 //!   signing strings, RSA via `ring`, time parsing);
-//!   `ingress::registry` builds providers from the config and refuses
-//!   accounts that could not be told apart; `ingress::rate_limit` is the
-//!   per-account limit; `ingress::handler` is the request path (verification
-//!   bounded to the cores but one), answering in each provider's dialect.
+//!   `ingress::registry` builds accounts from the config through the modules
+//!   and refuses accounts that could not be told apart;
+//!   `ingress::rate_limit` is the per-account limit; `ingress::handler` is
+//!   the request path (verification bounded to the cores but one), answering
+//!   in each provider's dialect.
 //! - [`domain`]: parsed newtypes (`AmountFen`, `AccountId`, `EventId`) and the
 //!   event merchants receive.
 //! - [`store`]: events, delivery jobs, attempts, nonces. SQLite (embedded
@@ -37,7 +46,9 @@
 //!   document in `admin/openapi.json`), and the ops console's static page at
 //!   `/admin/ui` (`admin/ui/`).
 //! - [`telemetry`]: tracing setup and the Prometheus metrics of the contract.
-//! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed.
+//! - [`config`]: the TOML file and `PAYHOOK_*` overrides, strictly parsed;
+//!   each account's provider section is read by its module
+//!   ([`config::AccountCx`] gives it the secrets, key files and messages).
 //! - [`crypto`]: HMAC-SHA256 and constant-time comparison, shared by provider
 //!   verification, delivery signing and the admin token check.
 //! - [`live`]: what changes while the relay runs: the accounts and
@@ -66,9 +77,10 @@
 //! second crate: one version, one lock file and one test binary, while a
 //! program that embeds the relay (`default-features = false`) gets no clap
 //! or indicatif. Only `main.rs` and [`cli`] use them; the library's enums
-//! that flags take (`app::Role`, `ingress::SampleKind`,
-//! `bench::requests::BenchProvider`) derive `clap::ValueEnum` only with the
-//! feature. CI checks that the library builds without it.
+//! that flags take (`app::Role`, `ingress::SampleKind`, and
+//! `bench::requests::BenchProvider`, whose values come from the provider
+//! registry) implement `clap::ValueEnum` only with the feature. CI checks
+//! that the library builds without it.
 
 pub mod admin;
 pub mod app;

@@ -143,8 +143,57 @@ impl IntoResponse for AdminError {
     }
 }
 
-/// The OpenAPI document of this API, served at `/admin/openapi.json`.
+/// The OpenAPI document of this API as written; [`openapi_document`] is what
+/// `/admin/openapi.json` serves.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// The served OpenAPI document: [`OPENAPI_JSON`] with every provider enum
+/// (the events filter and the event's `provider`) written from the provider
+/// registry, so that a new provider needs no edit here.
+pub fn openapi_document() -> &'static str {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let mut doc: Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+        for listed in provider_enums(&mut doc) {
+            *listed = Value::from(crate::domain::ProviderKind::NAMES.to_vec());
+        }
+        serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
+    })
+}
+
+/// Each provider enum of the document: the `provider` query parameters'
+/// and the `provider` properties of its schemas.
+fn provider_enums(doc: &mut Value) -> Vec<&mut Value> {
+    let mut enums = Vec::new();
+    let Value::Object(doc) = doc else {
+        return enums;
+    };
+    for (key, part) in doc.iter_mut() {
+        match (key.as_str(), part) {
+            ("paths", Value::Object(paths)) => {
+                for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+                    for operation in operation.values_mut() {
+                        let Some(Value::Array(parameters)) = operation.get_mut("parameters") else {
+                            continue;
+                        };
+                        for parameter in parameters.iter_mut().filter(|p| p["name"] == "provider") {
+                            enums.extend(parameter.pointer_mut("/schema/enum"));
+                        }
+                    }
+                }
+            }
+            ("components", components) => {
+                if let Some(Value::Object(schemas)) = components.get_mut("schemas") {
+                    for schema in schemas.values_mut() {
+                        enums.extend(schema.pointer_mut("/properties/provider/enum"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    enums
+}
 
 /// Every operation of the API: (method, path under `/admin`, handler). The
 /// router is built from this table, and a test checks it against
@@ -179,7 +228,7 @@ pub fn routes(state: AdminState) -> Router<AdminState> {
 }
 
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+    ([(header::CONTENT_TYPE, "application/json")], openapi_document())
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
@@ -439,9 +488,10 @@ async fn list_events(
     let provider = present(q.provider);
     if let Some(p) = &provider {
         if crate::domain::ProviderKind::parse(p).is_none() {
-            return Err(AdminError::BadRequest(
-                "provider must be one of cbb, shouqianba, abc, dingdang, dryad".into(),
-            ));
+            return Err(AdminError::BadRequest(format!(
+                "provider must be one of {}",
+                crate::domain::ProviderKind::listed(None)
+            )));
         }
     }
     let event_type = present(q.event_type);
@@ -796,6 +846,38 @@ mod tests {
         documented.sort();
         routed.sort();
         assert_eq!(documented, routed);
+    }
+
+    /// The served document's provider enums are the registry's providers,
+    /// in its order, in both places; the file as written names none that
+    /// does not exist.
+    #[test]
+    fn the_openapi_document_lists_every_provider() {
+        let names: Vec<Value> = crate::domain::ProviderKind::NAMES
+            .iter()
+            .map(|name| Value::from(*name))
+            .collect();
+        let mut served: Value = serde_json::from_str(openapi_document()).expect("JSON");
+        let enums = provider_enums(&mut served);
+        assert_eq!(enums.len(), 2, "the events filter and the event's field");
+        for listed in enums {
+            assert_eq!(listed.as_array(), Some(&names), "{listed}");
+        }
+        let mut written: Value = serde_json::from_str(OPENAPI_JSON).expect("JSON");
+        for listed in provider_enums(&mut written) {
+            let listed = listed.as_array().expect("an enum is a list");
+            assert!(listed.iter().all(|name| names.contains(name)), "{listed:?}");
+        }
+        // Everything else is served as written.
+        let mut written: Value = serde_json::from_str(OPENAPI_JSON).expect("JSON");
+        let mut served: Value = serde_json::from_str(openapi_document()).expect("JSON");
+        for listed in provider_enums(&mut written) {
+            *listed = Value::Null;
+        }
+        for listed in provider_enums(&mut served) {
+            *listed = Value::Null;
+        }
+        assert_eq!(written, served);
     }
 
     #[test]

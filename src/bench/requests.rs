@@ -8,29 +8,18 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 use super::BenchError;
-use crate::config::{AccountConfig, Config, DingdangSchemeConfig, ProviderSettings, SqbMode};
-use crate::domain::AmountFen;
-use crate::ingress::registry::build_sandbox_signer;
-use crate::ingress::{SampleKind, SampleSigner, SampleSpec};
+use crate::config::{AccountConfig, Config};
+use crate::domain::{AmountFen, ProviderKind};
+use crate::ingress::registry::{bench_modes, build_sandbox_signer};
+use crate::ingress::{BenchMode, SampleKind, SampleSigner, SampleSpec};
 
-/// Which provider's callbacks to send.
+/// Which provider's callbacks to send: one provider in one signing mode (the
+/// modes are the provider modules' [`crate::ingress::ProviderModule::BENCH`]),
+/// all of them in turn, or hostile input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum BenchProvider {
-    /// Dryad: HMAC-SHA256 with a timestamp window and a nonce.
-    Dryad,
-    /// CBB: SHA256withRSA (RSA-2048) over the sorted form.
-    Cbb,
-    /// Shouqianba, MD5 mode.
-    Shouqianba,
-    /// Shouqianba, RSA mode.
-    ShouqianbaRsa,
-    /// ABC TrustPay: SHA1withRSA over XML.
-    Abc,
-    /// Dingdang, TSK-HMAC-SHA256-BASIC.
-    Dingdang,
-    /// Dingdang, TSK-RSA2.
-    DingdangRsa,
+    /// A provider module's bench account, e.g. `dryad`, `shouqianba-rsa`.
+    One(&'static BenchMode),
     /// All of the above in turn.
     Mix,
     /// Hostile input, not a provider: unsigned 64 KiB forms of 10,000 keys
@@ -39,75 +28,66 @@ pub enum BenchProvider {
     HostileForm,
 }
 
-const EACH: [BenchProvider; 7] = [
-    BenchProvider::Dryad,
-    BenchProvider::Cbb,
-    BenchProvider::Shouqianba,
-    BenchProvider::ShouqianbaRsa,
-    BenchProvider::Abc,
-    BenchProvider::Dingdang,
-    BenchProvider::DingdangRsa,
-];
-
 impl BenchProvider {
+    /// Every choice, as `--provider` lists them.
+    pub fn all() -> Vec<BenchProvider> {
+        let mut all: Vec<BenchProvider> = bench_modes().map(BenchProvider::One).collect();
+        all.extend([BenchProvider::Mix, BenchProvider::HostileForm]);
+        all
+    }
+
+    /// The choice named `name` (as `--provider` spells it).
+    pub fn named(name: &str) -> Option<BenchProvider> {
+        Self::all().into_iter().find(|p| p.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
-            BenchProvider::Dryad => "dryad",
-            BenchProvider::Cbb => "cbb",
-            BenchProvider::Shouqianba => "shouqianba",
-            BenchProvider::ShouqianbaRsa => "shouqianba-rsa",
-            BenchProvider::Abc => "abc",
-            BenchProvider::Dingdang => "dingdang",
-            BenchProvider::DingdangRsa => "dingdang-rsa",
+            BenchProvider::One(mode) => mode.name,
             BenchProvider::Mix => "mix",
             BenchProvider::HostileForm => "hostile-form",
         }
     }
 
+    /// Its line in `payhook bench --help`.
+    pub fn help(self) -> &'static str {
+        match self {
+            BenchProvider::One(mode) => mode.help,
+            BenchProvider::Mix => "All of the above in turn",
+            BenchProvider::HostileForm => {
+                "Hostile input, not a provider: unsigned 64 KiB forms of 10,000 keys posted to the CBB \
+                 account, each refused with 400. Measures what a refusal costs before any signature is \
+                 checked (`--ingress-only`)"
+            }
+        }
+    }
+
     fn each(self) -> Vec<BenchProvider> {
         match self {
-            BenchProvider::Mix => EACH.to_vec(),
+            BenchProvider::Mix => bench_modes().map(BenchProvider::One).collect(),
             one => vec![one],
         }
     }
 
     /// Whether `account` is one of this provider (and signing mode).
     fn fits(self, account: &AccountConfig) -> bool {
-        use ProviderSettings as S;
-        matches!(
-            (self, &account.settings),
-            (BenchProvider::Dryad, S::Dryad { .. })
-                | (BenchProvider::Cbb | BenchProvider::HostileForm, S::Cbb { .. })
-                | (BenchProvider::Abc, S::Abc { .. })
-                | (
-                    BenchProvider::Shouqianba,
-                    S::Shouqianba {
-                        mode: SqbMode::Md5 { .. },
-                        ..
-                    }
-                )
-                | (
-                    BenchProvider::ShouqianbaRsa,
-                    S::Shouqianba {
-                        mode: SqbMode::Rsa { .. },
-                        ..
-                    }
-                )
-                | (
-                    BenchProvider::Dingdang,
-                    S::Dingdang {
-                        scheme: DingdangSchemeConfig::HmacSha256 { .. },
-                        ..
-                    }
-                )
-                | (
-                    BenchProvider::DingdangRsa,
-                    S::Dingdang {
-                        scheme: DingdangSchemeConfig::Rsa2 { .. },
-                        ..
-                    }
-                )
-        )
+        match self {
+            BenchProvider::One(mode) => account.settings.bench_mode() == Some(mode.name),
+            BenchProvider::HostileForm => account.provider() == ProviderKind::Cbb,
+            BenchProvider::Mix => false,
+        }
+    }
+}
+
+#[cfg(feature = "cli")]
+impl clap::ValueEnum for BenchProvider {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: std::sync::OnceLock<Vec<BenchProvider>> = std::sync::OnceLock::new();
+        ALL.get_or_init(BenchProvider::all)
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()).help(self.help()))
     }
 }
 
@@ -116,66 +96,22 @@ fn quoted(path: &Path) -> String {
 }
 
 /// `[[accounts]]` for the relay the bench starts: one sandbox account per
-/// provider and signing mode. The RSA ones share a key pair generated into
-/// `dir` now, so the bench needs no key files of its own.
+/// provider and signing mode, as each provider module gives it. The RSA ones
+/// share a key pair generated into `dir` now, so the bench needs no key
+/// files of its own.
 pub fn accounts_toml(dir: &Path) -> Result<String, BenchError> {
     crate::sandbox_keys::generate(dir)?;
     let public = quoted(&dir.join("public.pem"));
     let private = quoted(&dir.join("private.pem"));
-    Ok(format!(
-        r#"
-[[accounts]]
-id = "bench-dryad"
-provider = "dryad"
-secret = "bench-dryad-secret"
-max_clock_skew = "300s"
-
-[[accounts]]
-id = "bench-cbb"
-provider = "cbb"
-public_key_file = {public}
-sandbox_private_key_file = {private}
-
-[[accounts]]
-id = "bench-sqb-md5"
-provider = "shouqianba"
-sign_mode = "md5"
-terminal_sn = "100111220054389553"
-terminal_key = "bench-terminal-key"
-
-[[accounts]]
-id = "bench-sqb-rsa"
-provider = "shouqianba"
-sign_mode = "rsa"
-terminal_sn = "100111220054389553"
-public_key_file = {public}
-sandbox_private_key_file = {private}
-
-[[accounts]]
-id = "bench-abc"
-provider = "abc"
-merchant_id = "103881636900016"
-certificate_file = {public}
-sandbox_private_key_file = {private}
-
-[[accounts]]
-id = "bench-dingdang-hmac"
-provider = "dingdang"
-skill_id = "sandbox-skill"
-scheme = "TSK-HMAC-SHA256-BASIC"
-secret = "bench-skill-secret"
-max_clock_skew = "180s"
-
-[[accounts]]
-id = "bench-dingdang-rsa"
-provider = "dingdang"
-skill_id = "sandbox-skill"
-scheme = "TSK-RSA2"
-public_key_file = {public}
-sandbox_private_key_file = {private}
-max_clock_skew = "180s"
-"#
-    ))
+    Ok(bench_modes()
+        .map(|mode| {
+            let account = mode
+                .account
+                .replace("{public}", &public)
+                .replace("{private}", &private);
+            format!("\n[[accounts]]\nid = \"{}\"\n{account}", mode.id)
+        })
+        .collect())
 }
 
 /// One ready-to-send callback.

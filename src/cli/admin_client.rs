@@ -37,8 +37,13 @@ pub enum EventsCommand {
         /// Only this account's events (`[[accounts]] id`).
         #[arg(long)]
         account: Option<String>,
-        /// Only this provider's events: cbb, shouqianba, abc, dingdang or dryad.
-        #[arg(long)]
+        #[arg(
+            long,
+            help = format!(
+                "Only this provider's events: {}",
+                crate::domain::ProviderKind::listed(Some("or"))
+            )
+        )]
         provider: Option<String>,
         /// Only events of this type, e.g. payment.succeeded or refund.succeeded.
         #[arg(long = "type", value_name = "TYPE")]

@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long, short = 'c', default_value_t = 64)]
     pub concurrency: usize,
     /// Whose callbacks to send; `mix` sends each provider's in turn.
-    #[arg(long, value_enum, ignore_case = true, default_value_t = BenchProvider::Dryad)]
+    #[arg(long, value_enum, ignore_case = true, default_value = "dryad")]
     pub provider: BenchProvider,
     /// Send at most this many requests per second (default: as fast as they are answered).
     #[arg(long, value_name = "PER_SECOND")]

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use self::admin_client::{AdminArgs, EventsCommand};
 use crate::app::Role;
+use crate::domain::ProviderKind;
 use crate::ingress::SampleKind;
 
 #[derive(Debug, Parser)]
@@ -20,14 +21,22 @@ use crate::ingress::SampleKind;
     name = "payhook",
     version,
     about = "Relay for payment-provider notifications: verify, store once, deliver with retries.",
-    long_about = "payhook verifies signed payment callbacks (CBB, Shouqianba, ABC TrustPay, Tencent Dingdang, \
-                  Dryad), stores each exactly once, and delivers a normalized event to merchant endpoints on a \
-                  retry schedule until they confirm.\n\nConfig: --config FILE, else $PAYHOOK_CONFIG, else \
-                  ./payhook.toml if present, else built-in defaults. PAYHOOK_* environment variables override it."
+    long_about = long_about()
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `payhook --help`: what it does, naming every provider of the registry.
+fn long_about() -> String {
+    format!(
+        "payhook verifies signed payment callbacks ({}), stores each exactly once, and delivers a \
+         normalized event to merchant endpoints on a retry schedule until they confirm.\n\nConfig: \
+         --config FILE, else $PAYHOOK_CONFIG, else ./payhook.toml if present, else built-in defaults. \
+         PAYHOOK_* environment variables override it.",
+        crate::ingress::registry::display_names()
+    )
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,7 +68,7 @@ pub enum Command {
     /// Send a correctly signed sample callback for an account, signed with its
     /// sandbox key or shared secret from the config.
     Simulate {
-        /// Provider: cbb, shouqianba, abc, dingdang or dryad (any case).
+        #[arg(help = format!("Provider: {} (any case)", ProviderKind::listed(Some("or"))))]
         provider: String,
         /// The account id in the config (`[[accounts]] id`).
         #[arg(long)]

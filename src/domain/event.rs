@@ -5,45 +5,68 @@ use serde::Serialize;
 
 use super::{AccountId, AmountFen, EventId};
 
-/// The providers payhook can verify. Adding one is a new variant here, a new
-/// module under `ingress/`, and one match arm in `ingress::registry`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Cbb,
-    Shouqianba,
-    Abc,
-    Dingdang,
-    Dryad,
+/// Writes [`ProviderKind`] from the registry table (`ingress::for_each_provider`):
+/// a variant per line, named as the line names it, spelled in the config,
+/// the API and the store as the line's module.
+macro_rules! provider_kind {
+    ($($module:ident => $Type:ident,)*) => {
+        /// The providers payhook can verify: one per line of the registry
+        /// table in `ingress/mod.rs`, in its order.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ProviderKind {
+            $($Type,)*
+        }
+
+        impl ProviderKind {
+            pub const ALL: [ProviderKind; [$(stringify!($module)),*].len()] = [$(ProviderKind::$Type),*];
+
+            /// Each provider's name, as [`ProviderKind::as_str`] spells it.
+            pub const NAMES: [&'static str; [$(stringify!($module)),*].len()] = [$(stringify!($module)),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ProviderKind::$Type => stringify!($module),)*
+                }
+            }
+        }
+    };
 }
 
+crate::ingress::for_each_provider!(provider_kind);
+
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 5] = [
-        ProviderKind::Cbb,
-        ProviderKind::Shouqianba,
-        ProviderKind::Abc,
-        ProviderKind::Dingdang,
-        ProviderKind::Dryad,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Cbb => "cbb",
-            ProviderKind::Shouqianba => "shouqianba",
-            ProviderKind::Abc => "abc",
-            ProviderKind::Dingdang => "dingdang",
-            ProviderKind::Dryad => "dryad",
-        }
-    }
-
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+
+    /// The names for a message: `cbb, shouqianba, abc` with `last` (`or`)
+    /// before the final one, or all joined by commas when `last` is `None`.
+    pub fn listed(last: Option<&str>) -> String {
+        match (last, Self::NAMES.split_last()) {
+            (Some(word), Some((final_name, rest))) if !rest.is_empty() => {
+                format!("{} {word} {final_name}", rest.join(", "))
+            }
+            _ => Self::NAMES.join(", "),
+        }
     }
 }
 
 impl std::fmt::Display for ProviderKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ProviderKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProviderKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::unknown_variant(&text, &Self::NAMES))
     }
 }
 

@@ -4,20 +4,25 @@
 //! bytes inside `<Message>`.
 
 use std::ops::Range;
+use std::path::PathBuf;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use quick_xml::events::Event as XmlEvent;
 use quick_xml::Reader;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::common::form::encode_form;
 use super::common::rsa_keys::decode_base64_lenient;
 use super::common::{parse_form, parse_shanghai_date_time, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
+use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
 };
+use super::registry::AccountErrorKind;
+use crate::config::{AccountCx, ConfigError};
 use crate::domain::{AmountFen, EventType, Notification, ProviderKind};
 use crate::key_list::KeyList;
 
@@ -400,6 +405,99 @@ impl SampleSigner for AbcSandbox {
             headers: Vec::new(),
             body: encode_form(&[("MSG", b64.encode(doc).as_str())]).into_bytes(),
         })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The module's parts: its `[[accounts]]` section, and what is built from it.
+
+/// Bank certificates may be RSA-1024.
+const MIN_RSA_BITS_ABC: usize = 1024;
+
+/// An ABC account's `[[accounts]]` keys, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbcFile {
+    certificate_file: Option<PathBuf>,
+    certificate_files: Option<Vec<PathBuf>>,
+    merchant_id: Option<String>,
+    signature_algorithm: Option<String>,
+    sandbox_private_key_file: Option<PathBuf>,
+}
+
+/// An ABC account's settings.
+#[derive(Debug, Clone)]
+pub struct AbcSettings {
+    /// `certificate_file`, or `certificate_files` while it is renewed.
+    pub certificate_files: KeyList<PathBuf>,
+    /// The bank's MerchantID of this account: every notice must carry it.
+    pub merchant_id: String,
+    /// Pinned per account; a notice cannot choose another.
+    pub signature_algorithm: AbcAlgorithm,
+    pub sandbox_private_key_file: Option<PathBuf>,
+}
+
+impl ProviderModule for Abc {
+    const DISPLAY_NAME: &'static str = "ABC TrustPay";
+    const BENCH: &'static [BenchMode] = &[BenchMode {
+        name: "abc",
+        help: "ABC TrustPay: SHA1withRSA over XML",
+        id: "bench-abc",
+        account: "provider = \"abc\"\nmerchant_id = \"103881636900016\"\ncertificate_file = {public}\n\
+                  sandbox_private_key_file = {private}\n",
+    }];
+    type File = AbcFile;
+    type Settings = AbcSettings;
+
+    fn settings(f: AbcFile, cx: &AccountCx<'_>) -> Result<AbcSettings, ConfigError> {
+        let certificate_files = cx
+            .key_files("certificate_file", f.certificate_file, f.certificate_files)?
+            .ok_or_else(|| {
+                cx.invalid(
+                    "certificate_file",
+                    "required: the bank's certificate (certificate_files while it is renewed)",
+                )
+            })?;
+        let merchant_id = cx.required_text(
+            "merchant_id",
+            f.merchant_id,
+            "the bank's MerchantID of this account",
+        )?;
+        let signature_algorithm = match f.signature_algorithm.as_deref() {
+            None => AbcAlgorithm::Sha1WithRsa,
+            Some(text) => AbcAlgorithm::parse(text).ok_or_else(|| {
+                cx.invalid(
+                    "signature_algorithm",
+                    format!("`{text}` is not SHA1withRSA or SHA256withRSA"),
+                )
+            })?,
+        };
+        Ok(AbcSettings {
+            certificate_files,
+            merchant_id,
+            signature_algorithm,
+            sandbox_private_key_file: f.sandbox_private_key_file.map(|p| cx.path(p)),
+        })
+    }
+
+    fn build(s: &AbcSettings) -> Result<Self, AccountErrorKind> {
+        Ok(Abc::new(
+            load_keys(&s.certificate_files, MIN_RSA_BITS_ABC)?,
+            s.signature_algorithm,
+            s.merchant_id.clone(),
+        ))
+    }
+
+    fn sandbox(s: &AbcSettings) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
+        Ok(Box::new(AbcSandbox::new(
+            sandbox_key(&s.sandbox_private_key_file)?,
+            s.signature_algorithm,
+            s.merchant_id.clone(),
+        )))
+    }
+
+    fn bench_mode(_: &AbcSettings) -> Option<&'static str> {
+        Some("abc")
     }
 }
 

@@ -1,18 +1,24 @@
 //! CBB 支付服务 (seed 000): form body, `sign` = base64 SHA256withRSA over the
 //! sorted `k=v&…` string of every other non-empty field.
 
+use std::path::PathBuf;
+
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::common::form::encode_form;
 use super::common::{
     parse_form, parse_shanghai_local, sorted_signing_string, RsaAlgorithm, RsaPublicKey, RsaSigningKey,
 };
+use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule, SharedKeys, MIN_RSA_BITS};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
 };
+use super::registry::AccountErrorKind;
+use crate::config::{AccountCx, ConfigError};
 use crate::domain::{AmountFen, EventType, Notification, ProviderKind};
 use crate::key_list::KeyList;
 
@@ -255,6 +261,77 @@ impl SampleSigner for CbbSandbox {
             headers: Vec::new(),
             body: encode_form(&fields).into_bytes(),
         })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The module's parts: its `[[accounts]]` section, and what is built from it.
+
+/// A CBB account's `[[accounts]]` keys, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CbbFile {
+    public_key_file: Option<PathBuf>,
+    public_key_files: Option<Vec<PathBuf>>,
+    sandbox_private_key_file: Option<PathBuf>,
+}
+
+/// A CBB account's settings.
+#[derive(Debug, Clone)]
+pub struct CbbSettings {
+    /// `public_key_file`, or `public_key_files` while the key is rotated.
+    pub public_key_files: KeyList<PathBuf>,
+    pub sandbox_private_key_file: Option<PathBuf>,
+}
+
+impl ProviderModule for Cbb {
+    const DISPLAY_NAME: &'static str = "CBB";
+    const BENCH: &'static [BenchMode] = &[BenchMode {
+        name: "cbb",
+        help: "CBB: SHA256withRSA (RSA-2048) over the sorted form",
+        id: "bench-cbb",
+        account: "provider = \"cbb\"\npublic_key_file = {public}\nsandbox_private_key_file = {private}\n",
+    }];
+    type File = CbbFile;
+    type Settings = CbbSettings;
+
+    fn settings(f: CbbFile, cx: &AccountCx<'_>) -> Result<CbbSettings, ConfigError> {
+        let public_key_files = cx
+            .key_files("public_key_file", f.public_key_file, f.public_key_files)?
+            .ok_or_else(|| {
+                cx.invalid(
+                    "public_key_file",
+                    "required: the CBB platform public key (public_key_files while it is rotated)",
+                )
+            })?;
+        Ok(CbbSettings {
+            public_key_files,
+            sandbox_private_key_file: f.sandbox_private_key_file.map(|p| cx.path(p)),
+        })
+    }
+
+    fn build(s: &CbbSettings) -> Result<Self, AccountErrorKind> {
+        Ok(Cbb::new(load_keys(&s.public_key_files, MIN_RSA_BITS)?))
+    }
+
+    fn sandbox(s: &CbbSettings) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
+        Ok(Box::new(CbbSandbox::new(sandbox_key(
+            &s.sandbox_private_key_file,
+        )?)))
+    }
+
+    /// CBB notices name no merchant: only the platform key tells two
+    /// accounts apart.
+    fn shared_keys(s: &CbbSettings) -> Result<Option<SharedKeys>, AccountErrorKind> {
+        let keys = load_keys(&s.public_key_files, MIN_RSA_BITS)?;
+        Ok(Some(SharedKeys {
+            what: "platform public key",
+            keys: keys.iter().map(|key| key.pkcs1_der().to_vec()).collect(),
+        }))
+    }
+
+    fn bench_mode(_: &CbbSettings) -> Option<&'static str> {
+        Some("cbb")
     }
 }
 

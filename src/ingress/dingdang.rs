@@ -6,19 +6,26 @@
 //! `occurred_at` is the signed `Datetime`: the notices carry no payment or
 //! refund time of their own, and the signed send time is the best one there is.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::common::{RsaAlgorithm, RsaPublicKey, RsaSigningKey};
 use super::dryad::within_skew;
 use super::json::{object_body, opt_str, req_fen, req_str};
+use super::module::{
+    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, MIN_RSA_BITS,
+};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
 };
+use super::registry::AccountErrorKind;
+use crate::config::{AccountCx, ConfigError, Secret, SecretKeys};
 use crate::crypto::{hmac_sha256, verify_hex_hmac_sha256};
 use crate::domain::{EventType, Notification, ProviderKind};
 use crate::key_list::KeyList;
@@ -336,6 +343,130 @@ impl SampleSigner for DingdangSandbox {
                 format!("{scheme} Datetime={datetime}, Signature={signature}"),
             )],
             body,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The module's parts: its `[[accounts]]` section, and what is built from it.
+
+/// A Dingdang account's `[[accounts]]` keys, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DingdangFile {
+    scheme: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    secrets: Option<Vec<toml::Value>>,
+    public_key_file: Option<PathBuf>,
+    public_key_files: Option<Vec<PathBuf>>,
+    max_clock_skew: Option<String>,
+    skill_id: Option<String>,
+    sandbox_private_key_file: Option<PathBuf>,
+}
+
+/// A Dingdang account's settings.
+#[derive(Debug, Clone)]
+pub struct DingdangSettings {
+    pub scheme: DingdangSchemeConfig,
+    pub max_clock_skew: Duration,
+    /// The skillId/domainId of this account: every notice must carry it.
+    pub skill_id: String,
+    pub sandbox_private_key_file: Option<PathBuf>,
+}
+
+/// `scheme` and its keys.
+#[derive(Debug, Clone)]
+pub enum DingdangSchemeConfig {
+    HmacSha256 { secrets: KeyList<Secret> },
+    Rsa2 { public_key_files: KeyList<PathBuf> },
+}
+
+impl ProviderModule for Dingdang {
+    const DISPLAY_NAME: &'static str = "Tencent Dingdang";
+    const BENCH: &'static [BenchMode] = &[
+        BenchMode {
+            name: "dingdang",
+            help: "Dingdang, TSK-HMAC-SHA256-BASIC",
+            id: "bench-dingdang-hmac",
+            account: "provider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-HMAC-SHA256-BASIC\"\n\
+                      secret = \"bench-skill-secret\"\nmax_clock_skew = \"180s\"\n",
+        },
+        BenchMode {
+            name: "dingdang-rsa",
+            help: "Dingdang, TSK-RSA2",
+            id: "bench-dingdang-rsa",
+            account: "provider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-RSA2\"\n\
+                      public_key_file = {public}\nsandbox_private_key_file = {private}\nmax_clock_skew = \"180s\"\n",
+        },
+    ];
+    type File = DingdangFile;
+    type Settings = DingdangSettings;
+
+    fn settings(f: DingdangFile, cx: &AccountCx<'_>) -> Result<DingdangSettings, ConfigError> {
+        let secrets = cx.secrets(
+            "secret",
+            SecretKeys {
+                inline: f.secret,
+                env: f.secret_env,
+                file: f.secret_file,
+                list: f.secrets,
+            },
+        )?;
+        let public_key_files = cx.key_files("public_key_file", f.public_key_file, f.public_key_files)?;
+        let scheme = match f.scheme.as_str() {
+            HMAC_SCHEME => DingdangSchemeConfig::HmacSha256 {
+                secrets: secrets.ok_or_else(|| cx.invalid("secret", "required for TSK-HMAC-SHA256-BASIC"))?,
+            },
+            RSA2_SCHEME => DingdangSchemeConfig::Rsa2 {
+                public_key_files: public_key_files
+                    .ok_or_else(|| cx.invalid("public_key_file", "required for TSK-RSA2"))?,
+            },
+            other => {
+                return Err(cx.invalid(
+                    "scheme",
+                    format!("`{other}` is not TSK-HMAC-SHA256-BASIC or TSK-RSA2"),
+                ))
+            }
+        };
+        let skill_id = cx.required_text("skill_id", f.skill_id, "the skillId/domainId of this account")?;
+        Ok(DingdangSettings {
+            scheme,
+            skill_id,
+            max_clock_skew: cx.duration("max_clock_skew", f.max_clock_skew.as_deref(), "180s")?,
+            sandbox_private_key_file: f.sandbox_private_key_file.map(|p| cx.path(p)),
+        })
+    }
+
+    fn build(s: &DingdangSettings) -> Result<Self, AccountErrorKind> {
+        let scheme = match &s.scheme {
+            DingdangSchemeConfig::HmacSha256 { secrets } => DingdangScheme::HmacSha256 {
+                secrets: secret_bytes(secrets),
+            },
+            DingdangSchemeConfig::Rsa2 { public_key_files } => DingdangScheme::Rsa2 {
+                keys: load_keys(public_key_files, MIN_RSA_BITS)?,
+            },
+        };
+        Ok(Dingdang::new(scheme, s.max_clock_skew, s.skill_id.clone()))
+    }
+
+    fn sandbox(s: &DingdangSettings) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
+        let scheme = match &s.scheme {
+            DingdangSchemeConfig::HmacSha256 { secrets } => DingdangSandboxScheme::HmacSha256 {
+                secret: first_secret(secrets),
+            },
+            DingdangSchemeConfig::Rsa2 { .. } => DingdangSandboxScheme::Rsa2 {
+                key: sandbox_key(&s.sandbox_private_key_file)?,
+            },
+        };
+        Ok(Box::new(DingdangSandbox::new(scheme, s.skill_id.clone())))
+    }
+
+    fn bench_mode(s: &DingdangSettings) -> Option<&'static str> {
+        Some(match s.scheme {
+            DingdangSchemeConfig::HmacSha256 { .. } => "dingdang",
+            DingdangSchemeConfig::Rsa2 { .. } => "dingdang-rsa",
         })
     }
 }

@@ -1,17 +1,22 @@
 //! dryad-payment module (seed 004): JSON body, HMAC-SHA256 over
 //! `body ++ nonce ++ timestamp` in `X-Signature`, with a replay window.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::common::{from_epoch_millis, parse_shanghai_local};
 use super::json::{object_body, opt_str, req_fen, req_id_text};
+use super::module::{first_secret, secret_bytes, BenchMode, ProviderModule, SharedKeys};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, ReplayNonce, SampleKind, SampleSigner, SampleSpec, SignError,
     SignedRequest, Verified,
 };
+use super::registry::AccountErrorKind;
+use crate::config::{AccountCx, ConfigError, Secret, SecretKeys};
 use crate::crypto::{hmac_sha256, verify_hex_hmac_sha256};
 use crate::domain::{EventType, Notification, ProviderKind};
 use crate::key_list::KeyList;
@@ -168,6 +173,79 @@ impl SampleSigner for DryadSandbox {
             ],
             body,
         })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The module's parts: its `[[accounts]]` section, and what is built from it.
+
+/// A Dryad account's `[[accounts]]` keys, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryadFile {
+    secret: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    secrets: Option<Vec<toml::Value>>,
+    max_clock_skew: Option<String>,
+}
+
+/// A Dryad account's settings.
+#[derive(Debug, Clone)]
+pub struct DryadSettings {
+    /// `secret`, or `secrets` while it is rotated.
+    pub secrets: KeyList<Secret>,
+    pub max_clock_skew: Duration,
+}
+
+impl ProviderModule for Dryad {
+    const DISPLAY_NAME: &'static str = "Dryad";
+    const BENCH: &'static [BenchMode] = &[BenchMode {
+        name: "dryad",
+        help: "Dryad: HMAC-SHA256 with a timestamp window and a nonce",
+        id: "bench-dryad",
+        account: "provider = \"dryad\"\nsecret = \"bench-dryad-secret\"\nmax_clock_skew = \"300s\"\n",
+    }];
+    type File = DryadFile;
+    type Settings = DryadSettings;
+
+    fn settings(f: DryadFile, cx: &AccountCx<'_>) -> Result<DryadSettings, ConfigError> {
+        let secrets = cx
+            .secrets(
+                "secret",
+                SecretKeys {
+                    inline: f.secret,
+                    env: f.secret_env,
+                    file: f.secret_file,
+                    list: f.secrets,
+                },
+            )?
+            .ok_or_else(|| cx.invalid("secret", "required"))?;
+        Ok(DryadSettings {
+            secrets,
+            max_clock_skew: cx.duration("max_clock_skew", f.max_clock_skew.as_deref(), "300s")?,
+        })
+    }
+
+    fn build(s: &DryadSettings) -> Result<Self, AccountErrorKind> {
+        Ok(Dryad::new(secret_bytes(&s.secrets), s.max_clock_skew))
+    }
+
+    fn sandbox(s: &DryadSettings) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
+        Ok(Box::new(DryadSandbox::new(first_secret(&s.secrets))))
+    }
+
+    /// Dryad notices name no merchant: only the secret tells two accounts
+    /// apart.
+    fn shared_keys(s: &DryadSettings) -> Result<Option<SharedKeys>, AccountErrorKind> {
+        Ok(Some(SharedKeys {
+            what: "secret",
+            keys: s.secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect(),
+        }))
+    }
+
+    fn bench_mode(_: &DryadSettings) -> Option<&'static str> {
+        Some("dryad")
     }
 }
 

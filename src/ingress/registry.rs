@@ -1,23 +1,20 @@
 //! Builds each configured account's verifier (and sandbox signer) from the
-//! config. Keys are read and parsed here, once, at start-up; a missing or
-//! unreadable key stops start-up with the account named.
+//! config, through the provider modules that the registry table
+//! (`ingress::for_each_provider`) names. Keys are read and parsed here, once,
+//! at start-up; a missing or unreadable key stops start-up with the account
+//! named.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::abc::{Abc, AbcSandbox};
-use super::cbb::{Cbb, CbbSandbox};
+use serde::Deserialize;
+
 use super::common::rsa_keys::KeyError;
-use super::common::{RsaPublicKey, RsaSigningKey};
-use super::dingdang::{Dingdang, DingdangSandbox, DingdangSandboxScheme, DingdangScheme};
-use super::dryad::{Dryad, DryadSandbox};
+use super::module::{BenchMode, ProviderModule, SharedKeys};
 use super::rate_limit::RateLimiter;
-use super::shouqianba::{Shouqianba, ShouqianbaSandbox, SqbSandboxMode, SqbSignMode};
 use super::{Provider, SampleSigner};
-use crate::config::{AccountConfig, DingdangSchemeConfig, ProviderSettings, Secret, SqbMode};
-use crate::domain::AccountId;
-use crate::key_list::KeyList;
+use crate::config::{AccountConfig, AccountCx, ConfigError};
+use crate::domain::{AccountId, ProviderKind};
 
 #[derive(Debug, thiserror::Error)]
 #[error("account `{account}`: {source}")]
@@ -49,9 +46,116 @@ pub enum AccountErrorKind {
     },
 }
 
-/// Provider keys are RSA-2048 or larger, except ABC's bank certificates.
-const MIN_RSA_BITS: usize = 2048;
-const MIN_RSA_BITS_ABC: usize = 1024;
+/// Writes, from the registry table, the one enum of every provider's
+/// settings and the dispatch to each provider's module.
+macro_rules! registry {
+    ($($module:ident => $Type:ident,)*) => {
+        /// An account's settings: its provider's own type, read and checked
+        /// by its module ([`ProviderModule::Settings`]).
+        #[derive(Debug, Clone)]
+        pub enum ProviderSettings {
+            $($Type(<super::$module::$Type as ProviderModule>::Settings),)*
+        }
+
+        impl ProviderSettings {
+            pub fn kind(&self) -> ProviderKind {
+                match self {
+                    $(ProviderSettings::$Type(_) => ProviderKind::$Type,)*
+                }
+            }
+
+            /// Reads an `[[accounts]]` table of `kind`: its `id` and the
+            /// settings its module reads from the rest.
+            pub(crate) fn read(
+                kind: ProviderKind,
+                table: toml::Table,
+                cx: &AccountCx<'_>,
+            ) -> Result<(String, Self), ConfigError> {
+                match kind {
+                    $(ProviderKind::$Type => {
+                        let (id, settings) = read_section::<super::$module::$Type>(table, cx)?;
+                        Ok((id, ProviderSettings::$Type(settings)))
+                    })*
+                }
+            }
+
+            fn build(&self) -> Result<Box<dyn Provider>, AccountErrorKind> {
+                match self {
+                    $(ProviderSettings::$Type(s) => Ok(Box::new(<super::$module::$Type as ProviderModule>::build(s)?)),)*
+                }
+            }
+
+            fn sandbox(&self) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
+                match self {
+                    $(ProviderSettings::$Type(s) => <super::$module::$Type as ProviderModule>::sandbox(s),)*
+                }
+            }
+
+            fn shared_keys(&self) -> Result<Option<SharedKeys>, AccountErrorKind> {
+                match self {
+                    $(ProviderSettings::$Type(s) => <super::$module::$Type as ProviderModule>::shared_keys(s),)*
+                }
+            }
+
+            /// Which bench mode ([`bench_modes`]) the account signs as.
+            pub fn bench_mode(&self) -> Option<&'static str> {
+                match self {
+                    $(ProviderSettings::$Type(s) => <super::$module::$Type as ProviderModule>::bench_mode(s),)*
+                }
+            }
+        }
+
+        /// The provider as prose names it: "CBB", "Tencent Dingdang".
+        pub fn display_name(kind: ProviderKind) -> &'static str {
+            match kind {
+                $(ProviderKind::$Type => <super::$module::$Type as ProviderModule>::DISPLAY_NAME,)*
+            }
+        }
+
+        /// Every provider's bench accounts, in the table's order.
+        pub fn bench_modes() -> impl Iterator<Item = &'static BenchMode> {
+            [$(<super::$module::$Type as ProviderModule>::BENCH),*].into_iter().flatten()
+        }
+    };
+}
+
+super::for_each_provider!(registry);
+
+/// Every provider as prose names it, in the table's order: "CBB,
+/// Shouqianba, …".
+pub fn display_names() -> String {
+    ProviderKind::ALL.map(display_name).join(", ")
+}
+
+/// A provider's `[[accounts]]` table, `provider` taken out: its `id`, and
+/// its module's section (the rest), read as the module's `File` type and
+/// checked. The messages are those of one serde type holding `id`,
+/// `provider` and the section's keys, in that order.
+fn read_section<P: ProviderModule>(
+    mut table: toml::Table,
+    cx: &AccountCx<'_>,
+) -> Result<(String, P::Settings), ConfigError> {
+    let id = table.remove("id");
+    let missing_id = || cx.section_error("missing field `id`");
+    let file = match P::File::deserialize(table) {
+        Ok(file) => file,
+        // Missing fields are reported after every other mistake, `id` first.
+        Err(e) if id.is_none() && e.to_string().starts_with("missing field") => return Err(missing_id()),
+        Err(e) => {
+            let message = e.to_string();
+            return Err(cx.section_error(message.replacen(
+                "expected one of ",
+                "expected one of `id`, `provider`, ",
+                1,
+            )));
+        }
+    };
+    let id = match id {
+        None => return Err(missing_id()),
+        Some(value) => String::deserialize(value).map_err(|e| cx.section_error(e.to_string()))?,
+    };
+    Ok((id, P::settings(file, cx)?))
+}
 
 /// A configured account, ready to verify callbacks.
 pub struct Account {
@@ -67,7 +171,7 @@ pub fn build_accounts(configs: &[AccountConfig]) -> Result<Accounts, AccountErro
     refuse_shared_keys(configs)?;
     let mut map = HashMap::new();
     for config in configs {
-        let provider = build_provider(config).map_err(|source| AccountError {
+        let provider = config.settings.build().map_err(|source| AccountError {
             account: config.id.to_string(),
             source,
         })?;
@@ -83,36 +187,31 @@ pub fn build_accounts(configs: &[AccountConfig]) -> Result<Accounts, AccountErro
     Ok(Arc::new(map))
 }
 
-/// CBB and Dryad notices carry no field naming the merchant, so only the key
-/// tells two accounts apart: two accounts with one key would each accept the
-/// other's notices. Refused at start-up, naming both accounts. With lists
-/// (a key being rotated), no key of one account may be any key of another.
+/// Some notices (CBB's, Dryad's) carry no field naming the merchant, so only
+/// the key tells two accounts apart: two accounts with one key would each
+/// accept the other's notices. Refused at start-up, naming both accounts.
+/// With lists (a key being rotated), no key of one account may be any key
+/// of another. Each module says whether its accounts are told apart so
+/// ([`ProviderModule::shared_keys`]).
 fn refuse_shared_keys(configs: &[AccountConfig]) -> Result<(), AccountError> {
-    let mut seen: HashMap<(&'static str, Vec<u8>), &AccountId> = HashMap::new();
+    let mut seen: HashMap<(ProviderKind, Vec<u8>), &AccountId> = HashMap::new();
     for config in configs {
-        let (provider, what, keys) = match &config.settings {
-            ProviderSettings::Cbb { public_key_files, .. } => {
-                let keys = load_keys(public_key_files, MIN_RSA_BITS).map_err(|source| AccountError {
-                    account: config.id.to_string(),
-                    source,
-                })?;
-                let keys: Vec<Vec<u8>> = keys.iter().map(|key| key.pkcs1_der().to_vec()).collect();
-                ("CBB", "platform public key", keys)
-            }
-            ProviderSettings::Dryad { secrets, .. } => {
-                let keys = secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect();
-                ("Dryad", "secret", keys)
-            }
-            _ => continue,
+        let shared = config.settings.shared_keys().map_err(|source| AccountError {
+            account: config.id.to_string(),
+            source,
+        })?;
+        let Some(SharedKeys { what, keys }) = shared else {
+            continue;
         };
+        let kind = config.provider();
         for key in keys {
-            match seen.insert((provider, key), &config.id) {
+            match seen.insert((kind, key), &config.id) {
                 Some(other) if other != &config.id => {
                     return Err(AccountError {
                         account: config.id.to_string(),
                         source: AccountErrorKind::SharedKey {
                             other: other.to_string(),
-                            provider,
+                            provider: display_name(kind),
                             what,
                         },
                     })
@@ -126,144 +225,13 @@ fn refuse_shared_keys(configs: &[AccountConfig]) -> Result<(), AccountError> {
     Ok(())
 }
 
-/// Reads each key file of a list. Two files holding one key (the same key
-/// in two formats, or a copy) are refused: during a rotation that means the
-/// new key was never put in.
-fn load_keys(files: &KeyList<PathBuf>, min_bits: usize) -> Result<KeyList<RsaPublicKey>, AccountErrorKind> {
-    let keys = files.try_map(|path| RsaPublicKey::load(path, min_bits))?;
-    let loaded: Vec<(&PathBuf, &RsaPublicKey)> = files.iter().zip(keys.iter()).collect();
-    for (i, (file, key)) in loaded.iter().enumerate() {
-        if let Some((other, _)) = loaded[..i].iter().find(|(_, k)| k.pkcs1_der() == key.pkcs1_der()) {
-            return Err(AccountErrorKind::RepeatedKey {
-                file: file.display().to_string(),
-                other: other.display().to_string(),
-            });
-        }
-    }
-    Ok(keys)
-}
-
-/// The secrets' bytes, as the HMAC and MD5 verifiers take them.
-fn secret_bytes(secrets: &KeyList<Secret>) -> KeyList<Vec<u8>> {
-    secrets.map(|secret| secret.expose().as_bytes().to_vec())
-}
-
-/// One match arm per provider: the only place that knows them all.
-fn build_provider(config: &AccountConfig) -> Result<Box<dyn Provider>, AccountErrorKind> {
-    Ok(match &config.settings {
-        ProviderSettings::Cbb { public_key_files, .. } => {
-            Box::new(Cbb::new(load_keys(public_key_files, MIN_RSA_BITS)?))
-        }
-        ProviderSettings::Shouqianba {
-            terminal_sn, mode, ..
-        } => {
-            let mode = match mode {
-                SqbMode::Md5 { terminal_keys } => SqbSignMode::Md5 {
-                    terminal_keys: secret_bytes(terminal_keys),
-                },
-                SqbMode::Rsa { public_key_files } => SqbSignMode::Rsa {
-                    keys: load_keys(public_key_files, MIN_RSA_BITS)?,
-                },
-            };
-            Box::new(Shouqianba::new(terminal_sn.clone(), mode))
-        }
-        ProviderSettings::Abc {
-            certificate_files,
-            merchant_id,
-            signature_algorithm,
-            ..
-        } => Box::new(Abc::new(
-            load_keys(certificate_files, MIN_RSA_BITS_ABC)?,
-            *signature_algorithm,
-            merchant_id.clone(),
-        )),
-        ProviderSettings::Dingdang {
-            scheme,
-            max_clock_skew,
-            skill_id,
-            ..
-        } => {
-            let scheme = match scheme {
-                DingdangSchemeConfig::HmacSha256 { secrets } => DingdangScheme::HmacSha256 {
-                    secrets: secret_bytes(secrets),
-                },
-                DingdangSchemeConfig::Rsa2 { public_key_files } => DingdangScheme::Rsa2 {
-                    keys: load_keys(public_key_files, MIN_RSA_BITS)?,
-                },
-            };
-            Box::new(Dingdang::new(scheme, *max_clock_skew, skill_id.clone()))
-        }
-        ProviderSettings::Dryad {
-            secrets,
-            max_clock_skew,
-            ..
-        } => Box::new(Dryad::new(secret_bytes(secrets), *max_clock_skew)),
-    })
-}
-
 /// The sandbox signer for an account: its sandbox private key for RSA
 /// providers, its shared secret for HMAC/MD5 ones (the first of a list: the
 /// new one, while a secret is rotated).
 pub fn build_sandbox_signer(config: &AccountConfig) -> Result<Box<dyn SampleSigner>, AccountError> {
-    let wrap = |source: AccountErrorKind| AccountError {
+    config.settings.sandbox().map_err(|source| AccountError {
         account: config.id.to_string(),
         source,
-    };
-    let private_key = |file: &Option<std::path::PathBuf>| -> Result<RsaSigningKey, AccountError> {
-        match file {
-            Some(path) => RsaSigningKey::load(path).map_err(|e| wrap(e.into())),
-            None => Err(wrap(AccountErrorKind::NoSandboxKey)),
-        }
-    };
-    Ok(match &config.settings {
-        ProviderSettings::Cbb {
-            sandbox_private_key_file,
-            ..
-        } => Box::new(CbbSandbox::new(private_key(sandbox_private_key_file)?)),
-        ProviderSettings::Shouqianba {
-            terminal_sn,
-            mode,
-            sandbox_private_key_file,
-        } => {
-            let mode = match mode {
-                SqbMode::Md5 { terminal_keys } => SqbSandboxMode::Md5 {
-                    terminal_key: terminal_keys.first().expose().as_bytes().to_vec(),
-                },
-                SqbMode::Rsa { .. } => SqbSandboxMode::Rsa {
-                    key: private_key(sandbox_private_key_file)?,
-                },
-            };
-            Box::new(ShouqianbaSandbox::new(terminal_sn.clone(), mode))
-        }
-        ProviderSettings::Abc {
-            sandbox_private_key_file,
-            merchant_id,
-            signature_algorithm,
-            ..
-        } => Box::new(AbcSandbox::new(
-            private_key(sandbox_private_key_file)?,
-            *signature_algorithm,
-            merchant_id.clone(),
-        )),
-        ProviderSettings::Dingdang {
-            scheme,
-            sandbox_private_key_file,
-            skill_id,
-            ..
-        } => {
-            let scheme = match scheme {
-                DingdangSchemeConfig::HmacSha256 { secrets } => DingdangSandboxScheme::HmacSha256 {
-                    secret: secrets.first().expose().as_bytes().to_vec(),
-                },
-                DingdangSchemeConfig::Rsa2 { .. } => DingdangSandboxScheme::Rsa2 {
-                    key: private_key(sandbox_private_key_file)?,
-                },
-            };
-            Box::new(DingdangSandbox::new(scheme, skill_id.clone()))
-        }
-        ProviderSettings::Dryad { secrets, .. } => {
-            Box::new(DryadSandbox::new(secrets.first().expose().as_bytes().to_vec()))
-        }
     })
 }
 
@@ -271,6 +239,7 @@ pub fn build_sandbox_signer(config: &AccountConfig) -> Result<Box<dyn SampleSign
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::domain::ProviderKind;
     use crate::ingress::tests_support::vectors_dir;
 
     fn build(accounts: &str) -> Result<Accounts, AccountError> {
@@ -372,5 +341,118 @@ mod tests {
         let req = RawRequest::new(&headers, &body);
         assert!(only(b"new").verify(&req, spec.now).is_ok());
         assert!(only(b"old").verify(&req, spec.now).is_err());
+    }
+
+    /// Every provider of the table, through its module: its bench accounts
+    /// (one per signing mode) are read by the config and built, the verifier
+    /// names the table's provider, and it accepts a sample its sandbox
+    /// signed. A provider without a bench account fails here.
+    #[test]
+    fn every_provider_is_read_built_and_signs_through_the_registry() {
+        use crate::ingress::tests_support::{request_of, sample_spec};
+        use crate::ingress::{RawRequest, SampleKind};
+        let dir = tempfile::tempdir().unwrap();
+        let text = crate::bench::requests::accounts_toml(dir.path()).unwrap();
+        let config = Config::from_toml_str(&text, dir.path(), &|_: &str| None).unwrap();
+        let accounts = build_accounts(&config.accounts).unwrap();
+        for config in &config.accounts {
+            let account = &accounts[config.id.as_str()];
+            assert_eq!(account.provider.kind(), config.provider(), "{}", config.id);
+            assert!(config.settings.bench_mode().is_some(), "{}", config.id);
+            let signer = build_sandbox_signer(config).unwrap();
+            for kind in [SampleKind::Payment, SampleKind::Refund] {
+                let spec = sample_spec(kind, 100);
+                let signed = match signer.sign_sample(&spec) {
+                    Ok(signed) => signed,
+                    Err(crate::ingress::SignError::Unsupported(_)) => continue,
+                    Err(e) => panic!("{}: {e}", config.id),
+                };
+                let (headers, body) = request_of(&signed);
+                let req = RawRequest::new(&headers, &body);
+                account
+                    .provider
+                    .accept(&req, spec.now)
+                    .unwrap_or_else(|e| panic!("{}: {e}", config.id));
+            }
+        }
+        for kind in ProviderKind::ALL {
+            assert!(
+                config.accounts.iter().any(|a| a.provider() == kind),
+                "{kind} has no bench account (ProviderModule::BENCH)"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_names_each_provider_once() {
+        let mut names = ProviderKind::NAMES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ProviderKind::ALL.len());
+        for kind in ProviderKind::ALL {
+            assert_eq!(ProviderKind::parse(kind.as_str()), Some(kind));
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.as_str());
+            assert_eq!(serde_json::from_value::<ProviderKind>(json).unwrap(), kind);
+        }
+        // The providers of today, in their order; a new one comes after.
+        let listed = ProviderKind::listed(None);
+        assert!(
+            listed.starts_with("cbb, shouqianba, abc, dingdang, dryad"),
+            "{listed}"
+        );
+        assert_eq!(listed, ProviderKind::NAMES.join(", "));
+        let (last, rest) = ProviderKind::NAMES.split_last().unwrap();
+        assert_eq!(
+            ProviderKind::listed(Some("or")),
+            format!("{} or {last}", rest.join(", "))
+        );
+    }
+
+    /// A section is its module's own serde type, but its messages are those
+    /// of one type holding `id` and `provider` too.
+    #[test]
+    fn a_sections_messages_name_every_key() {
+        let parse = |text: &str| {
+            Config::from_toml_str(text, &vectors_dir(), &|_: &str| None)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            parse("[[accounts]]\nid=\"d\"\nprovider=\"dryad\"\nsecret=\"s\"\nsecrett=\"x\"\n"),
+            "accounts[0]: unknown field `secrett`, expected one of `id`, `provider`, `secret`, \
+             `secret_env`, `secret_file`, `secrets`, `max_clock_skew`"
+        );
+        assert_eq!(
+            parse("[[accounts]]\nprovider=\"dryad\"\nsecret=\"s\"\n"),
+            "accounts[0]: missing field `id`"
+        );
+        // `id` is missing before the section's own required keys are.
+        assert_eq!(
+            parse("[[accounts]]\nprovider=\"shouqianba\"\n"),
+            "accounts[0]: missing field `id`"
+        );
+        assert_eq!(
+            parse("[[accounts]]\nid=\"s\"\nprovider=\"shouqianba\"\n"),
+            "accounts[0]: missing field `terminal_sn`"
+        );
+        assert_eq!(
+            parse("[[accounts]]\nid=5\nprovider=\"dryad\"\nsecret=\"s\"\n"),
+            "accounts[0]: invalid type: integer `5`, expected a string"
+        );
+        assert_eq!(
+            parse("[[accounts]]\nid=\"x\"\nprovider=\"paypal\"\n"),
+            format!(
+                "accounts[0].provider: unknown provider `paypal`; one of {}",
+                ProviderKind::listed(None)
+            )
+        );
+        assert_eq!(
+            parse("[[accounts]]\nid=\"x\"\n"),
+            format!(
+                "accounts[0].provider: missing; one of {}",
+                ProviderKind::listed(None)
+            )
+        );
     }
 }

@@ -2,17 +2,25 @@
 //! in `Authorization: {terminal_sn} {sign}` with either the MD5 transport
 //! signature (`md5(body ++ terminal_key)`) or SHA256withRSA.
 
+use std::path::PathBuf;
+
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::common::{from_epoch_millis, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
 use super::json::{object_body, opt_str, req_str};
+use super::module::{
+    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, MIN_RSA_BITS,
+};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
 };
+use super::registry::AccountErrorKind;
+use crate::config::{AccountCx, ConfigError, Secret, SecretKeys};
 use crate::crypto::ct_eq;
 use crate::domain::{AmountFen, EventType, Notification, ProviderKind};
 use crate::key_list::KeyList;
@@ -276,6 +284,125 @@ impl SampleSigner for ShouqianbaSandbox {
             content_type: "application/json",
             headers: vec![("Authorization".into(), format!("{} {}", self.terminal_sn, sign))],
             body,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The module's parts: its `[[accounts]]` section, and what is built from it.
+
+/// A Shouqianba account's `[[accounts]]` keys, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShouqianbaFile {
+    sign_mode: Option<String>,
+    terminal_sn: String,
+    terminal_key: Option<String>,
+    terminal_key_env: Option<String>,
+    terminal_key_file: Option<PathBuf>,
+    terminal_keys: Option<Vec<toml::Value>>,
+    public_key_file: Option<PathBuf>,
+    public_key_files: Option<Vec<PathBuf>>,
+    sandbox_private_key_file: Option<PathBuf>,
+}
+
+/// A Shouqianba account's settings.
+#[derive(Debug, Clone)]
+pub struct ShouqianbaSettings {
+    /// The terminal every notice must name.
+    pub terminal_sn: String,
+    pub mode: SqbMode,
+    pub sandbox_private_key_file: Option<PathBuf>,
+}
+
+/// `sign_mode` and its keys.
+#[derive(Debug, Clone)]
+pub enum SqbMode {
+    Md5 { terminal_keys: KeyList<Secret> },
+    Rsa { public_key_files: KeyList<PathBuf> },
+}
+
+impl ProviderModule for Shouqianba {
+    const DISPLAY_NAME: &'static str = "Shouqianba";
+    const BENCH: &'static [BenchMode] = &[
+        BenchMode {
+            name: "shouqianba",
+            help: "Shouqianba, MD5 mode",
+            id: "bench-sqb-md5",
+            account: "provider = \"shouqianba\"\nsign_mode = \"md5\"\nterminal_sn = \"100111220054389553\"\n\
+                      terminal_key = \"bench-terminal-key\"\n",
+        },
+        BenchMode {
+            name: "shouqianba-rsa",
+            help: "Shouqianba, RSA mode",
+            id: "bench-sqb-rsa",
+            account: "provider = \"shouqianba\"\nsign_mode = \"rsa\"\nterminal_sn = \"100111220054389553\"\n\
+                      public_key_file = {public}\nsandbox_private_key_file = {private}\n",
+        },
+    ];
+    type File = ShouqianbaFile;
+    type Settings = ShouqianbaSettings;
+
+    fn settings(f: ShouqianbaFile, cx: &AccountCx<'_>) -> Result<ShouqianbaSettings, ConfigError> {
+        let terminal_keys = cx.secrets(
+            "terminal_key",
+            SecretKeys {
+                inline: f.terminal_key,
+                env: f.terminal_key_env,
+                file: f.terminal_key_file,
+                list: f.terminal_keys,
+            },
+        )?;
+        let public_key_files = cx.key_files("public_key_file", f.public_key_file, f.public_key_files)?;
+        let mode = match f.sign_mode.as_deref().unwrap_or("md5") {
+            "md5" => SqbMode::Md5 {
+                terminal_keys: terminal_keys
+                    .ok_or_else(|| cx.invalid("terminal_key", "required when sign_mode = \"md5\""))?,
+            },
+            "rsa" => SqbMode::Rsa {
+                public_key_files: public_key_files
+                    .ok_or_else(|| cx.invalid("public_key_file", "required when sign_mode = \"rsa\""))?,
+            },
+            other => return Err(cx.invalid("sign_mode", format!("`{other}` is not md5 or rsa"))),
+        };
+        if f.terminal_sn.is_empty() {
+            return Err(cx.invalid("terminal_sn", "must not be empty"));
+        }
+        Ok(ShouqianbaSettings {
+            terminal_sn: f.terminal_sn,
+            mode,
+            sandbox_private_key_file: f.sandbox_private_key_file.map(|p| cx.path(p)),
+        })
+    }
+
+    fn build(s: &ShouqianbaSettings) -> Result<Self, AccountErrorKind> {
+        let mode = match &s.mode {
+            SqbMode::Md5 { terminal_keys } => SqbSignMode::Md5 {
+                terminal_keys: secret_bytes(terminal_keys),
+            },
+            SqbMode::Rsa { public_key_files } => SqbSignMode::Rsa {
+                keys: load_keys(public_key_files, MIN_RSA_BITS)?,
+            },
+        };
+        Ok(Shouqianba::new(s.terminal_sn.clone(), mode))
+    }
+
+    fn sandbox(s: &ShouqianbaSettings) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
+        let mode = match &s.mode {
+            SqbMode::Md5 { terminal_keys } => SqbSandboxMode::Md5 {
+                terminal_key: first_secret(terminal_keys),
+            },
+            SqbMode::Rsa { .. } => SqbSandboxMode::Rsa {
+                key: sandbox_key(&s.sandbox_private_key_file)?,
+            },
+        };
+        Ok(Box::new(ShouqianbaSandbox::new(s.terminal_sn.clone(), mode)))
+    }
+
+    fn bench_mode(s: &ShouqianbaSettings) -> Option<&'static str> {
+        Some(match s.mode {
+            SqbMode::Md5 { .. } => "shouqianba",
+            SqbMode::Rsa { .. } => "shouqianba-rsa",
         })
     }
 }
