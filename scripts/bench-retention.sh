@@ -3,6 +3,11 @@
 #
 #   scripts/bench-retention.sh p99  [BINARY]   # ingest p99 at RATE/s, without and
 #                                              # with a purge of COUNT old events running
+#                                              # (KINDS="without with seeded": seeded is
+#                                              # the same old events, retention and
+#                                              # raw_retention 100d, so nothing is purged
+#                                              # or blanked: the control for the
+#                                              # file's size)
 #   scripts/bench-retention.sh soak [BINARY]   # the SQLite file's size every 10 s over
 #                                              # SOAK_SECONDS at RATE/s, retention 2m
 #
@@ -102,10 +107,16 @@ p99)
   N=${N:-$((RATE * 40))}
   COUNT=${COUNT:-1000000}
   for run in 1 2; do
-    for kind in without with; do
-      dir="$OUT/$kind-$run"; mkdir -p "$dir"; write_config "$dir" ""
+    for kind in ${KINDS:-without with}; do
+      dir="$OUT/$kind-$run"; mkdir -p "$dir"
+      if [ "$kind" = seeded ]; then
+        write_config "$dir" 'retention = "100d"
+raw_retention = "100d"'
+      else
+        write_config "$dir" ""
+      fi
       "$B" migrate --config "$dir/relay.toml" 2>/dev/null
-      if [ "$kind" = with ]; then
+      if [ "$kind" != without ]; then
         log "seeding $COUNT finished events received 40 days ago"
         python3 scripts/seed-expired.py "$dir/payhook.db" "$COUNT" 40 600
       fi

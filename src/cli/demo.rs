@@ -26,7 +26,7 @@ use super::admin_client::{table, yuan};
 use super::simulate::send;
 use super::sink::signatures_valid;
 use crate::app::{Application, BuildOptions};
-use crate::config::Config;
+use crate::config::{AccountConfig, Config};
 use crate::domain::AmountFen;
 use crate::ingress::registry::build_sandbox_signer;
 use crate::ingress::{SampleKind, SampleSpec, SignedRequest};
@@ -307,6 +307,35 @@ pub async fn run() -> Result<(), DemoError> {
 
 /// Sends the callbacks, waits for the deliveries and writes the report.
 async fn exchange(config: &Config, ingress: SocketAddr, merchant: &Merchant) -> Result<String, DemoError> {
+    let (sent, first) = send_samples(config, ingress).await?;
+    // The provider sends the first notification again (providers retry until
+    // they like the answer): acknowledged the same way, no second event.
+    let (dup_url, dup_request) = first.ok_or_else(|| DemoError::Unexpected("no accounts".into()))?;
+    let duplicate = send(&dup_url, &dup_request).await?;
+    let forgery = send_forgery(config, ingress).await?;
+    let hits = wait_for_deliveries(merchant, sent.iter().filter(|s| s.status == 200).count()).await;
+    Report {
+        sent: &sent,
+        duplicate,
+        forgery,
+        hits: &hits,
+        delivered: confirmed(&hits),
+    }
+    .render()
+}
+
+/// A refused request: the account it was sent to, and the answer.
+struct Refused<'a> {
+    account: &'a AccountConfig,
+    status: u16,
+    answer: String,
+}
+
+/// One signed payment per account; also the first request, to repeat.
+async fn send_samples(
+    config: &Config,
+    ingress: SocketAddr,
+) -> Result<(Vec<Sent>, Option<(String, SignedRequest)>), DemoError> {
     let mut sent: Vec<Sent> = Vec::new();
     let mut first: Option<(String, SignedRequest)> = None;
     for (i, account) in config.accounts.iter().enumerate() {
@@ -335,22 +364,17 @@ async fn exchange(config: &Config, ingress: SocketAddr, merchant: &Merchant) -> 
             answer,
         });
     }
+    Ok((sent, first))
+}
 
-    // The provider sends the first notification again (providers retry until
-    // they like the answer): acknowledged the same way, no second event.
-    let (dup_url, dup_request) = first.ok_or_else(|| DemoError::Unexpected("no accounts".into()))?;
-    let (dup_status, dup_answer) = send(&dup_url, &dup_request).await?;
-    let duplicate_of = sent
-        .first()
-        .ok_or_else(|| DemoError::Unexpected("no accounts".into()))?;
-
-    // A forgery: a dryad notification whose signature has one bit flipped.
-    let forged_account = config
+/// A forgery: a dryad notification whose signature has one bit flipped.
+async fn send_forgery(config: &Config, ingress: SocketAddr) -> Result<Refused<'_>, DemoError> {
+    let account = config
         .accounts
         .iter()
         .find(|a| a.provider() == crate::domain::ProviderKind::Dryad)
         .ok_or_else(|| DemoError::Unexpected("no dryad account".into()))?;
-    let forged = build_sandbox_signer(forged_account)?.sign_sample(&SampleSpec {
+    let forged = build_sandbox_signer(account)?.sign_sample(&SampleSpec {
         kind: SampleKind::Payment,
         amount: AmountFen::from_fen(99_999)?,
         trade_no: format!("FORGED{}", ulid::Ulid::new()),
@@ -358,115 +382,159 @@ async fn exchange(config: &Config, ingress: SocketAddr, merchant: &Merchant) -> 
         now: chrono::Utc::now(),
         forge: true,
     })?;
-    let (forged_status, forged_answer) =
-        send(&format!("http://{ingress}/notify/{}", forged_account.id), &forged).await?;
+    let (status, answer) = send(&format!("http://{ingress}/notify/{}", account.id), &forged).await?;
+    Ok(Refused {
+        account,
+        status,
+        answer,
+    })
+}
 
-    // Wait until the merchant confirmed one delivery per accepted callback,
-    // then a little longer, to see that nothing else arrives.
-    let accepted = sent.iter().filter(|s| s.status == 200).count();
+/// Waits until the merchant confirmed `accepted` deliveries, then a little
+/// longer, to see that nothing else arrives; gives every request it got.
+async fn wait_for_deliveries(merchant: &Merchant, accepted: usize) -> Vec<Hit> {
     let deadline = Instant::now() + DELIVERY_TIMEOUT;
     while confirmed(&merchant.hits()).len() < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let hits = merchant.hits();
-    let delivered = confirmed(&hits);
+    merchant.hits()
+}
 
-    // The report.
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Sent {} signed callbacks (one per provider and signing mode), then a duplicate and a forgery.\n\n",
-        sent.len()
-    ));
-    out.push_str("What the merchant received (both delivery signatures checked with the endpoint secret):\n");
-    let mut rows = Vec::new();
-    for s in &sent {
-        let found = delivered.values().find(|(e, _)| {
-            e["account"] == s.account.as_str() && e["provider_trade_no"] == s.trade_no.as_str()
-        });
-        let row = match found {
-            Some((event, hit)) => vec![
-                s.provider.clone(),
-                s.account.clone(),
-                event["type"].as_str().unwrap_or("-").to_owned(),
-                format!("{} CNY", yuan(&event["amount"])),
-                event["merchant_order_no"].as_str().unwrap_or("-").to_owned(),
-                hit.attempt.to_string(),
-                if hit.signatures_ok { "ok" } else { "MISMATCH" }.to_owned(),
-                event["id"].as_str().unwrap_or("-").to_owned(),
-            ],
-            None => vec![
-                s.provider.clone(),
-                s.account.clone(),
-                format!(
-                    "NOT DELIVERED (provider was answered {})",
-                    answer_text(s.status, &s.answer)
-                ),
-            ],
-        };
-        rows.push(row);
-    }
-    out.push_str(&table(
-        &[
-            "PROVIDER", "ACCOUNT", "TYPE", "AMOUNT", "ORDER NO", "ATTEMPTS", "SIGNED", "EVENT",
-        ],
-        &rows,
-    ));
-    if hits.first().is_some_and(|h| h.status != 200) {
-        out.push_str("(the merchant answered 500 to the first delivery it got, to show a retry)\n");
-    }
+/// What the demo saw, for its report.
+struct Report<'a> {
+    sent: &'a [Sent],
+    /// The answer to the repeated first notification.
+    duplicate: (u16, String),
+    forgery: Refused<'a>,
+    hits: &'a [Hit],
+    delivered: BTreeMap<String, (serde_json::Value, Hit)>,
+}
 
-    let copies = delivered
-        .values()
-        .filter(|(e, _)| {
-            e["account"] == duplicate_of.account.as_str()
-                && e["provider_trade_no"] == duplicate_of.trade_no.as_str()
-        })
-        .count();
-    out.push_str("\nDeduplicated (answered like the first, no second event):\n");
-    out.push_str(&table(
-        &["PROVIDER", "ACCOUNT", "TRADE NO", "ANSWER", "EVENTS DELIVERED"],
-        &[vec![
-            duplicate_of.provider.clone(),
-            duplicate_of.account.clone(),
-            duplicate_of.trade_no.clone(),
-            answer_text(dup_status, &dup_answer),
-            copies.to_string(),
-        ]],
-    ));
-
-    out.push_str("\nRefused (never stored, never delivered):\n");
-    out.push_str(&table(
-        &["PROVIDER", "ACCOUNT", "WHY", "ANSWER"],
-        &[vec![
-            forged_account.provider().to_string(),
-            forged_account.id.to_string(),
-            "forged signature".into(),
-            answer_text(forged_status, &forged_answer),
-        ]],
-    ));
-
-    let forgery_delivered = hits
-        .iter()
-        .any(|h| h.event["merchant_order_no"] == "ORDER-FORGED");
-    let all_delivered = sent.iter().all(|s| {
-        delivered
-            .values()
-            .any(|(e, _)| e["account"] == s.account.as_str() && e["provider_trade_no"] == s.trade_no.as_str())
-    });
-    let refused = usize::from(forged_status == 401 && !forgery_delivered);
-    let deduplicated = usize::from(dup_status == 200 && copies == 1);
-    out.push_str(&format!(
-        "\nsummary: {} delivered, {deduplicated} deduplicated, {refused} refused\n",
-        delivered.len()
-    ));
-    if !all_delivered || deduplicated != 1 || refused != 1 || delivered.len() != sent.len() {
-        print!("{out}");
-        return Err(DemoError::Unexpected(
-            "see the tables above (a delivery is missing, or a duplicate or forgery got through)".into(),
+impl Report<'_> {
+    /// The report's tables and summary; an error (after printing them) when
+    /// something went wrong.
+    fn render(&self) -> Result<String, DemoError> {
+        let mut out = format!(
+            "Sent {} signed callbacks (one per provider and signing mode), then a duplicate and a forgery.\n\n",
+            self.sent.len()
+        );
+        out.push_str(
+            "What the merchant received (both delivery signatures checked with the endpoint secret):\n",
+        );
+        out.push_str(&self.delivered_table());
+        if self.hits.first().is_some_and(|h| h.status != 200) {
+            out.push_str("(the merchant answered 500 to the first delivery it got, to show a retry)\n");
+        }
+        let copies = self.copies_of_first();
+        out.push_str("\nDeduplicated (answered like the first, no second event):\n");
+        out.push_str(&self.duplicate_table(copies)?);
+        out.push_str("\nRefused (never stored, never delivered):\n");
+        out.push_str(&table(
+            &["PROVIDER", "ACCOUNT", "WHY", "ANSWER"],
+            &[vec![
+                self.forgery.account.provider().to_string(),
+                self.forgery.account.id.to_string(),
+                "forged signature".into(),
+                answer_text(self.forgery.status, &self.forgery.answer),
+            ]],
         ));
+        self.summary(&mut out, copies)?;
+        Ok(out)
     }
-    Ok(out)
+
+    /// The delivered event of a sent notification.
+    fn delivery_of(&self, s: &Sent) -> Option<&(serde_json::Value, Hit)> {
+        self.delivered.values().find(|(e, _)| {
+            e["account"] == s.account.as_str() && e["provider_trade_no"] == s.trade_no.as_str()
+        })
+    }
+
+    fn delivered_table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .sent
+            .iter()
+            .map(|s| match self.delivery_of(s) {
+                Some((event, hit)) => vec![
+                    s.provider.clone(),
+                    s.account.clone(),
+                    event["type"].as_str().unwrap_or("-").to_owned(),
+                    format!("{} CNY", yuan(&event["amount"])),
+                    event["merchant_order_no"].as_str().unwrap_or("-").to_owned(),
+                    hit.attempt.to_string(),
+                    if hit.signatures_ok { "ok" } else { "MISMATCH" }.to_owned(),
+                    event["id"].as_str().unwrap_or("-").to_owned(),
+                ],
+                None => vec![
+                    s.provider.clone(),
+                    s.account.clone(),
+                    format!(
+                        "NOT DELIVERED (provider was answered {})",
+                        answer_text(s.status, &s.answer)
+                    ),
+                ],
+            })
+            .collect();
+        table(
+            &[
+                "PROVIDER", "ACCOUNT", "TYPE", "AMOUNT", "ORDER NO", "ATTEMPTS", "SIGNED", "EVENT",
+            ],
+            &rows,
+        )
+    }
+
+    /// How many events the first notification (sent twice) became.
+    fn copies_of_first(&self) -> usize {
+        let Some(first) = self.sent.first() else {
+            return 0;
+        };
+        self.delivered
+            .values()
+            .filter(|(e, _)| {
+                e["account"] == first.account.as_str() && e["provider_trade_no"] == first.trade_no.as_str()
+            })
+            .count()
+    }
+
+    fn duplicate_table(&self, copies: usize) -> Result<String, DemoError> {
+        let first = self
+            .sent
+            .first()
+            .ok_or_else(|| DemoError::Unexpected("no accounts".into()))?;
+        Ok(table(
+            &["PROVIDER", "ACCOUNT", "TRADE NO", "ANSWER", "EVENTS DELIVERED"],
+            &[vec![
+                first.provider.clone(),
+                first.account.clone(),
+                first.trade_no.clone(),
+                answer_text(self.duplicate.0, &self.duplicate.1),
+                copies.to_string(),
+            ]],
+        ))
+    }
+
+    /// The summary line; an error (after printing the report) when a
+    /// delivery is missing or a duplicate or forgery got through.
+    fn summary(&self, out: &mut String, copies: usize) -> Result<(), DemoError> {
+        let forgery_delivered = self
+            .hits
+            .iter()
+            .any(|h| h.event["merchant_order_no"] == "ORDER-FORGED");
+        let all_delivered = self.sent.iter().all(|s| self.delivery_of(s).is_some());
+        let refused = usize::from(self.forgery.status == 401 && !forgery_delivered);
+        let deduplicated = usize::from(self.duplicate.0 == 200 && copies == 1);
+        out.push_str(&format!(
+            "\nsummary: {} delivered, {deduplicated} deduplicated, {refused} refused\n",
+            self.delivered.len()
+        ));
+        if !all_delivered || deduplicated != 1 || refused != 1 || self.delivered.len() != self.sent.len() {
+            print!("{out}");
+            return Err(DemoError::Unexpected(
+                "see the tables above (a delivery is missing, or a duplicate or forgery got through)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The events the merchant confirmed (answered 200), by id, with that hit.

@@ -89,7 +89,9 @@ macro_rules! operator_queries {
             limit_param, push_event_conditions, DELIVERY_COLUMNS, EVENT_COLUMNS, INSERT_JOBS_OUTBOX,
             INSERT_PLAIN, INSERT_REDELIVERY, NOT_REDELIVERED,
         };
-        use $crate::store::{DeliveryDetail, DeliveryFilter, EventFilter, NewDelivery, StoredEvent};
+        use $crate::store::{
+            DeliveryDetail, DeliveryFilter, DeliveryRow, EventFilter, NewDelivery, StoredAttempt, StoredEvent,
+        };
 
         fn stored_event(row: &$row) -> Result<StoredEvent, StoreError> {
             Ok(StoredEvent {
@@ -120,6 +122,57 @@ macro_rules! operator_queries {
         }
 
         impl $store {
+            pub async fn deliveries_for_event(&self, event_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
+                let rows = sqlx::query(&$sql(
+                    "SELECT id, event_id, endpoint_id, status, attempts, next_attempt_at, last_error \
+                     FROM deliveries WHERE event_id = $1 ORDER BY id",
+                ))
+                .bind(event_id)
+                .fetch_all(&self.$read)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(DeliveryRow {
+                            id: r.try_get("id")?,
+                            event_id: r.try_get("event_id")?,
+                            endpoint_id: r.try_get("endpoint_id")?,
+                            status: $crate::store::delivery_status(&r.try_get::<String, _>("status")?)?,
+                            attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                            next_attempt_at_ms: r.try_get("next_attempt_at")?,
+                            last_error: r.try_get("last_error")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub async fn attempts_for_delivery(
+                &self,
+                delivery_id: i64,
+            ) -> Result<Vec<StoredAttempt>, StoreError> {
+                let rows = sqlx::query(&$sql(
+                    "SELECT attempt, started_at, duration_ms, outcome, http_status, error, response_excerpt \
+                     FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
+                ))
+                .bind(delivery_id)
+                .fetch_all(&self.$read)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(StoredAttempt {
+                            attempt: u32::try_from(r.try_get::<i64, _>("attempt")?).unwrap_or(0),
+                            started_at_ms: r.try_get("started_at")?,
+                            duration_ms: r.try_get("duration_ms")?,
+                            outcome: $crate::store::attempt_outcome(&r.try_get::<String, _>("outcome")?)?,
+                            http_status: r
+                                .try_get::<Option<i64>, _>("http_status")?
+                                .and_then(|s| u16::try_from(s).ok()),
+                            error: r.try_get("error")?,
+                            response_excerpt: r.try_get("response_excerpt")?,
+                        })
+                    })
+                    .collect()
+            }
+
             pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
                 let mut q: QueryBuilder<$db> = QueryBuilder::new(EVENT_COLUMNS);
                 q.push(" WHERE 1 = 1");

@@ -17,8 +17,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    classify_unclaimed_row, millis, AttemptRecord, ClaimedJob, DeliveryRow, IngestOutcome, JobClaim, JobRef,
-    NewEvent, OutboxItem, RecordOutcome, StoreError, StoredAttempt, DUE_TOLERANCE_MS,
+    classify_unclaimed_row, millis, AttemptRecord, ClaimedJob, IngestOutcome, JobClaim, JobRef, NewEvent,
+    OutboxItem, RecordOutcome, StoreError, DUE_TOLERANCE_MS,
 };
 
 mod rows;
@@ -213,54 +213,6 @@ impl SqliteStore {
             .fetch_one(&self.read)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    pub async fn deliveries_for_event(&self, event_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, event_id, endpoint_id, status, attempts, next_attempt_at, last_error \
-             FROM deliveries WHERE event_id = ?1 ORDER BY id",
-        )
-        .bind(event_id)
-        .fetch_all(&self.read)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(DeliveryRow {
-                    id: r.try_get("id")?,
-                    event_id: r.try_get("event_id")?,
-                    endpoint_id: r.try_get("endpoint_id")?,
-                    status: super::delivery_status(&r.try_get::<String, _>("status")?)?,
-                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                    next_attempt_at_ms: r.try_get("next_attempt_at")?,
-                    last_error: r.try_get("last_error")?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn attempts_for_delivery(&self, delivery_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT attempt, started_at, duration_ms, outcome, http_status, error, response_excerpt \
-             FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
-        )
-        .bind(delivery_id)
-        .fetch_all(&self.read)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(StoredAttempt {
-                    attempt: u32::try_from(r.try_get::<i64, _>("attempt")?).unwrap_or(0),
-                    started_at_ms: r.try_get("started_at")?,
-                    duration_ms: r.try_get("duration_ms")?,
-                    outcome: super::attempt_outcome(&r.try_get::<String, _>("outcome")?)?,
-                    http_status: r
-                        .try_get::<Option<i64>, _>("http_status")?
-                        .and_then(|s| u16::try_from(s).ok()),
-                    error: r.try_get("error")?,
-                    response_excerpt: r.try_get("response_excerpt")?,
-                })
-            })
-            .collect()
     }
 }
 
