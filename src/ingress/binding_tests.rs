@@ -10,10 +10,11 @@ use axum::http::HeaderValue;
 use proptest::prelude::*;
 
 use super::abc::{Abc, AbcAlgorithm, AbcSandbox};
+use super::common::SandboxKey;
 use super::common::{RsaPublicKey, RsaSigningKey};
-use super::dingdang::{Dingdang, DingdangSandbox, DingdangSandboxScheme, DingdangScheme};
+use super::dingdang::{Dingdang, DingdangSandbox, DingdangScheme};
 use super::registry::{build_accounts, AccountErrorKind};
-use super::shouqianba::{Shouqianba, ShouqianbaSandbox, SqbSandboxMode, SqbSignMode};
+use super::shouqianba::{Shouqianba, ShouqianbaSandbox, SqbSignMode};
 use super::tests_support::{request_of, sample_spec, vectors_dir, verify_and_parse};
 use super::{Provider, Rejection, SampleKind, SampleSigner};
 use crate::config::Config;
@@ -47,7 +48,7 @@ proptest! {
 
     #[test]
     fn shouqianba_rsa_notice_for_another_terminal_is_refused((a, b) in two_ids()) {
-        let signer = ShouqianbaSandbox::new(a.clone(), SqbSandboxMode::Rsa { key: private("sqb_sandbox_priv.pem") });
+        let signer = ShouqianbaSandbox::new(a.clone(), SandboxKey::Rsa { key: private("sqb_sandbox_priv.pem") });
         let victim = Shouqianba::new(b.clone(), SqbSignMode::Rsa { keys: public("sqb_pub.pem", 2048).into() });
         prop_assert!(cross_post(&signer, &victim).is_err());
         // The header's terminal is not signed: rewritten to the victim's, the
@@ -79,14 +80,14 @@ proptest! {
         let (signer, victim, own) = if rsa {
             let scheme = || DingdangScheme::Rsa2 { keys: public("dingdang_platform_pub.pem", 2048).into() };
             (
-                DingdangSandbox::new(DingdangSandboxScheme::Rsa2 { key: private("dingdang_sandbox_priv.pem") }, a.clone()),
+                DingdangSandbox::new(SandboxKey::Rsa { key: private("dingdang_sandbox_priv.pem") }, a.clone()),
                 Dingdang::new(scheme(), SKEW, b),
                 Dingdang::new(scheme(), SKEW, a),
             )
         } else {
             let secret = b"one-platform-secret".to_vec();
             (
-                DingdangSandbox::new(DingdangSandboxScheme::HmacSha256 { secret: secret.clone() }, a.clone()),
+                DingdangSandbox::new(SandboxKey::Secret { secret: secret.clone() }, a.clone()),
                 Dingdang::new(DingdangScheme::HmacSha256 { secrets: secret.clone().into() }, SKEW, b),
                 Dingdang::new(DingdangScheme::HmacSha256 { secrets: secret.into() }, SKEW, a),
             )

@@ -14,7 +14,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::common::{RsaAlgorithm, RsaPublicKey, RsaSigningKey};
+use super::common::{RsaAlgorithm, RsaPublicKey, SandboxKey};
 use super::dryad::within_skew;
 use super::json::{object_body, opt_str, req_fen, req_str};
 use super::module::{
@@ -261,33 +261,14 @@ impl Provider for Dingdang {
     }
 }
 
-/// The signing half of an account, for sample notices.
-// Built once per account, off the request path: its size does not matter,
-// and the key is held by value as the registry constructs it.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone)]
-pub enum DingdangSandboxScheme {
-    HmacSha256 { secret: Vec<u8> },
-    Rsa2 { key: RsaSigningKey },
-}
-
-impl std::fmt::Debug for DingdangSandboxScheme {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DingdangSandboxScheme::HmacSha256 { .. } => f.write_str("HmacSha256 { secret: <redacted> }"),
-            DingdangSandboxScheme::Rsa2 { key } => write!(f, "Rsa2 {{ key: {key:?} }}"),
-        }
-    }
-}
-
 /// Signs sample notices as the Dingdang platform would.
 pub struct DingdangSandbox {
-    scheme: DingdangSandboxScheme,
+    scheme: SandboxKey,
     skill_id: String,
 }
 
 impl DingdangSandbox {
-    pub fn new(scheme: DingdangSandboxScheme, skill_id: String) -> Self {
+    pub fn new(scheme: SandboxKey, skill_id: String) -> Self {
         Self { scheme, skill_id }
     }
 }
@@ -317,14 +298,14 @@ impl SampleSigner for DingdangSandbox {
 
         let datetime = spec.now.format(DATETIME_FORMAT).to_string();
         let (scheme, signature) = match &self.scheme {
-            DingdangSandboxScheme::HmacSha256 { secret } => {
+            SandboxKey::Secret { secret } => {
                 let mut mac = hmac_sha256(secret, &[&body, datetime.as_bytes()]);
                 if spec.forge {
                     mac[0] ^= 1;
                 }
                 (HMAC_SCHEME, hex::encode(mac))
             }
-            DingdangSandboxScheme::Rsa2 { key } => {
+            SandboxKey::Rsa { key } => {
                 let mut sig = key
                     .sign(RsaAlgorithm::Sha256, &signing_content(&body, &datetime))
                     .map_err(|e| SignError::Crypto(e.to_string()))?;
@@ -453,10 +434,10 @@ impl ProviderModule for Dingdang {
 
     fn sandbox(s: &DingdangSettings) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
         let scheme = match &s.scheme {
-            DingdangSchemeConfig::HmacSha256 { secrets } => DingdangSandboxScheme::HmacSha256 {
+            DingdangSchemeConfig::HmacSha256 { secrets } => SandboxKey::Secret {
                 secret: first_secret(secrets),
             },
-            DingdangSchemeConfig::Rsa2 { .. } => DingdangSandboxScheme::Rsa2 {
+            DingdangSchemeConfig::Rsa2 { .. } => SandboxKey::Rsa {
                 key: sandbox_key(&s.sandbox_private_key_file)?,
             },
         };
@@ -478,11 +459,13 @@ mod tests {
     use axum::http::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
 
+    use crate::ingress::common::RsaSigningKey;
+
     use super::*;
     use crate::domain::AmountFen;
     use crate::ingress::tests_support::{
-        check_shared_vectors_with, request_of, round_trip, sample_spec, schemes_refuse_each_other,
-        vector_public_key, vector_request, vectors_dir, verify_and_parse,
+        changed_byte_is_refused, check_shared_vectors_with, request_of, round_trip, sample_spec,
+        schemes_refuse_each_other, vector_public_key, vector_request, vectors_dir, verify_and_parse,
     };
 
     const SECRET: &[u8] = b"skill_secret";
@@ -502,7 +485,7 @@ mod tests {
 
     fn hmac_sandbox() -> DingdangSandbox {
         DingdangSandbox::new(
-            DingdangSandboxScheme::HmacSha256 {
+            SandboxKey::Secret {
                 secret: SECRET.to_vec(),
             },
             SKILL.into(),
@@ -516,7 +499,7 @@ mod tests {
 
     fn rsa_sandbox() -> DingdangSandbox {
         let key = RsaSigningKey::load(&vectors_dir().join("keys/dingdang_sandbox_priv.pem")).unwrap();
-        DingdangSandbox::new(DingdangSandboxScheme::Rsa2 { key }, SKILL.into())
+        DingdangSandbox::new(SandboxKey::Rsa { key }, SKILL.into())
     }
 
     fn now() -> DateTime<Utc> {
@@ -827,22 +810,13 @@ mod tests {
             let kind = if refund { SampleKind::Refund } else { SampleKind::Payment };
             let spec = sample_spec(kind, 500);
             let signed = hmac_sandbox().sign_sample(&spec).unwrap();
-            let (headers, mut body) = request_of(&signed);
-            let i = index % body.len();
-            body[i] ^= flip;
-            let result = hmac_provider().verify(&RawRequest::new(&headers, &body), spec.now);
-            prop_assert!(matches!(result, Err(Rejection::BadSignature(_))));
+            prop_assert!(changed_byte_is_refused(&hmac_provider(), &signed, spec.now, index, flip));
         }
 
         #[test]
         fn any_changed_byte_is_refused_rsa(index in 0usize..4096, flip in 1u8..=255) {
             let (signed, now) = rsa_signed_sample();
-            let (headers, mut body) = request_of(signed);
-            prop_assert!(rsa_provider_shared().verify(&RawRequest::new(&headers, &body), *now).is_ok());
-            let i = index % body.len();
-            body[i] ^= flip;
-            let result = rsa_provider_shared().verify(&RawRequest::new(&headers, &body), *now);
-            prop_assert!(matches!(result, Err(Rejection::BadSignature(_))));
+            prop_assert!(changed_byte_is_refused(rsa_provider_shared(), signed, *now, index, flip));
         }
 
         #[test]

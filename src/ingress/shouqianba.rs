@@ -10,7 +10,7 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::common::{from_epoch_millis, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
+use super::common::{from_epoch_millis, RsaAlgorithm, RsaPublicKey, SandboxKey};
 use super::json::{object_body, opt_str, req_str};
 use super::module::{
     first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, MIN_RSA_BITS,
@@ -193,33 +193,14 @@ impl Provider for Shouqianba {
     }
 }
 
-/// The signing half of an account, for sample callbacks.
-// Built once per account, off the request path: its size does not matter,
-// and the key is held by value as the registry constructs it.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone)]
-pub enum SqbSandboxMode {
-    Md5 { terminal_key: Vec<u8> },
-    Rsa { key: RsaSigningKey },
-}
-
-impl std::fmt::Debug for SqbSandboxMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SqbSandboxMode::Md5 { .. } => f.write_str("Md5 { terminal_key: <redacted> }"),
-            SqbSandboxMode::Rsa { key } => write!(f, "Rsa {{ key: {key:?} }}"),
-        }
-    }
-}
-
 /// Signs sample callbacks as Shouqianba would.
 pub struct ShouqianbaSandbox {
     terminal_sn: String,
-    mode: SqbSandboxMode,
+    mode: SandboxKey,
 }
 
 impl ShouqianbaSandbox {
-    pub fn new(terminal_sn: String, mode: SqbSandboxMode) -> Self {
+    pub fn new(terminal_sn: String, mode: SandboxKey) -> Self {
         Self { terminal_sn, mode }
     }
 }
@@ -261,14 +242,14 @@ impl SampleSigner for ShouqianbaSandbox {
         let body = serde_json::to_vec(&Value::Object(body)).map_err(|e| SignError::Crypto(e.to_string()))?;
 
         let sign = match &self.mode {
-            SqbSandboxMode::Md5 { terminal_key } => {
+            SandboxKey::Secret { secret: terminal_key } => {
                 let mut digest = md5_sign(&body, terminal_key);
                 if spec.forge {
                     digest[0] ^= 1;
                 }
                 hex::encode(digest)
             }
-            SqbSandboxMode::Rsa { key } => {
+            SandboxKey::Rsa { key } => {
                 let mut sig = key
                     .sign(RsaAlgorithm::Sha256, &body)
                     .map_err(|e| SignError::Crypto(e.to_string()))?;
@@ -389,10 +370,10 @@ impl ProviderModule for Shouqianba {
 
     fn sandbox(s: &ShouqianbaSettings) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
         let mode = match &s.mode {
-            SqbMode::Md5 { terminal_keys } => SqbSandboxMode::Md5 {
-                terminal_key: first_secret(terminal_keys),
+            SqbMode::Md5 { terminal_keys } => SandboxKey::Secret {
+                secret: first_secret(terminal_keys),
             },
-            SqbMode::Rsa { .. } => SqbSandboxMode::Rsa {
+            SqbMode::Rsa { .. } => SandboxKey::Rsa {
                 key: sandbox_key(&s.sandbox_private_key_file)?,
             },
         };
@@ -414,10 +395,12 @@ mod tests {
     use axum::http::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
 
+    use crate::ingress::common::RsaSigningKey;
+
     use super::*;
     use crate::ingress::tests_support::{
-        check_shared_vectors, request_of, round_trip, sample_spec, schemes_refuse_each_other,
-        vector_public_key, vectors_dir, verify_and_parse,
+        changed_byte_is_refused, check_shared_vectors, request_of, round_trip, sample_spec,
+        schemes_refuse_each_other, vector_public_key, vectors_dir, verify_and_parse,
     };
 
     const TERMINAL: &str = "100111220054389553";
@@ -441,12 +424,7 @@ mod tests {
     }
 
     fn md5_sandbox() -> ShouqianbaSandbox {
-        ShouqianbaSandbox::new(
-            TERMINAL.into(),
-            SqbSandboxMode::Md5 {
-                terminal_key: KEY.to_vec(),
-            },
-        )
+        ShouqianbaSandbox::new(TERMINAL.into(), SandboxKey::Secret { secret: KEY.to_vec() })
     }
 
     fn rsa_provider() -> Shouqianba {
@@ -459,7 +437,7 @@ mod tests {
     }
 
     fn rsa_sandbox() -> ShouqianbaSandbox {
-        ShouqianbaSandbox::new(TERMINAL.into(), SqbSandboxMode::Rsa { key: signing_key() })
+        ShouqianbaSandbox::new(TERMINAL.into(), SandboxKey::Rsa { key: signing_key() })
     }
 
     fn provider_for(account: &Value) -> Shouqianba {
@@ -726,22 +704,13 @@ mod tests {
         fn any_changed_byte_is_refused_md5(index in 0usize..4096, flip in 1u8..=255) {
             let spec = sample_spec(SampleKind::Payment, 500);
             let signed = md5_sandbox().sign_sample(&spec).unwrap();
-            let (headers, mut body) = request_of(&signed);
-            let i = index % body.len();
-            body[i] ^= flip;
-            let result = md5_provider().verify(&RawRequest::new(&headers, &body), spec.now);
-            prop_assert!(matches!(result, Err(Rejection::BadSignature(_))));
+            prop_assert!(changed_byte_is_refused(&md5_provider(), &signed, spec.now, index, flip));
         }
 
         #[test]
         fn any_changed_byte_is_refused_rsa(index in 0usize..4096, flip in 1u8..=255) {
             let (signed, now) = rsa_signed_sample();
-            let (headers, mut body) = request_of(signed);
-            prop_assert!(rsa_provider_shared().verify(&RawRequest::new(&headers, &body), *now).is_ok());
-            let i = index % body.len();
-            body[i] ^= flip;
-            let result = rsa_provider_shared().verify(&RawRequest::new(&headers, &body), *now);
-            prop_assert!(matches!(result, Err(Rejection::BadSignature(_))));
+            prop_assert!(changed_byte_is_refused(rsa_provider_shared(), signed, *now, index, flip));
         }
 
         #[test]

@@ -49,6 +49,28 @@ pub fn request_of(signed: &SignedRequest) -> (HeaderMap, Vec<u8>) {
 }
 
 /// Verifies, then parses, as the ingress does.
+/// Whether `provider` accepts `signed` as it is, and refuses it as a bad
+/// signature once byte `index` (modulo the body's length) of its body is
+/// changed by `flip` (non-zero).
+pub fn changed_byte_is_refused<P: Provider>(
+    provider: &P,
+    signed: &SignedRequest,
+    now: DateTime<Utc>,
+    index: usize,
+    flip: u8,
+) -> bool {
+    let (headers, mut body) = request_of(signed);
+    if provider.verify(&RawRequest::new(&headers, &body), now).is_err() {
+        return false;
+    }
+    let i = index % body.len();
+    body[i] ^= flip;
+    matches!(
+        provider.verify(&RawRequest::new(&headers, &body), now),
+        Err(Rejection::BadSignature(_))
+    )
+}
+
 pub fn verify_and_parse<P: Provider>(
     provider: &P,
     headers: &HeaderMap,
