@@ -89,7 +89,7 @@ pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, 
         match commit_batch(&mut conn, &mut batch, clock.now_ms(), Some(&mut rx)) {
             Ok(results) => {
                 for (op, result) in batch.into_iter().zip(results) {
-                    reply(op, Ok(result));
+                    reply(op, result);
                 }
             }
             // One bad write must not fail its neighbours: retry each alone,
@@ -98,7 +98,7 @@ pub(super) fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>, 
                 for op in batch {
                     let mut alone = vec![op];
                     let result = commit_batch(&mut conn, &mut alone, clock.now_ms(), None);
-                    let single = result.and_then(|mut r| r.pop().ok_or(StoreError::Closed));
+                    let single = result.and_then(|mut r| r.pop().unwrap_or(Err(StoreError::Closed)));
                     if let Some(op) = alone.pop() {
                         reply(op, single);
                     }
@@ -161,66 +161,81 @@ fn reply(op: WriteOp, result: Result<OpResult, StoreError>) {
     }
 }
 
-/// Commits `batch` as one transaction, its times taken as `now`, and gives
-/// each write's result, in order. With `waiting`, upkeep in the batch gives way to the writes that
-/// come meanwhile, and those join `batch` and this transaction.
+/// Commits `batch` as one transaction, its times taken as `now`. `Err`: the
+/// transaction did not commit, and nothing of it is stored. `Ok`: it did,
+/// with each write's result, in order.
+///
+/// With `waiting`, upkeep in the batch gives way to the writes that come
+/// meanwhile, and those join `batch` and this transaction.
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<WriteOp>,
     now: i64,
     waiting: Option<&mut mpsc::Receiver<WriteOp>>,
-) -> Result<Vec<OpResult>, StoreError> {
+) -> Result<Vec<Result<OpResult, StoreError>>, StoreError> {
     // IMMEDIATE: take the write lock at BEGIN. Other connections (operator
     // redeliveries, lease releases) also write; a deferred transaction that
     // read first could then fail with SQLITE_BUSY_SNAPSHOT instead of waiting.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results: Vec<Option<OpResult>> = Vec::new();
     // Upkeep first, so that the writes it gives way to wait for one step of
     // it, not for all of it.
-    let mut upkept = Vec::new();
     let write_waits = || waiting.as_deref().is_some_and(|rx| !rx.is_empty());
-    for op in batch.iter() {
-        if let WriteOp::Upkeep(upkeep, _) = op {
-            upkept.push(upkeep_in(&tx, upkeep, &write_waits)?);
-        }
-    }
-    if let (false, Some(rx)) = (upkept.is_empty(), waiting) {
+    run_upkeep(&tx, batch, &mut results, &write_waits)?;
+    if let (true, Some(rx)) = (results.iter().any(Option::is_some), waiting) {
         take_waiting(batch, rx);
+        // Upkeep among the writes that joined goes one step, and gives way.
+        run_upkeep(&tx, batch, &mut results, &|| true)?;
     }
+    results.resize_with(batch.len(), || None);
     let mut ingests = Vec::new();
     let mut records = Vec::new();
     let mut claims = Vec::new();
-    for op in batch.iter() {
+    for (i, op) in batch.iter().enumerate() {
         match op {
-            WriteOp::Ingest(new, _) => ingests.push(&**new),
-            WriteOp::Record(rec, _) => records.push(&**rec),
-            WriteOp::Claim(claim, _) => claims.push(&**claim),
+            WriteOp::Ingest(new, _) => ingests.push((i, &**new)),
+            WriteOp::Record(rec, _) => records.push((i, &**rec)),
+            WriteOp::Claim(claim, _) => claims.push((i, &**claim)),
             WriteOp::Upkeep(..) => {}
         }
     }
     // Ingests and attempts never touch the same rows: a job is only attempted
     // after the commit that created it. Claims come last, so that they see
     // the jobs this batch creates and the retries it schedules.
-    let mut ingested = ingest_many(&tx, &ingests, now)?.into_iter();
-    let mut recorded = record_many(&tx, &records, now)?.into_iter();
-    let mut claimed = Vec::with_capacity(claims.len());
-    for claim in claims {
-        claimed.push(claim_in(&tx, claim, now)?);
+    let news: Vec<&NewEvent> = ingests.iter().map(|(_, n)| *n).collect();
+    for ((i, _), outcome) in ingests.iter().zip(ingest_many(&tx, &news, now)?) {
+        results[*i] = Some(OpResult::Ingest(outcome));
     }
-    let mut claimed = claimed.into_iter();
-    let mut upkept = upkept.into_iter();
+    let recs: Vec<&AttemptRecord> = records.iter().map(|(_, r)| *r).collect();
+    for ((i, _), outcome) in records.iter().zip(record_many(&tx, &recs, now)?) {
+        results[*i] = Some(OpResult::Record(outcome));
+    }
+    for (i, claim) in claims {
+        results[i] = Some(OpResult::Claim(claim_in(&tx, claim, now)?));
+    }
     tx.commit()?;
-    batch
-        .iter()
-        .map(|op| {
-            match op {
-                WriteOp::Ingest(..) => ingested.next().map(OpResult::Ingest),
-                WriteOp::Record(..) => recorded.next().map(OpResult::Record),
-                WriteOp::Claim(..) => claimed.next().map(OpResult::Claim),
-                WriteOp::Upkeep(..) => upkept.next().map(OpResult::Upkeep),
-            }
-            .ok_or_else(|| StoreError::Corrupt("missing write result".into()))
-        })
-        .collect()
+    // Committed: whatever happens now, no write of this batch runs again.
+    Ok(results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| StoreError::Corrupt("missing write result".into())))
+        .collect())
+}
+
+/// Runs the upkeep operations of `batch` that have no result yet (from
+/// `results.len()` on), recording theirs at their places.
+fn run_upkeep(
+    tx: &Connection,
+    batch: &[WriteOp],
+    results: &mut Vec<Option<OpResult>>,
+    give_way: &dyn Fn() -> bool,
+) -> Result<(), StoreError> {
+    for op in &batch[results.len()..] {
+        results.push(match op {
+            WriteOp::Upkeep(upkeep, _) => Some(OpResult::Upkeep(upkeep_in(tx, upkeep, give_way)?)),
+            _ => None,
+        });
+    }
+    Ok(())
 }
 
 /// `items` in chunks of `MAX_ROWS` and one of the rest: one statement per
@@ -276,8 +291,26 @@ mod upkeep_tests {
         }
     }
 
+    fn purge_op(
+        limit: usize,
+    ) -> (
+        WriteOp,
+        oneshot::Receiver<Result<UpkeepDone, crate::store::StoreError>>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        let purge = Upkeep::Purge {
+            before_ms: Utc::now().timestamp_millis() + 60_000,
+            after: String::new(),
+            bound: "evt_ZZZZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+            limit,
+        };
+        (WriteOp::Upkeep(Box::new(purge), reply), answer)
+    }
+
     /// A purge step that finds an ingest waiting stops after one step, and
-    /// the ingest is committed in the purge's transaction.
+    /// the ingest is committed in the purge's transaction. Upkeep that
+    /// joins with the waiting writes runs too (one step), and every write
+    /// gets its own result.
     #[tokio::test]
     async fn a_purge_gives_way_to_a_waiting_ingest() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -297,29 +330,32 @@ mod upkeep_tests {
         tx.send(WriteOp::Ingest(Box::new(event("new")), ingest_reply))
             .await
             .expect("queued");
-        let (purge_reply, _purge_answer) = oneshot::channel();
-        let purge = Upkeep::Purge {
-            before_ms: Utc::now().timestamp_millis() + 60_000,
-            after: String::new(),
-            bound: "evt_ZZZZZZZZZZZZZZZZZZZZZZZZZZ".into(),
-            limit: 1_000,
-        };
-        let mut batch = vec![WriteOp::Upkeep(Box::new(purge), purge_reply)];
+        let (second, _second_answer) = purge_op(1_000);
+        tx.send(second).await.expect("queued");
+        let (first, _first_answer) = purge_op(1_000);
+        let mut batch = vec![first];
         let now = Utc::now().timestamp_millis();
-        let results = commit_batch(&mut conn, &mut batch, now, Some(&mut rx)).expect("committed");
+        let results: Vec<OpResult> = commit_batch(&mut conn, &mut batch, now, Some(&mut rx))
+            .expect("committed")
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("a result for every write");
 
-        assert_eq!(batch.len(), 2, "the waiting ingest joined the transaction");
+        assert_eq!(batch.len(), 3, "the waiting writes joined the transaction");
         match &results[..] {
-            [OpResult::Upkeep(UpkeepDone::Purged(purged)), OpResult::Ingest(ingested)] => {
-                assert_eq!(purged.events, STEP_EVENTS as u64, "one step, then it gave way");
-                assert!(purged.more, "{purged:?}");
+            [OpResult::Upkeep(UpkeepDone::Purged(first)), OpResult::Ingest(ingested), OpResult::Upkeep(UpkeepDone::Purged(second))] =>
+            {
+                assert_eq!(first.events, STEP_EVENTS as u64, "one step, then it gave way");
+                assert!(first.more, "{first:?}");
                 assert_eq!(ingested, &IngestOutcome::Accepted { jobs: 0 });
+                assert_eq!(second.events, STEP_EVENTS as u64, "the one that joined: one step");
+                assert!(second.more, "{second:?}");
             }
             _ => panic!("unexpected results"),
         }
         let left: i64 = conn
             .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
             .expect("count");
-        assert_eq!(left, (3 * STEP_EVENTS + 1) as i64);
+        assert_eq!(left, (2 * STEP_EVENTS + 1) as i64);
     }
 }
