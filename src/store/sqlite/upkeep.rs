@@ -127,12 +127,7 @@ fn purge(
     let mut picked = 0;
     loop {
         let want = STEP_EVENTS.min(limit - picked);
-        let ids: Vec<String> = conn
-            .prepare_cached(PICK)?
-            .query_map(rusqlite::params![after, bound, before_ms, sql_int(want)], |row| {
-                row.get(0)
-            })?
-            .collect::<Result<_, _>>()?;
+        let ids = event_ids(conn, PICK, (before_ms, &after, bound, want))?;
         let Some(last) = ids.iter().max().cloned() else {
             return Ok(done);
         };
@@ -152,6 +147,21 @@ fn purge(
             return Ok(done);
         }
     }
+}
+
+/// The event ids `sql` (`PICK` or `BLANK`) returns for a range.
+fn event_ids(
+    conn: &Connection,
+    sql: &str,
+    (before_ms, after, bound, want): Range<'_>,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let ids = stmt
+        .query_map(rusqlite::params![after, bound, before_ms, sql_int(want)], |row| {
+            row.get(0)
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
 }
 
 /// Repeats a `DELETE … LIMIT` until it deletes less than
@@ -177,12 +187,7 @@ fn blank(
     let mut after = after.to_owned();
     loop {
         let want = STEP_BLANK.min(limit - usize::try_from(done.blanked).unwrap_or(limit));
-        let ids: Vec<String> = conn
-            .prepare_cached(BLANK)?
-            .query_map(rusqlite::params![after, bound, before_ms, sql_int(want)], |row| {
-                row.get(0)
-            })?
-            .collect::<Result<_, _>>()?;
+        let ids = event_ids(conn, BLANK, (before_ms, &after, bound, want))?;
         let Some(last) = ids.iter().max().cloned() else {
             return Ok(done);
         };
