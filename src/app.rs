@@ -145,7 +145,9 @@ impl Application {
             }
         }
         let live = LiveConfig::new(&config, options.config_path.clone())?;
-        let parts = Parts {
+        let handoff =
+            (config.queue.is_some() && options.role.runs_ingress()).then(|| mpsc::channel(HANDOFF_QUEUE));
+        let mut parts = Parts {
             store: Store::connect_with_clock(&config.storage.url, options.clock.clone()).await?,
             metrics: Metrics::new(),
             jobs_committed: Arc::new(Notify::new()),
@@ -155,10 +157,8 @@ impl Application {
                     Topology::new(&q.prefix, &config.delivery.retry_schedule),
                 )
             }),
-            handoff: (config.queue.is_some() && options.role.runs_ingress()).then(|| {
-                let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-                (tx, std::sync::Mutex::new(Some(rx)))
-            }),
+            handoff: handoff.as_ref().map(|(tx, _)| tx.clone()),
+            handoff_rx: handoff.map(|(_, rx)| rx),
             paused: PausedEndpoints::default(),
             live,
             options,
@@ -287,12 +287,6 @@ impl Application {
 /// past this the rest wait for their lease to run out (about 5 MB of events).
 const HANDOFF_QUEUE: usize = 8192;
 
-/// The ingress's side of the hand-over, and the publisher's, taken once.
-type Handoff = (
-    mpsc::Sender<OutboxItem>,
-    std::sync::Mutex<Option<mpsc::Receiver<OutboxItem>>>,
-);
-
 /// What the relay's parts share, built once by [`Application::build`].
 struct Parts {
     store: Store,
@@ -302,8 +296,10 @@ struct Parts {
     /// RabbitMQ mode.
     broker: Option<Broker>,
     /// RabbitMQ mode, ingress role: new outbox rows from the ingress to
-    /// this process's publisher, in memory.
-    handoff: Option<Handoff>,
+    /// this process's publisher, in memory; the publisher takes the
+    /// receiving side when the workers are built.
+    handoff: Option<mpsc::Sender<OutboxItem>>,
+    handoff_rx: Option<mpsc::Receiver<OutboxItem>>,
     paused: PausedEndpoints,
     live: LiveConfig,
     options: BuildOptions,
@@ -320,7 +316,7 @@ impl Parts {
             max_body_bytes: config.server.max_body_bytes,
             outbox: self.broker.is_some(),
             jobs_committed: self.jobs_committed.clone(),
-            publisher: self.handoff.as_ref().map(|(tx, _)| tx.clone()),
+            publisher: self.handoff.clone(),
             verifying: Arc::new(tokio::sync::Semaphore::new(
                 crate::ingress::handler::verification_permits(),
             )),
@@ -355,7 +351,7 @@ impl Parts {
     /// reach this one, and auto-pause runs wherever failures are seen) and
     /// retention (where deliveries are made; several such processes only
     /// share the batches).
-    fn workers(&self, config: &Config) -> Result<Vec<BoxFuture<'static, ()>>, StartupError> {
+    fn workers(&mut self, config: &Config) -> Result<Vec<BoxFuture<'static, ()>>, StartupError> {
         let options = &self.options;
         let mut workers: Vec<BoxFuture<'static, ()>> = Vec::new();
         if let (Some(broker), true) = (&self.broker, options.role.runs_ingress()) {
@@ -364,10 +360,7 @@ impl Parts {
                 store: self.store.clone(),
                 metrics: self.metrics.clone(),
                 wake: self.jobs_committed.clone(),
-                handoff: self.handoff.as_ref().and_then(|(_, rx)| match rx.lock() {
-                    Ok(mut rx) => rx.take(),
-                    Err(poisoned) => poisoned.into_inner().take(),
-                }),
+                handoff: self.handoff_rx.take(),
                 shutdown: options.shutdown.clone(),
             };
             workers.push(publisher.run().boxed());
