@@ -58,6 +58,16 @@ pub trait ProviderModule: Provider + Sized {
         Ok(None)
     }
 
+    /// For a provider whose notices name their merchant in a signed field
+    /// that one platform key signs for every merchant: the merchant this
+    /// account binds to, as `(key, value)` (`("mch_id", "1900000109")`,
+    /// with a sub-merchant `("mch_id", "1900000109/1900000110")`), so that
+    /// start-up can refuse two accounts of the provider naming one merchant:
+    /// a notice would fit both. `None` (the default): not checked.
+    fn merchant(_settings: &Self::Settings) -> Option<(&'static str, String)> {
+        None
+    }
+
     /// Which of [`ProviderModule::BENCH`] an account signs as (its `name`).
     fn bench_mode(_settings: &Self::Settings) -> Option<&'static str> {
         None

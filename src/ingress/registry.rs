@@ -44,6 +44,16 @@ pub enum AccountErrorKind {
         provider: &'static str,
         what: &'static str,
     },
+    #[error(
+        "names the same merchant as account `{other}` ({key} = \"{merchant}\"): each {provider} notice \
+         for it would fit both accounts. Configure each merchant once"
+    )]
+    SharedMerchant {
+        other: String,
+        provider: &'static str,
+        key: &'static str,
+        merchant: String,
+    },
 }
 
 /// Writes, from the registry table, the one enum of every provider's
@@ -94,6 +104,12 @@ macro_rules! registry {
             fn shared_keys(&self) -> Result<Option<SharedKeys>, AccountErrorKind> {
                 match self {
                     $(ProviderSettings::$Type(s) => <super::$module::$Type as ProviderModule>::shared_keys(s),)*
+                }
+            }
+
+            fn merchant(&self) -> Option<(&'static str, String)> {
+                match self {
+                    $(ProviderSettings::$Type(s) => <super::$module::$Type as ProviderModule>::merchant(s),)*
                 }
             }
 
@@ -169,6 +185,7 @@ pub type Accounts = Arc<HashMap<String, Arc<Account>>>;
 
 pub fn build_accounts(configs: &[AccountConfig]) -> Result<Accounts, AccountError> {
     refuse_shared_keys(configs)?;
+    refuse_shared_merchants(configs)?;
     let mut map = HashMap::new();
     for config in configs {
         let provider = config.settings.build().map_err(|source| AccountError {
@@ -220,6 +237,31 @@ fn refuse_shared_keys(configs: &[AccountConfig]) -> Result<(), AccountError> {
                 // keys are loaded (`load_keys`) or read (the config).
                 _ => {}
             }
+        }
+    }
+    Ok(())
+}
+
+/// Two accounts of one provider naming one merchant (WeChat Pay's `mch_id`,
+/// Alipay's `app_id`) would both accept each of its notices: refused at
+/// start-up, naming both accounts ([`ProviderModule::merchant`]).
+fn refuse_shared_merchants(configs: &[AccountConfig]) -> Result<(), AccountError> {
+    let mut seen: HashMap<(ProviderKind, String), &AccountId> = HashMap::new();
+    for config in configs {
+        let Some((key, merchant)) = config.settings.merchant() else {
+            continue;
+        };
+        let kind = config.provider();
+        if let Some(other) = seen.insert((kind, merchant.clone()), &config.id) {
+            return Err(AccountError {
+                account: config.id.to_string(),
+                source: AccountErrorKind::SharedMerchant {
+                    other: other.to_string(),
+                    provider: display_name(kind),
+                    key,
+                    merchant,
+                },
+            });
         }
     }
     Ok(())

@@ -163,7 +163,8 @@ impl Provider for Shouqianba {
             let refunded = total
                 .checked_sub(net)
                 .ok_or(Rejection::BadRequest("net_amount exceeds total_amount"))?;
-            n.refund_amount = Some(refunded);
+            // `total - net` is everything refunded so far, not this refund.
+            n.refunded_total = Some(refunded);
         }
         n.dedup_extra = match net {
             Some(net) => format!("{order_status}:{net}"),
@@ -542,10 +543,11 @@ mod tests {
                 Some(1_449_569_460_000)
             );
             if want == EventType::RefundSucceeded {
-                assert_eq!(n.refund_amount, Some(AmountFen::from_fen(1000).unwrap()));
+                assert_eq!(n.refunded_total, Some(AmountFen::from_fen(1000).unwrap()));
             } else {
-                assert_eq!(n.refund_amount, None);
+                assert_eq!(n.refunded_total, None);
             }
+            assert_eq!(n.refund_amount, None);
         }
     }
 
@@ -721,7 +723,7 @@ mod tests {
             let (headers, body) = request_of(&signed);
             let n = verify_and_parse(&md5_provider(), &headers, &body, spec.now).unwrap();
             if refund {
-                prop_assert_eq!(n.refund_amount.map(AmountFen::fen), Some(fen));
+                prop_assert_eq!(n.refunded_total.map(AmountFen::fen), Some(fen));
             } else {
                 prop_assert_eq!(n.amount.fen(), fen);
             }
