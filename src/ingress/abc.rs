@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::common::form::encode_form;
 use super::common::rsa_keys::decode_base64_lenient;
 use super::common::{parse_form, parse_shanghai_date_time, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
-use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule};
+use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule, SandboxAccount};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
@@ -446,6 +446,22 @@ impl ProviderModule for Abc {
         account: "provider = \"abc\"\nmerchant_id = \"103881636900016\"\ncertificate_file = {public}\n\
                   sandbox_private_key_file = {private}\n",
     }];
+    const SANDBOX: &'static [SandboxAccount] = &[
+        SandboxAccount {
+            id: "abc-sandbox",
+            account: "provider = \"abc\"\nmerchant_id = \"103881636900016\"\ncertificate_file = \"abc_trustpay_cert.pem\"\nsandbox_private_key_file = \"abc_sandbox_priv.pem\"\n",
+        },
+    ];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        (
+            "abc_trustpay_cert.pem",
+            include_str!("../../sandbox-keys/abc_trustpay_cert.pem"),
+        ),
+        (
+            "abc_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/abc_sandbox_priv.pem"),
+        ),
+    ];
     type File = AbcFile;
     type Settings = AbcSettings;
 

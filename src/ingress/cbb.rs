@@ -12,7 +12,9 @@ use super::common::form::encode_form;
 use super::common::{
     parse_form, parse_shanghai_local, sorted_signing_string, RsaAlgorithm, RsaPublicKey, RsaSigningKey,
 };
-use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule, SharedKeys, MIN_RSA_BITS};
+use super::module::{
+    load_keys, sandbox_key, BenchMode, ProviderModule, SandboxAccount, SharedKeys, MIN_RSA_BITS,
+};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
@@ -292,6 +294,22 @@ impl ProviderModule for Cbb {
         id: "bench-cbb",
         account: "provider = \"cbb\"\npublic_key_file = {public}\nsandbox_private_key_file = {private}\n",
     }];
+    const SANDBOX: &'static [SandboxAccount] = &[
+        SandboxAccount {
+            id: "cbb-sandbox",
+            account: "provider = \"cbb\"\npublic_key_file = \"cbb_platform_pub.pem\"\nsandbox_private_key_file = \"cbb_sandbox_priv.pem\"\n",
+        },
+    ];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        (
+            "cbb_platform_pub.pem",
+            include_str!("../../sandbox-keys/cbb_platform_pub.pem"),
+        ),
+        (
+            "cbb_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/cbb_sandbox_priv.pem"),
+        ),
+    ];
     type File = CbbFile;
     type Settings = CbbSettings;
 

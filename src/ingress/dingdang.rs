@@ -18,7 +18,8 @@ use super::common::{RsaAlgorithm, RsaPublicKey, SandboxKey};
 use super::dryad::within_skew;
 use super::json::{object_body, opt_str, req_fen, req_str};
 use super::module::{
-    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, MIN_RSA_BITS,
+    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, SandboxAccount,
+    MIN_RSA_BITS,
 };
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
@@ -381,6 +382,26 @@ impl ProviderModule for Dingdang {
             account: "provider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-RSA2\"\n\
                       public_key_file = {public}\nsandbox_private_key_file = {private}\nmax_clock_skew = \"180s\"\n",
         },
+    ];
+    const SANDBOX: &'static [SandboxAccount] = &[
+        SandboxAccount {
+            id: "dingdang-hmac-sandbox",
+            account: "provider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-HMAC-SHA256-BASIC\"\nsecret = \"sandbox-skill-secret\"\nmax_clock_skew = \"180s\"\n",
+        },
+        SandboxAccount {
+            id: "dingdang-rsa-sandbox",
+            account: "provider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-RSA2\"\npublic_key_file = \"dingdang_platform_pub.pem\"\nsandbox_private_key_file = \"dingdang_sandbox_priv.pem\"\nmax_clock_skew = \"180s\"\n",
+        },
+    ];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        (
+            "dingdang_platform_pub.pem",
+            include_str!("../../sandbox-keys/dingdang_platform_pub.pem"),
+        ),
+        (
+            "dingdang_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/dingdang_sandbox_priv.pem"),
+        ),
     ];
     type File = DingdangFile;
     type Settings = DingdangSettings;

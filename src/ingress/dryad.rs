@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::common::{from_epoch_millis, parse_shanghai_local};
 use super::json::{object_body, opt_str, req_fen, req_id_text};
-use super::module::{first_secret, secret_bytes, BenchMode, ProviderModule, SharedKeys};
+use super::module::{first_secret, secret_bytes, BenchMode, ProviderModule, SandboxAccount, SharedKeys};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, ReplayNonce, SampleKind, SampleSigner, SampleSpec, SignError,
     SignedRequest, Verified,
@@ -205,6 +205,10 @@ impl ProviderModule for Dryad {
         help: "Dryad: HMAC-SHA256 with a timestamp window and a nonce",
         id: "bench-dryad",
         account: "provider = \"dryad\"\nsecret = \"bench-dryad-secret\"\nmax_clock_skew = \"300s\"\n",
+    }];
+    const SANDBOX: &'static [SandboxAccount] = &[SandboxAccount {
+        id: "dryad-sandbox",
+        account: "provider = \"dryad\"\nsecret = \"sandbox-dryad-secret\"\nmax_clock_skew = \"300s\"\n",
     }];
     type File = DryadFile;
     type Settings = DryadSettings;

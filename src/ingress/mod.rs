@@ -20,7 +20,7 @@ pub mod registry;
 #[cfg(test)]
 mod tests_support;
 
-pub use module::{BenchMode, ProviderModule, SharedKeys};
+pub use module::{BenchMode, ProviderModule, SandboxAccount, SharedKeys};
 pub use provider::{
     Answer, Dialect, Provider, RawRequest, Rejection, ReplayNonce, SampleKind, SampleSigner, SampleSpec,
     SignError, SignedRequest, Verified, Worded,
@@ -39,6 +39,7 @@ pub mod shouqianba;
 pub mod abc;
 pub mod dingdang;
 pub mod dryad;
+pub mod wechatpay;
 // registry:end
 
 // `for_each_provider!($then)` calls the macro `$then` with the table, one

@@ -36,6 +36,15 @@ pub trait ProviderModule: Provider + Sized {
     /// `Debug` must not show secrets (hold them as [`Secret`]).
     type Settings: std::fmt::Debug + Clone + Send + Sync + 'static;
 
+    /// Its sandbox accounts (one per signing mode), for `payhook demo` and
+    /// `payhook.example.toml`: they verify with the published test keys of
+    /// [`ProviderModule::SANDBOX_KEYS`].
+    const SANDBOX: &'static [SandboxAccount] = &[];
+
+    /// The published test key files (`sandbox-keys/`) its sandbox accounts
+    /// name: each file's name and text, compiled in.
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[];
+
     /// Checks the section as written. A refusal names its key
     /// (`cx.invalid("secret", …)` is `accounts[0].secret: …`); key files and
     /// secrets are read with `cx.key_files` and `cx.secrets`.
@@ -95,6 +104,17 @@ pub struct BenchMode {
     /// The rest of its `[[accounts]]` table (TOML lines, `provider`
     /// included); `{public}` and `{private}` stand for the bench's RSA key
     /// pair's files.
+    pub account: &'static str,
+}
+
+/// One of a provider's sandbox accounts: a test account that its sandbox
+/// signer can sign for, with the published test keys.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SandboxAccount {
+    /// The account's id in `payhook demo` and `payhook.example.toml`.
+    pub id: &'static str,
+    /// The rest of its `[[accounts]]` table (TOML lines, `provider`
+    /// included); key files are named as in `sandbox-keys/`.
     pub account: &'static str,
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::common::rsa_keys::KeyError;
-use super::module::{BenchMode, ProviderModule, SharedKeys};
+use super::module::{BenchMode, ProviderModule, SandboxAccount, SharedKeys};
 use super::rate_limit::RateLimiter;
 use super::{Provider, SampleSigner};
 use crate::config::{AccountConfig, AccountCx, ConfigError};
@@ -128,6 +128,16 @@ macro_rules! registry {
             }
         }
 
+        /// Every provider's sandbox accounts, in the table's order.
+        pub fn sandbox_accounts() -> impl Iterator<Item = &'static SandboxAccount> {
+            [$(<super::$module::$Type as ProviderModule>::SANDBOX),*].into_iter().flatten()
+        }
+
+        /// The published test key files the sandbox accounts name.
+        pub fn sandbox_key_files() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+            [$(<super::$module::$Type as ProviderModule>::SANDBOX_KEYS),*].into_iter().flatten()
+        }
+
         /// Every provider's bench accounts, in the table's order.
         pub fn bench_modes() -> impl Iterator<Item = &'static BenchMode> {
             [$(<super::$module::$Type as ProviderModule>::BENCH),*].into_iter().flatten()
@@ -141,6 +151,14 @@ super::for_each_provider!(registry);
 /// Shouqianba, …".
 pub fn display_names() -> String {
     ProviderKind::ALL.map(display_name).join(", ")
+}
+
+/// The sandbox accounts as `[[accounts]]` TOML, their key files named as in
+/// `sandbox-keys/`.
+pub fn sandbox_accounts_toml() -> String {
+    sandbox_accounts()
+        .map(|a| format!("\n[[accounts]]\nid = \"{}\"\n{}", a.id, a.account))
+        .collect()
 }
 
 /// A provider's `[[accounts]]` table, `provider` taken out: its `id`, and
@@ -421,6 +439,48 @@ mod tests {
             assert!(
                 config.accounts.iter().any(|a| a.provider() == kind),
                 "{kind} has no bench account (ProviderModule::BENCH)"
+            );
+        }
+    }
+
+    /// Every provider's sandbox accounts, with the published keys written
+    /// out as `payhook demo` writes them: read, built, and signing samples
+    /// their verifier accepts. `payhook.example.toml` has each of them,
+    /// under the same id and provider.
+    #[test]
+    fn every_sandbox_account_signs_and_is_in_the_example_config() {
+        use crate::ingress::tests_support::{request_of, sample_spec, verify_and_parse};
+        use crate::ingress::SampleKind;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in sandbox_key_files() {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let config = Config::from_toml_str(&sandbox_accounts_toml(), dir.path(), &|_: &str| None).unwrap();
+        let accounts = build_accounts(&config.accounts).unwrap();
+        for kind in ProviderKind::ALL {
+            assert!(
+                config.accounts.iter().any(|a| a.provider() == kind),
+                "{kind} has no sandbox account (ProviderModule::SANDBOX)"
+            );
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = std::fs::read_to_string(root.join("payhook.example.toml")).unwrap();
+        let example = Config::from_toml_str(&example, root, &|_: &str| None).unwrap();
+        for config in &config.accounts {
+            let signer = build_sandbox_signer(config).unwrap();
+            let spec = sample_spec(SampleKind::Payment, 100);
+            let (headers, body) = request_of(&signer.sign_sample(&spec).unwrap());
+            let provider = &accounts[config.id.as_str()].provider;
+            verify_and_parse(provider.as_ref(), &headers, &body, spec.now)
+                .unwrap_or_else(|e| panic!("{}: {e}", config.id));
+            assert!(
+                example
+                    .accounts
+                    .iter()
+                    .any(|a| a.id == config.id && a.provider() == config.provider()),
+                "payhook.example.toml has no {} account `{}`",
+                config.provider(),
+                config.id
             );
         }
     }

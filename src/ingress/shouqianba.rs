@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 use super::common::{from_epoch_millis, RsaAlgorithm, RsaPublicKey, SandboxKey};
 use super::json::{object_body, opt_str, req_str};
 use super::module::{
-    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, MIN_RSA_BITS,
+    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, SandboxAccount,
+    MIN_RSA_BITS,
 };
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
@@ -321,6 +322,23 @@ impl ProviderModule for Shouqianba {
             account: "provider = \"shouqianba\"\nsign_mode = \"rsa\"\nterminal_sn = \"100111220054389553\"\n\
                       public_key_file = {public}\nsandbox_private_key_file = {private}\n",
         },
+    ];
+    const SANDBOX: &'static [SandboxAccount] = &[
+        SandboxAccount {
+            id: "sqb-md5-sandbox",
+            account: "provider = \"shouqianba\"\nsign_mode = \"md5\"\nterminal_sn = \"100111220054389553\"\nterminal_key = \"96bfaf401367d934cb10a1cbe9773647\"\n",
+        },
+        SandboxAccount {
+            id: "sqb-rsa-sandbox",
+            account: "provider = \"shouqianba\"\nsign_mode = \"rsa\"\nterminal_sn = \"100111220054389553\"\npublic_key_file = \"sqb_pub.pem\"\nsandbox_private_key_file = \"sqb_sandbox_priv.pem\"\n",
+        },
+    ];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        ("sqb_pub.pem", include_str!("../../sandbox-keys/sqb_pub.pem")),
+        (
+            "sqb_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/sqb_sandbox_priv.pem"),
+        ),
     ];
     type File = ShouqianbaFile;
     type Settings = ShouqianbaSettings;

@@ -71,7 +71,7 @@ pub fn changed_byte_is_refused<P: Provider>(
     )
 }
 
-pub fn verify_and_parse<P: Provider>(
+pub fn verify_and_parse<P: Provider + ?Sized>(
     provider: &P,
     headers: &HeaderMap,
     body: &[u8],
