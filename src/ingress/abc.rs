@@ -3,6 +3,7 @@
 //! signed (SHA1withRSA, often with an RSA-1024 bank certificate) over the exact
 //! bytes inside `<Message>`.
 
+use super::fuzz::{Assisted, FuzzTarget, Split};
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -408,6 +409,21 @@ impl SampleSigner for AbcSandbox {
     }
 }
 
+/// The `abc` fuzz target's assist: the body is the raw `<MSG>…</MSG>`
+/// document, which the harness base64-encodes into `MSG=…`, so that
+/// mutations hit the XML parser and not base64 text.
+fn fuzz_assist(s: &Split<'_>) -> Assisted {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(s.body);
+    let body = format!(
+        "MSG={}",
+        b64.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+    );
+    Assisted {
+        headers: axum::http::HeaderMap::new(),
+        body: body.into_bytes(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The module's parts: its `[[accounts]]` section, and what is built from it.
 
@@ -462,6 +478,12 @@ impl ProviderModule for Abc {
             include_str!("../../sandbox-keys/abc_sandbox_priv.pem"),
         ),
     ];
+    const FUZZ: &'static [FuzzTarget] = &[FuzzTarget {
+        name: "abc",
+        account: "provider = \"abc\"\nmerchant_id = \"103881636900016\"\ncertificate_file = \"abc_trustpay_cert.pem\"\n",
+        headers: &[],
+        assist: Some(fuzz_assist),
+    }];
     type File = AbcFile;
     type Settings = AbcSettings;
 

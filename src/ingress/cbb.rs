@@ -1,6 +1,7 @@
 //! CBB 支付服务 (seed 000): form body, `sign` = base64 SHA256withRSA over the
 //! sorted `k=v&…` string of every other non-empty field.
 
+use super::fuzz::FuzzTarget;
 use std::path::PathBuf;
 
 use base64::Engine;
@@ -310,6 +311,12 @@ impl ProviderModule for Cbb {
             include_str!("../../sandbox-keys/cbb_sandbox_priv.pem"),
         ),
     ];
+    const FUZZ: &'static [FuzzTarget] = &[FuzzTarget {
+        name: "cbb",
+        account: "provider = \"cbb\"\npublic_key_file = \"cbb_platform_pub.pem\"\n",
+        headers: &[],
+        assist: None,
+    }];
     type File = CbbFile;
     type Settings = CbbSettings;
 

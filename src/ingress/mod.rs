@@ -11,6 +11,7 @@
 #[cfg(test)]
 mod binding_tests;
 pub mod common;
+pub mod fuzz;
 pub mod handler;
 pub mod json;
 pub mod module;

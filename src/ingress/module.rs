@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::common::{RsaPublicKey, RsaSigningKey};
+use super::fuzz::FuzzTarget;
 use super::registry::AccountErrorKind;
 use super::{Provider, SampleSigner};
 use crate::config::{AccountCx, ConfigError, Secret};
@@ -44,6 +45,11 @@ pub trait ProviderModule: Provider + Sized {
     /// The published test key files (`sandbox-keys/`) its sandbox accounts
     /// name: each file's name and text, compiled in.
     const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[];
+
+    /// Its fuzz targets (`fuzz/`): one per signing mode, each with its
+    /// account and, where the harness can sign cheaply, an assist
+    /// ([`super::fuzz`]).
+    const FUZZ: &'static [FuzzTarget] = &[];
 
     /// Checks the section as written. A refusal names its key
     /// (`cx.invalid("secret", …)` is `accounts[0].secret: …`); key files and

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::common::rsa_keys::KeyError;
+use super::fuzz::FuzzTarget;
 use super::module::{BenchMode, ProviderModule, SandboxAccount, SharedKeys};
 use super::rate_limit::RateLimiter;
 use super::{Provider, SampleSigner};
@@ -136,6 +137,11 @@ macro_rules! registry {
         /// The published test key files the sandbox accounts name.
         pub fn sandbox_key_files() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
             [$(<super::$module::$Type as ProviderModule>::SANDBOX_KEYS),*].into_iter().flatten()
+        }
+
+        /// Every provider's fuzz targets, in the table's order.
+        pub fn fuzz_targets() -> impl Iterator<Item = &'static FuzzTarget> {
+            [$(<super::$module::$Type as ProviderModule>::FUZZ),*].into_iter().flatten()
         }
 
         /// Every provider's bench accounts, in the table's order.

@@ -2,6 +2,9 @@
 //! in `Authorization: {terminal_sn} {sign}` with either the MD5 transport
 //! signature (`md5(body ++ terminal_key)`) or SHA256withRSA.
 
+use axum::http::HeaderMap;
+
+use super::fuzz::{put, Assisted, FuzzTarget, Split};
 use std::path::PathBuf;
 
 use base64::Engine;
@@ -271,6 +274,24 @@ impl SampleSigner for ShouqianbaSandbox {
     }
 }
 
+/// The `shouqianba_md5` fuzz target's assist: header 1 is the terminal
+/// number, and the harness sends `Authorization: <header 1> <md5(body ++
+/// terminal key)>` with the target's (test) terminal key.
+fn fuzz_md5_assist(s: &Split<'_>) -> Assisted {
+    let mut headers = HeaderMap::new();
+    if let Some(sn) = s.headers[0] {
+        let mut value = sn.to_vec();
+        value.push(b' ');
+        value
+            .extend_from_slice(hex::encode(md5_sign(s.body, b"96bfaf401367d934cb10a1cbe9773647")).as_bytes());
+        put(&mut headers, "authorization", Some(&value));
+    }
+    Assisted {
+        headers,
+        body: s.body.to_vec(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The module's parts: its `[[accounts]]` section, and what is built from it.
 
@@ -339,6 +360,22 @@ impl ProviderModule for Shouqianba {
             "sqb_sandbox_priv.pem",
             include_str!("../../sandbox-keys/sqb_sandbox_priv.pem"),
         ),
+    ];
+    const FUZZ: &'static [FuzzTarget] = &[
+        FuzzTarget {
+            name: "shouqianba_md5",
+            account: "provider = \"shouqianba\"\nsign_mode = \"md5\"\nterminal_sn = \"100111220054389553\"\n\
+                      terminal_key = \"96bfaf401367d934cb10a1cbe9773647\"\n",
+            headers: &["authorization"],
+            assist: Some(fuzz_md5_assist),
+        },
+        FuzzTarget {
+            name: "shouqianba_rsa",
+            account: "provider = \"shouqianba\"\nsign_mode = \"rsa\"\nterminal_sn = \"100111220054389553\"\n\
+                      public_key_file = \"sqb_pub.pem\"\n",
+            headers: &["authorization"],
+            assist: None,
+        },
     ];
     type File = ShouqianbaFile;
     type Settings = ShouqianbaSettings;

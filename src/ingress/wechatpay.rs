@@ -4,6 +4,7 @@
 //! WeChat Pay public key's id), and the notice itself in `resource`,
 //! AES-256-GCM encrypted with the merchant's APIv3 key.
 
+use super::fuzz::{Assisted, FuzzTarget, Split};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -481,6 +482,34 @@ impl SampleSigner for WechatpaySandbox {
     }
 }
 
+/// The `wechatpay` fuzz target's assist: header 1 is the envelope's
+/// `event_type` and the body is the resource's plaintext, which the harness
+/// seals with the target's (test) APIv3 key into an envelope, so that
+/// mutations reach the decrypted notice's binding and parsing (`parse` runs
+/// whatever `verify` says).
+fn fuzz_assist(s: &Split<'_>) -> Assisted {
+    use base64::Engine;
+    let event_type = String::from_utf8_lossy(s.headers[0].unwrap_or(b"TRANSACTION.SUCCESS"));
+    let mut sealed = s.body.to_vec();
+    let key = UnboundKey::new(&AES_256_GCM, b"Wx3TestApiV3Key0123456789abcdefG").map(LessSafeKey::new);
+    let nonce = Nonce::assume_unique_for_key(*b"fuzz-nonce-1");
+    if let Ok(key) = key {
+        let _ = key.seal_in_place_append_tag(nonce, Aad::from(b"transaction"), &mut sealed);
+    }
+    let envelope = serde_json::json!({
+        "id": "fuzz", "create_time": "2026-01-15T14:30:00+08:00", "event_type": event_type,
+        "resource_type": "encrypt-resource",
+        "resource": {
+            "algorithm": "AEAD_AES_256_GCM", "associated_data": "transaction", "nonce": "fuzz-nonce-1",
+            "ciphertext": base64::engine::general_purpose::STANDARD.encode(sealed),
+        },
+    });
+    Assisted {
+        headers: axum::http::HeaderMap::new(),
+        body: serde_json::to_vec(&envelope).unwrap_or_default(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The module's parts: its `[[accounts]]` section, and what is built from it.
 
@@ -617,6 +646,18 @@ impl ProviderModule for Wechatpay {
             include_str!("../../sandbox-keys/wechatpay_platform_sandbox_priv.pem"),
         ),
     ];
+    const FUZZ: &'static [FuzzTarget] = &[FuzzTarget {
+        name: "wechatpay",
+        account: "provider = \"wechatpay\"\nmch_id = \"1900000109\"\napiv3_key = \"Wx3TestApiV3Key0123456789abcdefG\"\n\
+                  platform_certificate_files = [\"wechatpay_platform_cert.pem\"]\nmax_clock_skew = \"300s\"\n",
+        headers: &[
+            "wechatpay-timestamp",
+            "wechatpay-nonce",
+            "wechatpay-signature",
+            "wechatpay-serial",
+        ],
+        assist: Some(fuzz_assist),
+    }];
     type File = WechatpayFile;
     type Settings = WechatpaySettings;
 
