@@ -608,6 +608,15 @@ async fn console_fits_a_1400_by_900_screen_and_its_views_are_links() {
             .await,
         serde_json::json!(["(UTC)", "(UTC)", "(UTC)"])
     );
+    // The provider filter offers every provider of the registry, in its order.
+    let mut providers = vec![String::new()];
+    providers.extend(payhook::domain::ProviderKind::NAMES.iter().map(|n| n.to_string()));
+    assert_eq!(
+        browser
+            .js("return [...document.getElementById('filter-provider').options].map((o) => o.value)")
+            .await,
+        serde_json::json!(providers)
+    );
     // SQLite with the embedded queue: no outbox, no RabbitMQ counters.
     assert_eq!(
         browser
