@@ -39,6 +39,7 @@ pub mod shouqianba;
 pub mod abc;
 pub mod dingdang;
 pub mod dryad;
+pub mod alipay;
 // registry:end
 
 // `for_each_provider!($then)` calls the macro `$then` with the table, one
