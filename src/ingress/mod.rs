@@ -41,6 +41,7 @@ pub mod abc;
 pub mod dingdang;
 pub mod dryad;
 pub mod wechatpay;
+pub mod alipay;
 // registry:end
 
 // `for_each_provider!($then)` calls the macro `$then` with the table, one
