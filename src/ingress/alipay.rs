@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use super::common::form::{encode_form, parse_form_bytes};
 use super::common::rsa_keys::KeyError;
 use super::common::{parse_shanghai_local, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
-use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule, MIN_RSA_BITS};
+use super::fuzz::FuzzTarget;
+use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule, SandboxAccount, MIN_RSA_BITS};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
@@ -513,6 +514,30 @@ impl ProviderModule for Alipay {
         id: "bench-alipay",
         account: "provider = \"alipay\"\napp_id = \"2021000000000001\"\nalipay_public_key_file = {public}\n\
                   sandbox_private_key_file = {private}\n",
+    }];
+    const SANDBOX: &'static [SandboxAccount] = &[SandboxAccount {
+        id: "alipay-sandbox",
+        account: "provider = \"alipay\"\napp_id = \"2021000000000001\"\n\
+                  alipay_public_key_file = \"alipay_public_key.pem\"\n\
+                  sandbox_private_key_file = \"alipay_sandbox_priv.pem\"\n",
+    }];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        (
+            "alipay_public_key.pem",
+            include_str!("../../sandbox-keys/alipay_public_key.pem"),
+        ),
+        (
+            "alipay_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/alipay_sandbox_priv.pem"),
+        ),
+    ];
+    // RSA2 only: signing each input would be far too slow, so no assist.
+    const FUZZ: &'static [FuzzTarget] = &[FuzzTarget {
+        name: "alipay",
+        account: "provider = \"alipay\"\napp_id = \"2021000000000001\"\n\
+                  alipay_public_key_file = \"alipay_public_key.pem\"\n",
+        headers: &[],
+        assist: None,
     }];
     type File = AlipayFile;
     type Settings = AlipaySettings;
