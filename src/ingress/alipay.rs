@@ -30,32 +30,54 @@ use crate::key_list::KeyList;
 /// `auth_app_id` and `seller_id`) is what tells this account's apart.
 pub struct Alipay {
     keys: KeyList<RsaPublicKey>,
+    app: AlipayApp,
+}
+
+impl Alipay {
+    pub fn new(keys: impl Into<KeyList<RsaPublicKey>>, app: impl Into<AlipayApp>) -> Self {
+        Self {
+            keys: keys.into(),
+            app: app.into(),
+        }
+    }
+}
+
+/// The merchant an account's notices name: its application, and the
+/// service provider's merchant application and the seller when the account
+/// names them. The verifier binds notices to it; the sandbox signs for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlipayApp {
     app_id: String,
     auth_app_id: Option<String>,
     seller_id: Option<String>,
 }
 
-impl Alipay {
-    pub fn new(keys: impl Into<KeyList<RsaPublicKey>>, app_id: impl Into<String>) -> Self {
+impl AlipayApp {
+    pub fn new(app_id: impl Into<String>) -> Self {
         Self {
-            keys: keys.into(),
             app_id: app_id.into(),
             auth_app_id: None,
             seller_id: None,
         }
     }
 
-    /// Also requires the notices' `auth_app_id` (a service provider's
-    /// merchant application) to be this one.
+    /// Also the notices' `auth_app_id` (a service provider's merchant
+    /// application).
     pub fn with_auth_app_id(mut self, auth_app_id: Option<String>) -> Self {
         self.auth_app_id = auth_app_id;
         self
     }
 
-    /// Also requires the notices' `seller_id` to be this one.
+    /// Also the notices' `seller_id`.
     pub fn with_seller_id(mut self, seller_id: Option<String>) -> Self {
         self.seller_id = seller_id;
         self
+    }
+}
+
+impl<S: Into<String>> From<S> for AlipayApp {
+    fn from(app_id: S) -> Self {
+        AlipayApp::new(app_id)
     }
 }
 
@@ -268,15 +290,16 @@ impl Alipay {
     /// Whether the notice is this account's: its signed `app_id`, and its
     /// `auth_app_id` and `seller_id` when the account names them.
     fn bind(&self, fields: &Fields) -> Result<(), Rejection> {
-        if fields.get("app_id") != Some(self.app_id.as_str()) {
+        let app = &self.app;
+        if fields.get("app_id") != Some(app.app_id.as_str()) {
             return Err(Rejection::WrongAccount("app_id"));
         }
-        if let Some(auth_app_id) = &self.auth_app_id {
+        if let Some(auth_app_id) = &app.auth_app_id {
             if fields.get("auth_app_id") != Some(auth_app_id.as_str()) {
                 return Err(Rejection::WrongAccount("auth_app_id"));
             }
         }
-        if let Some(seller_id) = &self.seller_id {
+        if let Some(seller_id) = &app.seller_id {
             if fields.get("seller_id") != Some(seller_id.as_str()) {
                 return Err(Rejection::WrongAccount("seller_id"));
             }
@@ -338,29 +361,12 @@ impl Alipay {
 /// names them).
 pub struct AlipaySandbox {
     key: RsaSigningKey,
-    app_id: String,
-    auth_app_id: Option<String>,
-    seller_id: Option<String>,
+    app: AlipayApp,
 }
 
 impl AlipaySandbox {
-    pub fn new(key: RsaSigningKey, app_id: impl Into<String>) -> Self {
-        Self {
-            key,
-            app_id: app_id.into(),
-            auth_app_id: None,
-            seller_id: None,
-        }
-    }
-
-    pub fn with_auth_app_id(mut self, auth_app_id: Option<String>) -> Self {
-        self.auth_app_id = auth_app_id;
-        self
-    }
-
-    pub fn with_seller_id(mut self, seller_id: Option<String>) -> Self {
-        self.seller_id = seller_id;
-        self
+    pub fn new(key: RsaSigningKey, app: impl Into<AlipayApp>) -> Self {
+        Self { key, app: app.into() }
     }
 }
 
@@ -375,10 +381,13 @@ impl SampleSigner for AlipaySandbox {
             ("notify_time", time.clone()),
             ("notify_type", "trade_status_sync".to_owned()),
             ("notify_id", notify_id),
-            ("app_id", self.app_id.clone()),
+            ("app_id", self.app.app_id.clone()),
             (
                 "auth_app_id",
-                self.auth_app_id.clone().unwrap_or_else(|| self.app_id.clone()),
+                self.app
+                    .auth_app_id
+                    .clone()
+                    .unwrap_or_else(|| self.app.app_id.clone()),
             ),
             ("charset", "utf-8".to_owned()),
             ("version", "1.0".to_owned()),
@@ -389,7 +398,7 @@ impl SampleSigner for AlipaySandbox {
             ("gmt_create", time.clone()),
             ("gmt_payment", time.clone()),
         ];
-        if let Some(seller_id) = &self.seller_id {
+        if let Some(seller_id) = &self.app.seller_id {
             fields.push(("seller_id", seller_id.clone()));
         }
         match spec.kind {
@@ -506,6 +515,15 @@ fn load_certificate(path: &Path) -> Result<RsaPublicKey, KeyError> {
     RsaPublicKey::from_bytes(first.unwrap_or(&bytes), &what, MIN_RSA_BITS)
 }
 
+impl AlipaySettings {
+    /// The merchant the account's notices must name.
+    fn app(&self) -> AlipayApp {
+        AlipayApp::new(self.app_id.clone())
+            .with_auth_app_id(self.auth_app_id.clone())
+            .with_seller_id(self.seller_id.clone())
+    }
+}
+
 impl ProviderModule for Alipay {
     const DISPLAY_NAME: &'static str = "Alipay";
     const BENCH: &'static [BenchMode] = &[BenchMode {
@@ -585,18 +603,12 @@ impl ProviderModule for Alipay {
             AlipayKeySource::PublicKeys(files) => load_keys(files, MIN_RSA_BITS)?,
             AlipayKeySource::Certificate(path) => KeyList::one(load_certificate(path)?),
         };
-        Ok(Alipay::new(keys, s.app_id.clone())
-            .with_auth_app_id(s.auth_app_id.clone())
-            .with_seller_id(s.seller_id.clone()))
+        Ok(Alipay::new(keys, s.app()))
     }
 
     fn sandbox(s: &AlipaySettings) -> Result<Box<dyn SampleSigner>, AccountErrorKind> {
         let key = sandbox_key(&s.sandbox_private_key_file)?;
-        Ok(Box::new(
-            AlipaySandbox::new(key, s.app_id.clone())
-                .with_auth_app_id(s.auth_app_id.clone())
-                .with_seller_id(s.seller_id.clone()),
-        ))
+        Ok(Box::new(AlipaySandbox::new(key, s.app())))
     }
 
     /// One Alipay key signs every application's notices: two accounts
@@ -713,9 +725,12 @@ mod tests {
             (None, Some(file)) => load_certificate(&vectors_dir().join(file)).unwrap(),
             other => panic!("account keys: {other:?}"),
         };
-        Alipay::new(keys, text("app_id").unwrap())
-            .with_auth_app_id(text("auth_app_id"))
-            .with_seller_id(text("seller_id"))
+        Alipay::new(
+            keys,
+            AlipayApp::new(text("app_id").unwrap())
+                .with_auth_app_id(text("auth_app_id"))
+                .with_seller_id(text("seller_id")),
+        )
     }
 
     #[test]
@@ -1071,14 +1086,20 @@ mod tests {
         fn notices_are_bound_to_the_accounts_auth_app_id_and_seller_id((a, b) in two_ids()) {
             let key = || public("alipay_public_key.pem");
             let signer = |auth: &str, seller: &str| {
-                AlipaySandbox::new(private("alipay_sandbox_priv.pem"), APP_ID)
-                    .with_auth_app_id(Some(auth.to_owned()))
-                    .with_seller_id(Some(seller.to_owned()))
+                AlipaySandbox::new(
+                    private("alipay_sandbox_priv.pem"),
+                    AlipayApp::new(APP_ID)
+                        .with_auth_app_id(Some(auth.to_owned()))
+                        .with_seller_id(Some(seller.to_owned())),
+                )
             };
             let account = |auth: Option<&str>, seller: Option<&str>| {
-                Alipay::new(key(), APP_ID)
-                    .with_auth_app_id(auth.map(str::to_owned))
-                    .with_seller_id(seller.map(str::to_owned))
+                Alipay::new(
+                    key(),
+                    AlipayApp::new(APP_ID)
+                        .with_auth_app_id(auth.map(str::to_owned))
+                        .with_seller_id(seller.map(str::to_owned)),
+                )
             };
             let ab = signer(&a, &b);
             prop_assert!(cross_post(&ab, &account(None, None)).is_ok());
