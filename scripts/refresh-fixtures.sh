@@ -39,21 +39,43 @@ if [ ! -d "$src/vectors" ] || [ ! -d "$src/spec" ]; then
 fi
 dest="$repo/tests/fixtures"
 
-# source (below SHARED_DIR) -> vendored copy (below tests/fixtures)
+# The project's vectors.json is vectors-trust.json merged with
+# next/vectors.json (WeChat Pay and Alipay), as next/README.md says: a next
+# vector that restates an older one (the same account and request) takes its
+# place, so that its expectation replaces the old one; the others follow in
+# their order.
+merged="$(mktemp)"
+trap 'rm -f "$merged"' EXIT
+python3 - "$src/vectors/vectors-trust.json" "$src/vectors/next/vectors.json" "$merged" <<'PY'
+import json, sys
+old = json.load(open(sys.argv[1], encoding="utf-8"))
+new = json.load(open(sys.argv[2], encoding="utf-8"))
+same = lambda a, b: a["account"] == b["account"] and a["request"] == b["request"]
+restated = [n for n in new if any(same(n, o) for o in old)]
+out = [next((n for n in restated if same(n, o)), o) for o in old]
+out += [n for n in new if n not in restated]
+with open(sys.argv[3], "w", encoding="utf-8") as f:
+    json.dump(out, f, ensure_ascii=False, indent=2)
+    f.write("\n")
+PY
+
+# source (absolute, or below SHARED_DIR) -> vendored copy (below tests/fixtures)
 pairs=(
-  "vectors/vectors-trust.json:vectors/vectors.json"
+  "$merged:vectors/vectors.json"
   "vectors/README.md:vectors/README.md"
+  "vectors/next/README.md:vectors/next-README.md"
   "spec/README.md:spec/README.md"
   "spec/providers.md:spec/providers.md"
 )
-for key in "$src"/vectors/keys/*; do
+for key in "$src"/vectors/keys/* "$src"/vectors/next/keys/*; do
   name="$(basename "$key")"
-  pairs+=("vectors/keys/$name:vectors/keys/$name")
+  pairs+=("${key#"$src"/}:vectors/keys/$name")
 done
 
 differ=0
 for pair in "${pairs[@]}"; do
-  from="$src/${pair%%:*}"
+  from="${pair%%:*}"
+  case "$from" in /*) ;; *) from="$src/$from" ;; esac
   to="$dest/${pair##*:}"
   if [ -f "$to" ] && cmp -s "$from" "$to"; then continue; fi
   differ=1
@@ -73,7 +95,7 @@ done
 for key in "$dest"/vectors/keys/*; do
   [ -e "$key" ] || continue
   name="$(basename "$key")"
-  if [ ! -f "$src/vectors/keys/$name" ]; then
+  if [ ! -f "$src/vectors/keys/$name" ] && [ ! -f "$src/vectors/next/keys/$name" ]; then
     differ=1
     echo "gone upstream: tests/fixtures/vectors/keys/$name"
     [ "$check" -eq 0 ] && rm "$key"

@@ -7,17 +7,23 @@
 //! A tour of the layout, in the order a callback travels:
 //!
 //! - [`ingress`]: `POST /notify/{account}`. One module per provider (`cbb`,
-//!   `shouqianba`, `abc`, `dingdang`, `dryad`) behind the small synchronous
+//!   `shouqianba`, `abc`, `dingdang`, `dryad`, `wechatpay`, `alipay`) behind
+//!   the small synchronous
 //!   [`ingress::Provider`] trait: `verify` the raw bytes, then `parse` into a
 //!   [`domain::Notification`] bound to its account by a signed merchant field
 //!   (a platform key signs every merchant's notices). Each module also owns
 //!   its part of everything else through [`ingress::ProviderModule`]: its
 //!   `[[accounts]]` section (a serde type and its checks), building its
 //!   verifier and sandbox signer, the keys that alone tell its accounts
-//!   apart, its bench accounts. One table, `ingress::for_each_provider` in
-//!   `ingress/mod.rs`, names the modules; [`domain::ProviderKind`], the
+//!   apart, its bench and sandbox accounts, its fuzz targets
+//!   (`ingress::fuzz`) and its answer's words. The `pub mod` lines of the
+//!   registry block in `ingress/mod.rs` name the modules, and `build.rs`
+//!   writes the table `ingress::for_each_provider` from them, so a new
+//!   provider's one line outside its file is its module declaration;
+//!   [`domain::ProviderKind`], the
 //!   config's dispatch on `provider`, and every list of providers (messages,
-//!   help texts, the admin filter, the served OpenAPI enums, the bench) are
+//!   help texts, the admin filter, the console's provider filter, the served
+//!   OpenAPI enums, the bench, the demo, the fuzz crate) are
 //!   written from it (`docs/adding-a-provider.md`). `ingress::common` holds
 //!   what providers share (bounded, duplicate-refusing form and JSON parsing,
 //!   signing strings, RSA via `ring`, time parsing);

@@ -8,6 +8,8 @@
 //! not served here; they fall through to the API's fallback, which answers
 //! 401 without the token and 404 with it, as for any other unknown path.
 
+use std::sync::LazyLock;
+
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +20,18 @@ use axum::Router;
 pub const PATH: &str = "/admin/ui";
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
+/// Where the page's provider filter takes its options.
+const PROVIDER_OPTIONS: &str = "<!-- provider options -->";
+
+/// The page, with an option in the provider filter for each provider of the
+/// registry table, in its order.
+static INDEX: LazyLock<String> = LazyLock::new(|| {
+    let options: Vec<String> = crate::domain::ProviderKind::NAMES
+        .iter()
+        .map(|name| format!("<option>{name}</option>"))
+        .collect();
+    INDEX_HTML.replacen(PROVIDER_OPTIONS, &options.join("\n            "), 1)
+});
 const APP_JS: &str = include_str!("ui/app.js");
 const STYLE_CSS: &str = include_str!("ui/style.css");
 
@@ -42,7 +56,7 @@ where
 }
 
 async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+    asset("text/html; charset=utf-8", INDEX.as_str())
 }
 
 async fn script() -> Response {
@@ -103,6 +117,15 @@ mod tests {
                 !name.starts_with("on") && name != "style",
                 "inline code or style: {attribute}"
             );
+        }
+    }
+
+    #[test]
+    fn the_provider_filter_lists_every_provider() {
+        assert!(INDEX_HTML.contains(PROVIDER_OPTIONS));
+        assert!(!INDEX.contains(PROVIDER_OPTIONS));
+        for name in crate::domain::ProviderKind::NAMES {
+            assert!(INDEX.contains(&format!("<option>{name}</option>")), "{name}");
         }
     }
 

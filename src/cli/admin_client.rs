@@ -478,13 +478,21 @@ pub fn yuan(fen: &Value) -> String {
     }
 }
 
-/// The amount an event is about: the refund for refunds, else the order total.
+/// The amount an event is about: the refund for refunds (this refund, or
+/// the trade's refunds so far where that is all the notice states), else the
+/// order total.
 fn amount_of(event: &Value) -> String {
     let currency = event["currency"].as_str().unwrap_or("CNY");
     if event["refund_amount"].is_i64() {
         format!(
             "refund {} of {} {currency}",
             yuan(&event["refund_amount"]),
+            yuan(&event["amount"])
+        )
+    } else if event["refunded_total"].is_i64() {
+        format!(
+            "refunded {} of {} {currency}",
+            yuan(&event["refunded_total"]),
             yuan(&event["amount"])
         )
     } else {

@@ -28,99 +28,11 @@ use super::sink::signatures_valid;
 use crate::app::{Application, BuildOptions};
 use crate::config::{AccountConfig, Config};
 use crate::domain::AmountFen;
-use crate::ingress::registry::build_sandbox_signer;
+use crate::ingress::registry::{build_sandbox_signer, sandbox_accounts_toml, sandbox_key_files};
 use crate::ingress::{SampleKind, SampleSpec, SignedRequest};
-
-/// Published sandbox keys (sandbox-keys/README.md): test values only.
-const KEYS: [(&str, &str); 8] = [
-    (
-        "cbb_platform_pub.pem",
-        include_str!("../../sandbox-keys/cbb_platform_pub.pem"),
-    ),
-    (
-        "cbb_sandbox_priv.pem",
-        include_str!("../../sandbox-keys/cbb_sandbox_priv.pem"),
-    ),
-    ("sqb_pub.pem", include_str!("../../sandbox-keys/sqb_pub.pem")),
-    (
-        "sqb_sandbox_priv.pem",
-        include_str!("../../sandbox-keys/sqb_sandbox_priv.pem"),
-    ),
-    (
-        "abc_trustpay_cert.pem",
-        include_str!("../../sandbox-keys/abc_trustpay_cert.pem"),
-    ),
-    (
-        "abc_sandbox_priv.pem",
-        include_str!("../../sandbox-keys/abc_sandbox_priv.pem"),
-    ),
-    (
-        "dingdang_platform_pub.pem",
-        include_str!("../../sandbox-keys/dingdang_platform_pub.pem"),
-    ),
-    (
-        "dingdang_sandbox_priv.pem",
-        include_str!("../../sandbox-keys/dingdang_sandbox_priv.pem"),
-    ),
-];
 
 /// The endpoint secret of the demo merchant (a sandbox value).
 const ENDPOINT_SECRET: &str = "whsec_c2FuZGJveC1lbmRwb2ludC1zZWNyZXQ=";
-
-/// One account per provider and signing mode, as in payhook.example.toml;
-/// key paths are relative to the temporary directory.
-const ACCOUNTS: &str = r#"
-[[accounts]]
-id = "cbb-sandbox"
-provider = "cbb"
-public_key_file = "cbb_platform_pub.pem"
-sandbox_private_key_file = "cbb_sandbox_priv.pem"
-
-[[accounts]]
-id = "sqb-md5-sandbox"
-provider = "shouqianba"
-sign_mode = "md5"
-terminal_sn = "100111220054389553"
-terminal_key = "96bfaf401367d934cb10a1cbe9773647"
-
-[[accounts]]
-id = "sqb-rsa-sandbox"
-provider = "shouqianba"
-sign_mode = "rsa"
-terminal_sn = "100111220054389553"
-public_key_file = "sqb_pub.pem"
-sandbox_private_key_file = "sqb_sandbox_priv.pem"
-
-[[accounts]]
-id = "abc-sandbox"
-provider = "abc"
-merchant_id = "103881636900016"
-certificate_file = "abc_trustpay_cert.pem"
-sandbox_private_key_file = "abc_sandbox_priv.pem"
-
-[[accounts]]
-id = "dingdang-hmac-sandbox"
-provider = "dingdang"
-skill_id = "sandbox-skill"
-scheme = "TSK-HMAC-SHA256-BASIC"
-secret = "sandbox-skill-secret"
-max_clock_skew = "180s"
-
-[[accounts]]
-id = "dingdang-rsa-sandbox"
-provider = "dingdang"
-skill_id = "sandbox-skill"
-scheme = "TSK-RSA2"
-public_key_file = "dingdang_platform_pub.pem"
-sandbox_private_key_file = "dingdang_sandbox_priv.pem"
-max_clock_skew = "180s"
-
-[[accounts]]
-id = "dryad-sandbox"
-provider = "dryad"
-secret = "sandbox-dryad-secret"
-max_clock_skew = "300s"
-"#;
 
 /// How long to wait for every delivery before giving up.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -241,9 +153,13 @@ fn answer_text(status: u16, body: &str) -> String {
 
 pub async fn run() -> Result<(), DemoError> {
     let dir = TempDir::create()?;
-    for (name, pem) in KEYS {
+    // The published sandbox keys (sandbox-keys/README.md: test values
+    // only), and one account per provider and signing mode, from each
+    // provider's module; key paths are relative to the temporary directory.
+    for (name, pem) in sandbox_key_files() {
         std::fs::write(dir.path().join(name), pem)?;
     }
+    let accounts = sandbox_accounts_toml();
 
     // The merchant.
     let merchant = Merchant::default();
@@ -266,7 +182,7 @@ pub async fn run() -> Result<(), DemoError> {
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"demo-{token}\"\n\n\
          [storage]\nurl = \"sqlite://{db}\"\n\n\
          [delivery]\nretry_schedule = [\"300ms\", \"1s\", \"5s\"]\nmax_retries = 3\ntimeout = \"5s\"\n\
-         allow_private_targets = true\n{ACCOUNTS}\n\
+         allow_private_targets = true\n{accounts}\n\
          [[endpoints]]\nid = \"demo-merchant\"\nurl = \"{merchant_url}\"\nsecret = \"{ENDPOINT_SECRET}\"\n\
          accounts = [\"*\"]\nevents = [\"payment.*\", \"refund.*\"]\n",
         token = ulid::Ulid::new(),

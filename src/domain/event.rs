@@ -149,7 +149,11 @@ pub struct Notification {
     pub merchant_order_no: Option<String>,
     pub refund_no: Option<String>,
     pub amount: AmountFen,
+    /// This refund's amount, when the notice states it.
     pub refund_amount: Option<AmountFen>,
+    /// The trade's refunds so far, when that is all the notice states
+    /// (Shouqianba, Alipay).
+    pub refunded_total: Option<AmountFen>,
     pub currency: String,
     pub channel: Option<String>,
     pub channel_trade_no: Option<String>,
@@ -173,6 +177,7 @@ impl Notification {
             refund_no: None,
             amount,
             refund_amount: None,
+            refunded_total: None,
             currency: "CNY".to_owned(),
             channel: None,
             channel_trade_no: None,
@@ -198,6 +203,7 @@ pub struct Event {
     pub refund_no: Option<String>,
     pub amount: AmountFen,
     pub refund_amount: Option<AmountFen>,
+    pub refunded_total: Option<AmountFen>,
     pub currency: String,
     pub channel: Option<String>,
     pub channel_trade_no: Option<String>,
@@ -227,6 +233,7 @@ impl Event {
             refund_no: n.refund_no,
             amount: n.amount,
             refund_amount: n.refund_amount,
+            refunded_total: n.refunded_total,
             currency: n.currency,
             channel: n.channel,
             channel_trade_no: n.channel_trade_no,

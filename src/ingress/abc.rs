@@ -3,6 +3,7 @@
 //! signed (SHA1withRSA, often with an RSA-1024 bank certificate) over the exact
 //! bytes inside `<Message>`.
 
+use super::fuzz::{Assisted, FuzzTarget, Split};
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -16,7 +17,7 @@ use serde_json::{Map, Value};
 use super::common::form::encode_form;
 use super::common::rsa_keys::decode_base64_lenient;
 use super::common::{parse_form, parse_shanghai_date_time, RsaAlgorithm, RsaPublicKey, RsaSigningKey};
-use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule};
+use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule, SandboxAccount};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
@@ -408,6 +409,21 @@ impl SampleSigner for AbcSandbox {
     }
 }
 
+/// The `abc` fuzz target's assist: the body is the raw `<MSG>…</MSG>`
+/// document, which the harness base64-encodes into `MSG=…`, so that
+/// mutations hit the XML parser and not base64 text.
+fn fuzz_assist(s: &Split<'_>) -> Assisted {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(s.body);
+    let body = format!(
+        "MSG={}",
+        b64.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+    );
+    Assisted {
+        headers: axum::http::HeaderMap::new(),
+        body: body.into_bytes(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The module's parts: its `[[accounts]]` section, and what is built from it.
 
@@ -445,6 +461,28 @@ impl ProviderModule for Abc {
         id: "bench-abc",
         account: "provider = \"abc\"\nmerchant_id = \"103881636900016\"\ncertificate_file = {public}\n\
                   sandbox_private_key_file = {private}\n",
+    }];
+    const SANDBOX: &'static [SandboxAccount] = &[
+        SandboxAccount {
+            id: "abc-sandbox",
+            account: "provider = \"abc\"\nmerchant_id = \"103881636900016\"\ncertificate_file = \"abc_trustpay_cert.pem\"\nsandbox_private_key_file = \"abc_sandbox_priv.pem\"\n",
+        },
+    ];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        (
+            "abc_trustpay_cert.pem",
+            include_str!("../../sandbox-keys/abc_trustpay_cert.pem"),
+        ),
+        (
+            "abc_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/abc_sandbox_priv.pem"),
+        ),
+    ];
+    const FUZZ: &'static [FuzzTarget] = &[FuzzTarget {
+        name: "abc",
+        account: "provider = \"abc\"\nmerchant_id = \"103881636900016\"\ncertificate_file = \"abc_trustpay_cert.pem\"\n",
+        headers: &[],
+        assist: Some(fuzz_assist),
     }];
     type File = AbcFile;
     type Settings = AbcSettings;

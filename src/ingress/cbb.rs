@@ -1,6 +1,7 @@
 //! CBB 支付服务 (seed 000): form body, `sign` = base64 SHA256withRSA over the
 //! sorted `k=v&…` string of every other non-empty field.
 
+use super::fuzz::FuzzTarget;
 use std::path::PathBuf;
 
 use base64::Engine;
@@ -12,7 +13,9 @@ use super::common::form::encode_form;
 use super::common::{
     parse_form, parse_shanghai_local, sorted_signing_string, RsaAlgorithm, RsaPublicKey, RsaSigningKey,
 };
-use super::module::{load_keys, sandbox_key, BenchMode, ProviderModule, SharedKeys, MIN_RSA_BITS};
+use super::module::{
+    load_keys, sandbox_key, BenchMode, ProviderModule, SandboxAccount, SharedKeys, MIN_RSA_BITS,
+};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
     Verified,
@@ -291,6 +294,28 @@ impl ProviderModule for Cbb {
         help: "CBB: SHA256withRSA (RSA-2048) over the sorted form",
         id: "bench-cbb",
         account: "provider = \"cbb\"\npublic_key_file = {public}\nsandbox_private_key_file = {private}\n",
+    }];
+    const SANDBOX: &'static [SandboxAccount] = &[
+        SandboxAccount {
+            id: "cbb-sandbox",
+            account: "provider = \"cbb\"\npublic_key_file = \"cbb_platform_pub.pem\"\nsandbox_private_key_file = \"cbb_sandbox_priv.pem\"\n",
+        },
+    ];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        (
+            "cbb_platform_pub.pem",
+            include_str!("../../sandbox-keys/cbb_platform_pub.pem"),
+        ),
+        (
+            "cbb_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/cbb_sandbox_priv.pem"),
+        ),
+    ];
+    const FUZZ: &'static [FuzzTarget] = &[FuzzTarget {
+        name: "cbb",
+        account: "provider = \"cbb\"\npublic_key_file = \"cbb_platform_pub.pem\"\n",
+        headers: &[],
+        assist: None,
     }];
     type File = CbbFile;
     type Settings = CbbSettings;

@@ -6,6 +6,7 @@
 //! `occurred_at` is the signed `Datetime`: the notices carry no payment or
 //! refund time of their own, and the signed send time is the best one there is.
 
+use super::fuzz::{put, Assisted, FuzzTarget, Split};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use super::common::{RsaAlgorithm, RsaPublicKey, SandboxKey};
 use super::dryad::within_skew;
 use super::json::{object_body, opt_str, req_fen, req_str};
 use super::module::{
-    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, MIN_RSA_BITS,
+    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, SandboxAccount,
+    MIN_RSA_BITS,
 };
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
@@ -328,6 +330,26 @@ impl SampleSigner for DingdangSandbox {
     }
 }
 
+/// The `dingdang_hmac` fuzz target's assist: header 1 is the `Datetime`,
+/// and the harness sends `TSK-HMAC-SHA256-BASIC Datetime=<header 1>,
+/// Signature=<hmac(body ++ Datetime)>` with the target's (test) secret, so
+/// that mutations reach the Datetime parsing and the clock-skew check.
+fn fuzz_hmac_assist(s: &Split<'_>) -> Assisted {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(datetime) = s.headers[0] {
+        let mac = hmac_sha256(b"skill_secret", &[s.body, datetime]);
+        let mut value = b"TSK-HMAC-SHA256-BASIC Datetime=".to_vec();
+        value.extend_from_slice(datetime);
+        value.extend_from_slice(b", Signature=");
+        value.extend_from_slice(hex::encode(mac).as_bytes());
+        put(&mut headers, "authorization", Some(&value));
+    }
+    Assisted {
+        headers,
+        body: s.body.to_vec(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The module's parts: its `[[accounts]]` section, and what is built from it.
 
@@ -380,6 +402,42 @@ impl ProviderModule for Dingdang {
             id: "bench-dingdang-rsa",
             account: "provider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-RSA2\"\n\
                       public_key_file = {public}\nsandbox_private_key_file = {private}\nmax_clock_skew = \"180s\"\n",
+        },
+    ];
+    const SANDBOX: &'static [SandboxAccount] = &[
+        SandboxAccount {
+            id: "dingdang-hmac-sandbox",
+            account: "provider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-HMAC-SHA256-BASIC\"\nsecret = \"sandbox-skill-secret\"\nmax_clock_skew = \"180s\"\n",
+        },
+        SandboxAccount {
+            id: "dingdang-rsa-sandbox",
+            account: "provider = \"dingdang\"\nskill_id = \"sandbox-skill\"\nscheme = \"TSK-RSA2\"\npublic_key_file = \"dingdang_platform_pub.pem\"\nsandbox_private_key_file = \"dingdang_sandbox_priv.pem\"\nmax_clock_skew = \"180s\"\n",
+        },
+    ];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        (
+            "dingdang_platform_pub.pem",
+            include_str!("../../sandbox-keys/dingdang_platform_pub.pem"),
+        ),
+        (
+            "dingdang_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/dingdang_sandbox_priv.pem"),
+        ),
+    ];
+    const FUZZ: &'static [FuzzTarget] = &[
+        FuzzTarget {
+            name: "dingdang_hmac",
+            account: "provider = \"dingdang\"\nskill_id = \"123\"\nscheme = \"TSK-HMAC-SHA256-BASIC\"\n\
+                      secret = \"skill_secret\"\nmax_clock_skew = \"180s\"\n",
+            headers: &["authorization"],
+            assist: Some(fuzz_hmac_assist),
+        },
+        FuzzTarget {
+            name: "dingdang_rsa",
+            account: "provider = \"dingdang\"\nskill_id = \"123\"\nscheme = \"TSK-RSA2\"\n\
+                      public_key_file = \"dingdang_platform_pub.pem\"\nmax_clock_skew = \"180s\"\n",
+            headers: &["authorization"],
+            assist: None,
         },
     ];
     type File = DingdangFile;

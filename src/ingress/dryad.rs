@@ -1,6 +1,7 @@
 //! dryad-payment module (seed 004): JSON body, HMAC-SHA256 over
 //! `body ++ nonce ++ timestamp` in `X-Signature`, with a replay window.
 
+use super::fuzz::{put, Assisted, FuzzTarget, Split};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::common::{from_epoch_millis, parse_shanghai_local};
 use super::json::{object_body, opt_str, req_fen, req_id_text};
-use super::module::{first_secret, secret_bytes, BenchMode, ProviderModule, SharedKeys};
+use super::module::{first_secret, secret_bytes, BenchMode, ProviderModule, SandboxAccount, SharedKeys};
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, ReplayNonce, SampleKind, SampleSigner, SampleSpec, SignError,
     SignedRequest, Verified,
@@ -176,6 +177,33 @@ impl SampleSigner for DryadSandbox {
     }
 }
 
+/// The `dryad` fuzz target's assist: `X-Signature` (header 1) is replaced
+/// by the right HMAC over `body ++ X-Nonce ++ X-Timestamp` with the target's
+/// (test) secret, so that mutations reach the timestamp parsing and the
+/// skew check.
+fn fuzz_assist(s: &Split<'_>) -> Assisted {
+    let mut headers = axum::http::HeaderMap::new();
+    put(&mut headers, "x-nonce", s.headers[1]);
+    put(&mut headers, "x-timestamp", s.headers[2]);
+    // Signed over what the provider will read back from the map.
+    let read = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default()
+    };
+    let (nonce, timestamp) = (read("x-nonce"), read("x-timestamp"));
+    let mac = hex::encode(hmac_sha256(
+        b"callbackSignSecret-test",
+        &[s.body, &nonce, &timestamp],
+    ));
+    put(&mut headers, "x-signature", Some(mac.as_bytes()));
+    Assisted {
+        headers,
+        body: s.body.to_vec(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The module's parts: its `[[accounts]]` section, and what is built from it.
 
@@ -205,6 +233,16 @@ impl ProviderModule for Dryad {
         help: "Dryad: HMAC-SHA256 with a timestamp window and a nonce",
         id: "bench-dryad",
         account: "provider = \"dryad\"\nsecret = \"bench-dryad-secret\"\nmax_clock_skew = \"300s\"\n",
+    }];
+    const SANDBOX: &'static [SandboxAccount] = &[SandboxAccount {
+        id: "dryad-sandbox",
+        account: "provider = \"dryad\"\nsecret = \"sandbox-dryad-secret\"\nmax_clock_skew = \"300s\"\n",
+    }];
+    const FUZZ: &'static [FuzzTarget] = &[FuzzTarget {
+        name: "dryad",
+        account: "provider = \"dryad\"\nsecret = \"callbackSignSecret-test\"\nmax_clock_skew = \"300s\"\n",
+        headers: &["x-signature", "x-nonce", "x-timestamp"],
+        assist: Some(fuzz_assist),
     }];
     type File = DryadFile;
     type Settings = DryadSettings;

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::provider::{Answer, Worded};
 use super::registry::Account;
 use super::{Dialect, RawRequest, Rejection};
 use crate::clock::Clock;
@@ -114,39 +115,24 @@ impl Reply {
     }
 
     fn into_dialect(self, dialect: Dialect) -> Response {
-        let ok = matches!(self, Reply::Stored | Reply::Duplicate);
-        let status = self.status();
-        match dialect {
-            Dialect::PlainText { ok: yes, fail: no } => text_response(
-                status,
-                "text/plain; charset=utf-8",
-                if ok { yes } else { no }.to_owned(),
-            ),
-            Dialect::RetCodeJson => {
-                let body = if ok {
-                    serde_json::json!({ "retCode": "SUCCESS" })
-                } else {
-                    serde_json::json!({ "retCode": "FAIL", "retMsg": self.reason() })
-                };
-                text_response(status, "application/json", body.to_string())
-            }
-            Dialect::Empty => {
-                if ok {
-                    status.into_response()
-                } else {
-                    text_response(status, "text/plain; charset=utf-8", self.reason().to_owned())
-                }
-            }
+        let answer = Answer {
+            ok: matches!(self, Reply::Stored | Reply::Duplicate),
+            status: self.status(),
+            reason: self.reason(),
+        };
+        let Worded {
+            status,
+            content_type,
+            body,
+        } = dialect.word(&answer);
+        let mut response = (status, body).into_response();
+        if let Some(content_type) = content_type {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
+        response
     }
-}
-
-fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
-    let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
 }
 
 // `account` is recorded only once it names a configured account: the raw
@@ -168,11 +154,12 @@ pub async fn notify(
             .metrics
             .ingress_request("unknown", "unknown", IngressOutcome::UnknownAccount);
         span.record("outcome", IngressOutcome::UnknownAccount.as_str());
-        return text_response(
+        return (
             StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "unknown account".into(),
-        );
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "unknown account",
+        )
+            .into_response();
     };
     let provider = account.provider.kind().as_str();
     span.record("account", account.id.as_str());

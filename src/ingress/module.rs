@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::common::{RsaPublicKey, RsaSigningKey};
+use super::fuzz::FuzzTarget;
 use super::registry::AccountErrorKind;
 use super::{Provider, SampleSigner};
 use crate::config::{AccountCx, ConfigError, Secret};
@@ -36,6 +37,20 @@ pub trait ProviderModule: Provider + Sized {
     /// `Debug` must not show secrets (hold them as [`Secret`]).
     type Settings: std::fmt::Debug + Clone + Send + Sync + 'static;
 
+    /// Its sandbox accounts (one per signing mode), for `payhook demo` and
+    /// `payhook.example.toml`: they verify with the published test keys of
+    /// [`ProviderModule::SANDBOX_KEYS`].
+    const SANDBOX: &'static [SandboxAccount] = &[];
+
+    /// The published test key files (`sandbox-keys/`) its sandbox accounts
+    /// name: each file's name and text, compiled in.
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[];
+
+    /// Its fuzz targets (`fuzz/`): one per signing mode, each with its
+    /// account and, where the harness can sign cheaply, an assist
+    /// ([`super::fuzz`]).
+    const FUZZ: &'static [FuzzTarget] = &[];
+
     /// Checks the section as written. A refusal names its key
     /// (`cx.invalid("secret", …)` is `accounts[0].secret: …`); key files and
     /// secrets are read with `cx.key_files` and `cx.secrets`.
@@ -56,6 +71,16 @@ pub trait ProviderModule: Provider + Sized {
     /// notice to its account by a signed merchant field.
     fn shared_keys(_settings: &Self::Settings) -> Result<Option<SharedKeys>, AccountErrorKind> {
         Ok(None)
+    }
+
+    /// For a provider whose notices name their merchant in a signed field
+    /// that one platform key signs for every merchant: the merchant this
+    /// account binds to, as `(key, value)` (`("mch_id", "1900000109")`,
+    /// with a sub-merchant `("mch_id", "1900000109/1900000110")`), so that
+    /// start-up can refuse two accounts of the provider naming one merchant:
+    /// a notice would fit both. `None` (the default): not checked.
+    fn merchant(_settings: &Self::Settings) -> Option<(&'static str, String)> {
+        None
     }
 
     /// Which of [`ProviderModule::BENCH`] an account signs as (its `name`).
@@ -85,6 +110,17 @@ pub struct BenchMode {
     /// The rest of its `[[accounts]]` table (TOML lines, `provider`
     /// included); `{public}` and `{private}` stand for the bench's RSA key
     /// pair's files.
+    pub account: &'static str,
+}
+
+/// One of a provider's sandbox accounts: a test account that its sandbox
+/// signer can sign for, with the published test keys.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SandboxAccount {
+    /// The account's id in `payhook demo` and `payhook.example.toml`.
+    pub id: &'static str,
+    /// The rest of its `[[accounts]]` table (TOML lines, `provider`
+    /// included); key files are named as in `sandbox-keys/`.
     pub account: &'static str,
 }
 

@@ -1,6 +1,6 @@
 //! The one small interface every provider module implements.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{AmountFen, Notification, ProviderKind};
@@ -57,9 +57,44 @@ pub struct Verified {
     pub replay_nonce: Option<ReplayNonce>,
 }
 
-/// How a provider expects to be answered. The HTTP status is chosen by the
-/// ingress from the outcome; the provider only decides the body's dialect.
+/// How a callback ended, as the ingress hands it to the provider's dialect
+/// to be put in the provider's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// Stored, or a repeat of a stored notice: the provider must stop
+    /// retrying.
+    pub ok: bool,
+    /// The status the outcome calls for: 200 when `ok`, else 400, 401, 413
+    /// or 503.
+    pub status: StatusCode,
+    /// Why it was refused ("" when `ok`): short, fixed and secret-free; it
+    /// never echoes input.
+    pub reason: &'static str,
+}
+
+/// An answer in a provider's words: what the ingress sends back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worded {
+    pub status: StatusCode,
+    /// `None` for an empty body.
+    pub content_type: Option<&'static str>,
+    pub body: String,
+}
+
+impl Worded {
+    /// A body of `content_type` with the answer's status.
+    pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Self {
+        Self {
+            status,
+            content_type: Some(content_type),
+            body,
+        }
+    }
+}
+
+/// How a provider expects to be answered. The HTTP status is chosen by the
+/// ingress from the outcome; the provider decides the words.
+#[derive(Debug, Clone, Copy)]
 pub enum Dialect {
     /// `text/plain` bodies, e.g. `SUCCESS`/`FAIL` (cbb, abc) or `success`/`fail`.
     PlainText { ok: &'static str, fail: &'static str },
@@ -67,6 +102,38 @@ pub enum Dialect {
     RetCodeJson,
     /// An empty body; only the status speaks (dryad).
     Empty,
+    /// A provider's own words, written by its module; they may also change
+    /// a success's status (WeChat Pay answers 204).
+    Own(fn(&Answer) -> Worded),
+}
+
+impl Dialect {
+    /// The answer in this dialect's words.
+    pub fn word(self, answer: &Answer) -> Worded {
+        let Answer { ok, status, reason } = *answer;
+        match self {
+            Dialect::PlainText { ok: yes, fail: no } => Worded::text(
+                status,
+                "text/plain; charset=utf-8",
+                if ok { yes } else { no }.to_owned(),
+            ),
+            Dialect::RetCodeJson => {
+                let body = if ok {
+                    serde_json::json!({ "retCode": "SUCCESS" })
+                } else {
+                    serde_json::json!({ "retCode": "FAIL", "retMsg": reason })
+                };
+                Worded::text(status, "application/json", body.to_string())
+            }
+            Dialect::Empty if ok => Worded {
+                status,
+                content_type: None,
+                body: String::new(),
+            },
+            Dialect::Empty => Worded::text(status, "text/plain; charset=utf-8", reason.to_owned()),
+            Dialect::Own(word) => word(answer),
+        }
+    }
 }
 
 /// A payment provider's verifier and parser for one configured account.

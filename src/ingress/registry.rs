@@ -10,7 +10,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::common::rsa_keys::KeyError;
-use super::module::{BenchMode, ProviderModule, SharedKeys};
+use super::fuzz::FuzzTarget;
+use super::module::{BenchMode, ProviderModule, SandboxAccount, SharedKeys};
 use super::rate_limit::RateLimiter;
 use super::{Provider, SampleSigner};
 use crate::config::{AccountConfig, AccountCx, ConfigError};
@@ -43,6 +44,16 @@ pub enum AccountErrorKind {
         other: String,
         provider: &'static str,
         what: &'static str,
+    },
+    #[error(
+        "names the same merchant as account `{other}` ({key} = \"{merchant}\"): each {provider} notice \
+         for it would fit both accounts. Configure each merchant once"
+    )]
+    SharedMerchant {
+        other: String,
+        provider: &'static str,
+        key: &'static str,
+        merchant: String,
     },
 }
 
@@ -97,6 +108,12 @@ macro_rules! registry {
                 }
             }
 
+            fn merchant(&self) -> Option<(&'static str, String)> {
+                match self {
+                    $(ProviderSettings::$Type(s) => <super::$module::$Type as ProviderModule>::merchant(s),)*
+                }
+            }
+
             /// Which bench mode ([`bench_modes`]) the account signs as.
             pub fn bench_mode(&self) -> Option<&'static str> {
                 match self {
@@ -112,6 +129,21 @@ macro_rules! registry {
             }
         }
 
+        /// Every provider's sandbox accounts, in the table's order.
+        pub fn sandbox_accounts() -> impl Iterator<Item = &'static SandboxAccount> {
+            [$(<super::$module::$Type as ProviderModule>::SANDBOX),*].into_iter().flatten()
+        }
+
+        /// The published test key files the sandbox accounts name.
+        pub fn sandbox_key_files() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+            [$(<super::$module::$Type as ProviderModule>::SANDBOX_KEYS),*].into_iter().flatten()
+        }
+
+        /// Every provider's fuzz targets, in the table's order.
+        pub fn fuzz_targets() -> impl Iterator<Item = &'static FuzzTarget> {
+            [$(<super::$module::$Type as ProviderModule>::FUZZ),*].into_iter().flatten()
+        }
+
         /// Every provider's bench accounts, in the table's order.
         pub fn bench_modes() -> impl Iterator<Item = &'static BenchMode> {
             [$(<super::$module::$Type as ProviderModule>::BENCH),*].into_iter().flatten()
@@ -125,6 +157,14 @@ super::for_each_provider!(registry);
 /// Shouqianba, …".
 pub fn display_names() -> String {
     ProviderKind::ALL.map(display_name).join(", ")
+}
+
+/// The sandbox accounts as `[[accounts]]` TOML, their key files named as in
+/// `sandbox-keys/`.
+pub fn sandbox_accounts_toml() -> String {
+    sandbox_accounts()
+        .map(|a| format!("\n[[accounts]]\nid = \"{}\"\n{}", a.id, a.account))
+        .collect()
 }
 
 /// A provider's `[[accounts]]` table, `provider` taken out: its `id`, and
@@ -169,6 +209,7 @@ pub type Accounts = Arc<HashMap<String, Arc<Account>>>;
 
 pub fn build_accounts(configs: &[AccountConfig]) -> Result<Accounts, AccountError> {
     refuse_shared_keys(configs)?;
+    refuse_shared_merchants(configs)?;
     let mut map = HashMap::new();
     for config in configs {
         let provider = config.settings.build().map_err(|source| AccountError {
@@ -220,6 +261,31 @@ fn refuse_shared_keys(configs: &[AccountConfig]) -> Result<(), AccountError> {
                 // keys are loaded (`load_keys`) or read (the config).
                 _ => {}
             }
+        }
+    }
+    Ok(())
+}
+
+/// Two accounts of one provider naming one merchant (WeChat Pay's `mch_id`,
+/// Alipay's `app_id`) would both accept each of its notices: refused at
+/// start-up, naming both accounts ([`ProviderModule::merchant`]).
+fn refuse_shared_merchants(configs: &[AccountConfig]) -> Result<(), AccountError> {
+    let mut seen: HashMap<(ProviderKind, String), &AccountId> = HashMap::new();
+    for config in configs {
+        let Some((key, merchant)) = config.settings.merchant() else {
+            continue;
+        };
+        let kind = config.provider();
+        if let Some(other) = seen.insert((kind, merchant.clone()), &config.id) {
+            return Err(AccountError {
+                account: config.id.to_string(),
+                source: AccountErrorKind::SharedMerchant {
+                    other: other.to_string(),
+                    provider: display_name(kind),
+                    key,
+                    merchant,
+                },
+            });
         }
     }
     Ok(())
@@ -379,6 +445,48 @@ mod tests {
             assert!(
                 config.accounts.iter().any(|a| a.provider() == kind),
                 "{kind} has no bench account (ProviderModule::BENCH)"
+            );
+        }
+    }
+
+    /// Every provider's sandbox accounts, with the published keys written
+    /// out as `payhook demo` writes them: read, built, and signing samples
+    /// their verifier accepts. `payhook.example.toml` has each of them,
+    /// under the same id and provider.
+    #[test]
+    fn every_sandbox_account_signs_and_is_in_the_example_config() {
+        use crate::ingress::tests_support::{request_of, sample_spec, verify_and_parse};
+        use crate::ingress::SampleKind;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in sandbox_key_files() {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let config = Config::from_toml_str(&sandbox_accounts_toml(), dir.path(), &|_: &str| None).unwrap();
+        let accounts = build_accounts(&config.accounts).unwrap();
+        for kind in ProviderKind::ALL {
+            assert!(
+                config.accounts.iter().any(|a| a.provider() == kind),
+                "{kind} has no sandbox account (ProviderModule::SANDBOX)"
+            );
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = std::fs::read_to_string(root.join("payhook.example.toml")).unwrap();
+        let example = Config::from_toml_str(&example, root, &|_: &str| None).unwrap();
+        for config in &config.accounts {
+            let signer = build_sandbox_signer(config).unwrap();
+            let spec = sample_spec(SampleKind::Payment, 100);
+            let (headers, body) = request_of(&signer.sign_sample(&spec).unwrap());
+            let provider = &accounts[config.id.as_str()].provider;
+            verify_and_parse(provider.as_ref(), &headers, &body, spec.now)
+                .unwrap_or_else(|e| panic!("{}: {e}", config.id));
+            assert!(
+                example
+                    .accounts
+                    .iter()
+                    .any(|a| a.id == config.id && a.provider() == config.provider()),
+                "payhook.example.toml has no {} account `{}`",
+                config.provider(),
+                config.id
             );
         }
     }

@@ -2,6 +2,9 @@
 //! in `Authorization: {terminal_sn} {sign}` with either the MD5 transport
 //! signature (`md5(body ++ terminal_key)`) or SHA256withRSA.
 
+use axum::http::HeaderMap;
+
+use super::fuzz::{put, Assisted, FuzzTarget, Split};
 use std::path::PathBuf;
 
 use base64::Engine;
@@ -13,7 +16,8 @@ use serde_json::{Map, Value};
 use super::common::{from_epoch_millis, RsaAlgorithm, RsaPublicKey, SandboxKey};
 use super::json::{object_body, opt_str, req_str};
 use super::module::{
-    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, MIN_RSA_BITS,
+    first_secret, load_keys, sandbox_key, secret_bytes, BenchMode, ProviderModule, SandboxAccount,
+    MIN_RSA_BITS,
 };
 use super::provider::{
     Dialect, Provider, RawRequest, Rejection, SampleKind, SampleSigner, SampleSpec, SignError, SignedRequest,
@@ -163,7 +167,8 @@ impl Provider for Shouqianba {
             let refunded = total
                 .checked_sub(net)
                 .ok_or(Rejection::BadRequest("net_amount exceeds total_amount"))?;
-            n.refund_amount = Some(refunded);
+            // `total - net` is everything refunded so far, not this refund.
+            n.refunded_total = Some(refunded);
         }
         n.dedup_extra = match net {
             Some(net) => format!("{order_status}:{net}"),
@@ -269,6 +274,24 @@ impl SampleSigner for ShouqianbaSandbox {
     }
 }
 
+/// The `shouqianba_md5` fuzz target's assist: header 1 is the terminal
+/// number, and the harness sends `Authorization: <header 1> <md5(body ++
+/// terminal key)>` with the target's (test) terminal key.
+fn fuzz_md5_assist(s: &Split<'_>) -> Assisted {
+    let mut headers = HeaderMap::new();
+    if let Some(sn) = s.headers[0] {
+        let mut value = sn.to_vec();
+        value.push(b' ');
+        value
+            .extend_from_slice(hex::encode(md5_sign(s.body, b"96bfaf401367d934cb10a1cbe9773647")).as_bytes());
+        put(&mut headers, "authorization", Some(&value));
+    }
+    Assisted {
+        headers,
+        body: s.body.to_vec(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The module's parts: its `[[accounts]]` section, and what is built from it.
 
@@ -319,6 +342,39 @@ impl ProviderModule for Shouqianba {
             id: "bench-sqb-rsa",
             account: "provider = \"shouqianba\"\nsign_mode = \"rsa\"\nterminal_sn = \"100111220054389553\"\n\
                       public_key_file = {public}\nsandbox_private_key_file = {private}\n",
+        },
+    ];
+    const SANDBOX: &'static [SandboxAccount] = &[
+        SandboxAccount {
+            id: "sqb-md5-sandbox",
+            account: "provider = \"shouqianba\"\nsign_mode = \"md5\"\nterminal_sn = \"100111220054389553\"\nterminal_key = \"96bfaf401367d934cb10a1cbe9773647\"\n",
+        },
+        SandboxAccount {
+            id: "sqb-rsa-sandbox",
+            account: "provider = \"shouqianba\"\nsign_mode = \"rsa\"\nterminal_sn = \"100111220054389553\"\npublic_key_file = \"sqb_pub.pem\"\nsandbox_private_key_file = \"sqb_sandbox_priv.pem\"\n",
+        },
+    ];
+    const SANDBOX_KEYS: &'static [(&'static str, &'static str)] = &[
+        ("sqb_pub.pem", include_str!("../../sandbox-keys/sqb_pub.pem")),
+        (
+            "sqb_sandbox_priv.pem",
+            include_str!("../../sandbox-keys/sqb_sandbox_priv.pem"),
+        ),
+    ];
+    const FUZZ: &'static [FuzzTarget] = &[
+        FuzzTarget {
+            name: "shouqianba_md5",
+            account: "provider = \"shouqianba\"\nsign_mode = \"md5\"\nterminal_sn = \"100111220054389553\"\n\
+                      terminal_key = \"96bfaf401367d934cb10a1cbe9773647\"\n",
+            headers: &["authorization"],
+            assist: Some(fuzz_md5_assist),
+        },
+        FuzzTarget {
+            name: "shouqianba_rsa",
+            account: "provider = \"shouqianba\"\nsign_mode = \"rsa\"\nterminal_sn = \"100111220054389553\"\n\
+                      public_key_file = \"sqb_pub.pem\"\n",
+            headers: &["authorization"],
+            assist: None,
         },
     ];
     type File = ShouqianbaFile;
@@ -542,10 +598,11 @@ mod tests {
                 Some(1_449_569_460_000)
             );
             if want == EventType::RefundSucceeded {
-                assert_eq!(n.refund_amount, Some(AmountFen::from_fen(1000).unwrap()));
+                assert_eq!(n.refunded_total, Some(AmountFen::from_fen(1000).unwrap()));
             } else {
-                assert_eq!(n.refund_amount, None);
+                assert_eq!(n.refunded_total, None);
             }
+            assert_eq!(n.refund_amount, None);
         }
     }
 
@@ -721,7 +778,7 @@ mod tests {
             let (headers, body) = request_of(&signed);
             let n = verify_and_parse(&md5_provider(), &headers, &body, spec.now).unwrap();
             if refund {
-                prop_assert_eq!(n.refund_amount.map(AmountFen::fen), Some(fen));
+                prop_assert_eq!(n.refunded_total.map(AmountFen::fen), Some(fen));
             } else {
                 prop_assert_eq!(n.amount.fen(), fen);
             }

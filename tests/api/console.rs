@@ -586,11 +586,19 @@ async fn console_fits_a_1400_by_900_screen_and_its_views_are_links() {
         }
         if event["type"] == "refund.succeeded" {
             let amount = facts[2].as_str().unwrap();
-            let expected = format!(
-                "refund {} of {} CNY",
-                yuan(&event["refund_amount"]),
-                yuan(&event["amount"])
-            );
+            let expected = if event["refund_amount"].is_null() {
+                format!(
+                    "refunded {} of {} CNY",
+                    yuan(&event["refunded_total"]),
+                    yuan(&event["amount"])
+                )
+            } else {
+                format!(
+                    "refund {} of {} CNY",
+                    yuan(&event["refund_amount"]),
+                    yuan(&event["amount"])
+                )
+            };
             assert_eq!(amount, expected);
         }
     }
@@ -599,6 +607,15 @@ async fn console_fits_a_1400_by_900_screen_and_its_views_are_links() {
             .js("return [...document.querySelectorAll('.zone-name')].map((z) => z.textContent)")
             .await,
         serde_json::json!(["(UTC)", "(UTC)", "(UTC)"])
+    );
+    // The provider filter offers every provider of the registry, in its order.
+    let mut providers = vec![String::new()];
+    providers.extend(payhook::domain::ProviderKind::NAMES.iter().map(|n| n.to_string()));
+    assert_eq!(
+        browser
+            .js("return [...document.getElementById('filter-provider').options].map((o) => o.value)")
+            .await,
+        serde_json::json!(providers)
     );
     // SQLite with the embedded queue: no outbox, no RabbitMQ counters.
     assert_eq!(

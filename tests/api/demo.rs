@@ -27,15 +27,16 @@ fn the_demo_delivers_every_provider_and_refuses_the_forgery() {
     );
 
     let received = section(&text, "What the merchant received", "Deduplicated");
-    for (provider, account) in [
-        ("cbb", "cbb-sandbox"),
-        ("shouqianba", "sqb-md5-sandbox"),
-        ("shouqianba", "sqb-rsa-sandbox"),
-        ("abc", "abc-sandbox"),
-        ("dingdang", "dingdang-hmac-sandbox"),
-        ("dingdang", "dingdang-rsa-sandbox"),
-        ("dryad", "dryad-sandbox"),
-    ] {
+    // Every provider's sandbox accounts, as the registry lists them.
+    let accounts: Vec<(String, &str)> = payhook::ingress::registry::sandbox_accounts()
+        .map(|a| {
+            let table: toml::Table = a.account.parse().unwrap();
+            (table["provider"].as_str().unwrap().to_owned(), a.id)
+        })
+        .collect();
+    assert!(accounts.len() >= 9, "{accounts:?}");
+    for (provider, account) in &accounts {
+        let (provider, account) = (provider.as_str(), *account);
         let row = received
             .lines()
             .find(|l| l.split_whitespace().nth(1) == Some(account))
@@ -74,7 +75,10 @@ fn the_demo_delivers_every_provider_and_refuses_the_forgery() {
         "{refused}"
     );
     assert!(
-        text.contains("summary: 7 delivered, 1 deduplicated, 1 refused"),
+        text.contains(&format!(
+            "summary: {} delivered, 1 deduplicated, 1 refused",
+            accounts.len()
+        )),
         "{text}"
     );
     // It leaves nothing behind where it was run.

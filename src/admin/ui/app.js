@@ -162,10 +162,12 @@
     return currency ? `${text} ${currency}` : text;
   }
 
-  // What a listing says about an event's money: a refund names both amounts.
+  // What a listing says about an event's money: a refund names both amounts
+  // (this refund, or the trade's refunds so far where that is all it states).
   function amountOf(ev) {
-    const hasRefund = ev.refund_amount !== null && ev.refund_amount !== undefined;
-    if (hasRefund) return `refund ${yuan(ev.refund_amount)} of ${money(ev.amount, ev.currency)}`;
+    const given = (v) => v !== null && v !== undefined;
+    if (given(ev.refund_amount)) return `refund ${yuan(ev.refund_amount)} of ${money(ev.amount, ev.currency)}`;
+    if (given(ev.refunded_total)) return `refunded ${yuan(ev.refunded_total)} of ${money(ev.amount, ev.currency)}`;
     return ev.amount === undefined || ev.amount === null ? '—' : money(ev.amount, ev.currency);
   }
 
@@ -486,6 +488,7 @@
       ['Refund no', ev.refund_no],
       ['Amount', ev.amount === undefined ? null : money(ev.amount, ev.currency)],
       ['Refund amount', ev.refund_amount === null || ev.refund_amount === undefined ? null : money(ev.refund_amount, ev.currency)],
+      ['Refunded in total', ev.refunded_total === null || ev.refunded_total === undefined ? null : money(ev.refunded_total, ev.currency)],
       ['Channel', ev.channel],
       ['Channel trade no', ev.channel_trade_no],
       ['Occurred', ev.occurred_at && time(ev.occurred_at) + zone],
