@@ -31,8 +31,12 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// The shortest pause between two batches of a pass.
 const MIN_BATCH_GAP: Duration = Duration::from_millis(5);
 /// Each pause is this many times as long as the batch before it: retention
-/// takes at most a quarter of the store's write time.
-const PAUSE_FACTOR: u32 = 3;
+/// takes at most a tenth of the store's write time. The ingest's p99 during
+/// a large purge follows this share of the two cores (BENCHMARKS.md,
+/// "Retention (SQLite)": 9.6-11.7 ms at 3, 7.3-7.4 ms at 9, 3.2-3.5 ms with
+/// no purge), and a purge needs no speed: at 9 it still deletes some
+/// thousands of events a second, far more than any steady traffic adds.
+const PAUSE_FACTOR: u32 = 9;
 
 /// How often a pass runs: a tenth of the retention, so that nothing stays
 /// much past it, and at least every minute, so that each pass has little
