@@ -14,28 +14,10 @@ pub const MAX_FORM_FIELDS: usize = 256;
 /// ambiguous). Linear in the body: the fields are counted before any is
 /// decoded, and keys are checked for repeats with a hash set.
 pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, Rejection> {
-    let fields = body.split(|b| *b == b'&').filter(|part| !part.is_empty()).count();
-    if fields > MAX_FORM_FIELDS {
-        return Err(Rejection::BadRequest("too many fields"));
-    }
-    let mut pairs: Vec<(String, String)> = Vec::with_capacity(fields);
-    let mut seen = std::collections::HashSet::with_capacity(fields);
-    for part in body.split(|b| *b == b'&') {
-        if part.is_empty() {
-            continue;
-        }
-        let (k, v) = match part.iter().position(|b| *b == b'=') {
-            Some(i) => (&part[..i], &part[i + 1..]),
-            None => (part, &b""[..]),
-        };
-        let key = decode_component(k)?;
-        let value = decode_component(v)?;
-        if !seen.insert(key.clone()) {
-            return Err(Rejection::BadRequest("duplicate form key"));
-        }
-        pairs.push((key, value));
-    }
-    Ok(pairs)
+    parse_form_bytes(body)?
+        .into_iter()
+        .map(|(key, value)| Ok((utf8(key)?, utf8(value)?)))
+        .collect()
 }
 
 /// A form's `(key, value)` pairs as decoded bytes, in order.
@@ -76,8 +58,8 @@ fn decode_bytes(raw: &[u8]) -> Vec<u8> {
     percent_encoding::percent_decode(&plus_as_space).collect()
 }
 
-fn decode_component(raw: &[u8]) -> Result<String, Rejection> {
-    String::from_utf8(decode_bytes(raw)).map_err(|_| Rejection::BadRequest("form field is not UTF-8"))
+fn utf8(bytes: Vec<u8>) -> Result<String, Rejection> {
+    String::from_utf8(bytes).map_err(|_| Rejection::BadRequest("form field is not UTF-8"))
 }
 
 /// Drops the fields named in `skip` and every field whose value is empty, sorts
