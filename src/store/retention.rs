@@ -153,8 +153,8 @@ impl Store {
     /// that no outbox row still needs, with their deliveries and attempts,
     /// in one transaction; each statement removes at most
     /// [`RETENTION_BATCH`] rows. Only events with an id above `after` are
-    /// looked at (`""`: all). Deletes nothing while the outbox is long (see
-    /// [`OUTBOX_TOO_LONG`]).
+    /// looked at (`""`: all). Deletes nothing while the outbox is long
+    /// (`OUTBOX_TOO_LONG`, 10,000 unpublished rows).
     pub async fn purge_expired(
         &self,
         before_ms: i64,
@@ -320,7 +320,7 @@ impl Store {
         Ok(n > OUTBOX_TOO_LONG)
     }
 
-    /// SQLite: gives up to [`VACUUM_PAGES`] of the file's free pages back
+    /// SQLite: gives up to `VACUUM_PAGES` (2,048) of the file's free pages back
     /// to the file system (`auto_vacuum = INCREMENTAL`), in the writer and
     /// giving way to waiting writes, and returns how many went and how many
     /// are still free; the caller repeats, pausing between.
