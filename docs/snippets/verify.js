@@ -56,14 +56,14 @@ function webhookSignatureValid(secret, body, headers, now = Date.now() / 1000) {
 
 // Test vector, made with payhook's own signing code.
 const SECRET = "whsec_c2FuZGJveC1lbmRwb2ludC1zZWNyZXQ=";
-const BODY = `{"id":"evt_01K3FQ4T8Z6N2WJ5X7R9MBCDEH","type":"payment.succeeded","provider":"dryad","account":"dryad-main","provider_trade_no":"202508251430001234567890","merchant_order_no":"20250825001","refund_no":null,"amount":10001,"refund_amount":null,"currency":"CNY","channel":"WX_PAGE","channel_trade_no":"4200002961202508250001","business_params":null,"occurred_at":"2025-08-25T06:35:00Z","received_at":"2025-08-25T06:35:00.123Z","raw":{"subject":"测试商品"}}`;
+const BODY = `{"id":"evt_01K3FQ4T8Z6N2WJ5X7R9MBCDEH","type":"payment.succeeded","provider":"dryad","account":"dryad-main","provider_trade_no":"202508251430001234567890","merchant_order_no":"20250825001","refund_no":null,"amount":10001,"refund_amount":null,"refunded_total":null,"currency":"CNY","channel":"WX_PAGE","channel_trade_no":"4200002961202508250001","business_params":null,"occurred_at":"2025-08-25T06:35:00Z","received_at":"2025-08-25T06:35:00.123Z","raw":{"subject":"测试商品"}}`;
 const HEADERS = {
-  "x-signature": "dcc365e83c7bee4cc224522e97d15aa81504cf8d1daac965ab35d24dc79402d0",
+  "x-signature": "8c019ab3c60d110c6a0d95b024664a186c7e097739599de2dee2905424d58f68",
   "x-nonce": "01K3FQ4T9B2C3D4E5F6G7H8J9K",
   "x-timestamp": "1756103700123",
   "webhook-id": "evt_01K3FQ4T8Z6N2WJ5X7R9MBCDEH",
   "webhook-timestamp": "1756103700",
-  "webhook-signature": "v1,NIleQWEIYKuZw13WkI11XnJq7CDNihBalXMoucX6dXQ=",
+  "webhook-signature": "v1,f49tZiOWIKp58G11qwByPw0oFDJx9IrQMsPy6JCjx/w=",
 };
 
 if (require.main === module) {

@@ -22,7 +22,7 @@ const SECRET: &str = "whsec_c2FuZGJveC1lbmRwb2ludC1zZWNyZXQ=";
 const EVENT_ID: &str = "evt_01K3FQ4T8Z6N2WJ5X7R9MBCDEH";
 const NONCE: &str = "01K3FQ4T9B2C3D4E5F6G7H8J9K";
 const TIMESTAMP_MS: i64 = 1_756_103_700_123;
-const BODY: &str = r#"{"id":"evt_01K3FQ4T8Z6N2WJ5X7R9MBCDEH","type":"payment.succeeded","provider":"dryad","account":"dryad-main","provider_trade_no":"202508251430001234567890","merchant_order_no":"20250825001","refund_no":null,"amount":10001,"refund_amount":null,"currency":"CNY","channel":"WX_PAGE","channel_trade_no":"4200002961202508250001","business_params":null,"occurred_at":"2025-08-25T06:35:00Z","received_at":"2025-08-25T06:35:00.123Z","raw":{"subject":"测试商品"}}"#;
+const BODY: &str = r#"{"id":"evt_01K3FQ4T8Z6N2WJ5X7R9MBCDEH","type":"payment.succeeded","provider":"dryad","account":"dryad-main","provider_trade_no":"202508251430001234567890","merchant_order_no":"20250825001","refund_no":null,"amount":10001,"refund_amount":null,"refunded_total":null,"currency":"CNY","channel":"WX_PAGE","channel_trade_no":"4200002961202508250001","business_params":null,"occurred_at":"2025-08-25T06:35:00Z","received_at":"2025-08-25T06:35:00.123Z","raw":{"subject":"测试商品"}}"#;
 
 /// (file, language tag of its code block in the guide)
 const SNIPPETS: &[(&str, &str)] = &[
